@@ -1,0 +1,260 @@
+"""Model and engine configuration.
+
+`ModelConfig` is the one description of a network that every part of glmserve reads. It is built from
+an HF `config.json` dict (`from_hf_dict`), from GGUF metadata (in `loader.py`), or from a training
+preset (`PRESETS`). Anything the network cannot run is refused here, by name.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+
+class UnsupportedModelError(ValueError):
+    """The checkpoint uses a feature glmserve does not implement."""
+
+
+# model_type -> family. "llama" covers every plain pre-norm Llama-style network.
+LLAMA_TYPES = {"llama", "mistral", "qwen2", "smollm", "smollm2"}
+GLM_TYPES = {"glm", "glm4", "chatglm"}
+SUPPORTED_ROPE_TYPES = {"default", "linear", "llama3"}
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    theta: float = 10000.0
+    partial_rotary_factor: float = 1.0
+    # GLM rotates adjacent pairs (x0, x1), (x2, x3)...; Llama rotates the two halves of the head.
+    interleaved: bool = False
+    scaling_type: str = "default"
+    scaling_factor: float = 1.0
+    # llama3 scaling parameters
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope: RopeConfig = field(default_factory=RopeConfig)
+    attention_bias: bool = False  # bias on q, k, v projections (Qwen2, GLM)
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 4096
+    # GLM-4 (`glm4`) wraps attention and MLP outputs in an extra RMSNorm each ("sandwich" norms).
+    post_sublayer_norms: bool = False
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+    hidden_act: str = "silu"
+
+    def __post_init__(self) -> None:
+        if self.model_type not in LLAMA_TYPES | GLM_TYPES:
+            raise UnsupportedModelError(
+                f"model_type {self.model_type!r} is not supported; supported: {sorted(LLAMA_TYPES | GLM_TYPES)}"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
+        if self.rope.scaling_type not in SUPPORTED_ROPE_TYPES:
+            raise UnsupportedModelError(
+                f"rope_scaling type {self.rope.scaling_type!r} is not supported; supported: {sorted(SUPPORTED_ROPE_TYPES)}"
+            )
+        if self.hidden_act not in ("silu", "swiglu"):
+            raise UnsupportedModelError(f"hidden_act {self.hidden_act!r} is not supported (only silu/SwiGLU)")
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.rope.partial_rotary_factor)
+
+    def num_params(self) -> int:
+        h, i, n = self.hidden_size, self.intermediate_size, self.num_hidden_layers
+        q = self.num_attention_heads * self.head_dim
+        kv = self.num_key_value_heads * self.head_dim
+        per_layer = h * (q + 2 * kv) + q * h + 3 * h * i + 2 * h
+        embed = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
+        return n * per_layer + embed + h
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_hf_dict(cls, cfg: dict[str, Any]) -> "ModelConfig":
+        """Build from a `config.json` dict (transformers 4.x or 5.x spelling, or legacy ChatGLM)."""
+        model_type = cfg.get("model_type", "")
+        if model_type == "chatglm":
+            return _from_chatglm_dict(cfg)
+        _refuse_unsupported(cfg)
+        heads = cfg["num_attention_heads"]
+        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+        is_glm = model_type in GLM_TYPES
+        rope_params = dict(cfg.get("rope_parameters") or {})
+        legacy_scaling = cfg.get("rope_scaling") or {}
+        partial = rope_params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 0.5 if is_glm else 1.0))
+        rope = _rope_from(rope_params or legacy_scaling, cfg.get("rope_theta", 10000.0), partial, interleaved=is_glm)
+        return cls(
+            model_type=model_type,
+            vocab_size=cfg["vocab_size"],
+            hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"],
+            num_hidden_layers=cfg["num_hidden_layers"],
+            num_attention_heads=heads,
+            num_key_value_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=head_dim,
+            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            rope=rope,
+            attention_bias=bool(cfg.get("attention_bias", model_type == "qwen2")),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            max_position_embeddings=cfg.get("max_position_embeddings", 4096),
+            post_sublayer_norms=model_type == "glm4",
+            bos_token_id=cfg.get("bos_token_id"),
+            eos_token_ids=_as_ids(cfg.get("eos_token_id")),
+            pad_token_id=cfg.get("pad_token_id"),
+            hidden_act=cfg.get("hidden_act", "silu"),
+        )
+
+
+def _as_ids(value: Any) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, int):
+        return (value,)
+    return tuple(int(v) for v in value)
+
+
+def _refuse_unsupported(cfg: dict[str, Any]) -> None:
+    if cfg.get("sliding_window") and cfg.get("use_sliding_window", True) and cfg.get("model_type") != "qwen2":
+        raise UnsupportedModelError(f"sliding_window={cfg['sliding_window']} attention is not supported")
+    if cfg.get("model_type") == "qwen2" and cfg.get("use_sliding_window"):
+        raise UnsupportedModelError(f"sliding_window={cfg.get('sliding_window')} attention is not supported")
+    for moe_key in ("num_local_experts", "num_experts", "n_routed_experts"):
+        if cfg.get(moe_key):
+            raise UnsupportedModelError(f"mixture-of-experts ({moe_key}={cfg[moe_key]}) is not supported")
+
+
+def _rope_from(params: dict[str, Any], theta: float, partial: float, interleaved: bool) -> RopeConfig:
+    scaling_type = params.get("rope_type") or params.get("type") or "default"
+    return RopeConfig(
+        theta=float(params.get("rope_theta", theta)),
+        partial_rotary_factor=float(partial),
+        interleaved=interleaved,
+        scaling_type=scaling_type,
+        scaling_factor=float(params.get("factor", 1.0)),
+        low_freq_factor=float(params.get("low_freq_factor", 1.0)),
+        high_freq_factor=float(params.get("high_freq_factor", 4.0)),
+        original_max_position_embeddings=int(params.get("original_max_position_embeddings", 8192)),
+    )
+
+
+def _from_chatglm_dict(cfg: dict[str, Any]) -> ModelConfig:
+    """Legacy ChatGLM2/3 and GLM-4-9b-chat remote-code layout (`transformer.encoder.layers...`)."""
+    heads = cfg["num_attention_heads"]
+    head_dim = cfg.get("kv_channels") or cfg["hidden_size"] // heads
+    kv_heads = cfg.get("multi_query_group_num", heads) if cfg.get("multi_query_attention", True) else heads
+    theta = 10000.0 * float(cfg.get("rope_ratio", 1.0))
+    return ModelConfig(
+        model_type="chatglm",
+        vocab_size=cfg.get("padded_vocab_size") or cfg["vocab_size"],
+        hidden_size=cfg["hidden_size"],
+        intermediate_size=cfg["ffn_hidden_size"],
+        num_hidden_layers=cfg["num_layers"],
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        rms_norm_eps=cfg.get("layernorm_epsilon", 1e-5),
+        rope=RopeConfig(theta=theta, partial_rotary_factor=0.5, interleaved=True),
+        attention_bias=bool(cfg.get("add_qkv_bias", True)),
+        tie_word_embeddings=False,
+        max_position_embeddings=cfg.get("seq_length", 8192),
+        bos_token_id=cfg.get("bos_token_id"),
+        eos_token_ids=_as_ids(cfg.get("eos_token_id")),
+        pad_token_id=cfg.get("pad_token_id"),
+    )
+
+
+# Training presets: GLM-architecture networks built from scratch (`glmserve train pretrain --preset`).
+PRESETS: dict[str, dict[str, Any]] = {
+    "glm-tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                     num_key_value_heads=2, max_position_embeddings=512),
+    "glm-small": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=6,
+                      num_key_value_heads=2, max_position_embeddings=1024),
+    "glm-base": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+                     num_key_value_heads=4, max_position_embeddings=2048),
+}
+
+
+def preset_config(name: str, vocab_size: int, **overrides: Any) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    p = {**PRESETS[name], **overrides}
+    return ModelConfig(
+        model_type="glm",
+        vocab_size=vocab_size,
+        head_dim=p["hidden_size"] // p["num_attention_heads"],
+        rms_norm_eps=1e-5,
+        rope=RopeConfig(theta=10000.0, partial_rotary_factor=0.5, interleaved=True),
+        attention_bias=True,
+        **p,
+    )
+
+
+@dataclass
+class EngineConfig:
+    """How the model worker runs: batch budgets, KV cache size, device and dtype."""
+
+    max_num_seqs: int = 32
+    max_num_batched_tokens: int = 512
+    block_size: int = 16
+    kv_cache_memory: int | None = None  # bytes; None -> kv_cache_fraction of free memory
+    kv_cache_fraction: float = 0.5
+    max_model_len: int | None = None  # None -> the model's max_position_embeddings
+    device: str = "auto"
+    dtype: str = "auto"  # auto: fp32 on CPU, bf16 on CUDA
+    enforce_eager: bool = False  # disables CUDA graphs / compiled decode
+    enable_prefix_caching: bool = True
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ValueError("max_num_seqs must be >= 1")
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError("block_size must be a power of two")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError("max_num_batched_tokens must be >= 1")
+        if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
+            raise ValueError("kv_cache_memory must be positive")
+        if not 0 < self.kv_cache_fraction <= 1:
+            raise ValueError("kv_cache_fraction must be in (0, 1]")
+        if self.dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
+            raise ValueError(f"dtype {self.dtype!r} is not one of auto, float32, bfloat16, float16")
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_dtype(self):
+        import torch
+
+        names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+        if self.dtype == "auto":
+            return torch.bfloat16 if self.resolved_device().startswith("cuda") else torch.float32
+        return names[self.dtype]
+
+    def with_updates(self, **kwargs: Any) -> "EngineConfig":
+        return replace(self, **kwargs)
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("GLMSERVE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "glmserve")

@@ -1,0 +1,1 @@
+"""The model worker: continuous batching over a paged KV cache."""

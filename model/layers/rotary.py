@@ -1,0 +1,64 @@
+"""Rotary position embeddings: full or partial, half-split (Llama) or interleaved (GLM), with
+linear and llama3 frequency scaling."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from model.config import RopeConfig
+
+
+def inverse_frequencies(rope: RopeConfig, rotary_dim: int) -> torch.Tensor:
+    inv_freq = 1.0 / (rope.theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim))
+    if rope.scaling_type == "linear":
+        inv_freq = inv_freq / rope.scaling_factor
+    elif rope.scaling_type == "llama3":
+        inv_freq = _llama3_scale(inv_freq, rope)
+    return inv_freq
+
+
+def _llama3_scale(inv_freq: torch.Tensor, rope: RopeConfig) -> torch.Tensor:
+    old_len = rope.original_max_position_embeddings
+    low_wavelen = old_len / rope.low_freq_factor
+    high_wavelen = old_len / rope.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / rope.scaling_factor, inv_freq)
+    smooth = (old_len / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / rope.scaling_factor + smooth * scaled
+    is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+class RotaryEmbedding(nn.Module):
+    """Applies RoPE to q and k of shape (..., T, heads, head_dim) given positions of shape (..., T)."""
+
+    def __init__(self, rope: RopeConfig, head_dim: int, max_positions: int) -> None:
+        super().__init__()
+        self.rotary_dim = int(head_dim * rope.partial_rotary_factor)
+        self.head_dim = head_dim
+        self.interleaved = rope.interleaved
+        inv_freq = inverse_frequencies(rope, self.rotary_dim)
+        freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)  # (P, rotary_dim/2)
+        self.register_buffer("cos_cache", freqs.cos(), persistent=False)
+        self.register_buffer("sin_cache", freqs.sin(), persistent=False)
+
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cos = self.cos_cache[positions].unsqueeze(-2)  # (..., T, 1, rotary_dim/2)
+        sin = self.sin_cache[positions].unsqueeze(-2)
+        return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        r = self.rotary_dim
+        x_rot = x[..., :r].float()
+        if self.interleaved:
+            x1, x2 = x_rot[..., 0::2], x_rot[..., 1::2]
+            rotated = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+        else:
+            x1, x2 = x_rot[..., : r // 2], x_rot[..., r // 2:]
+            rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+        rotated = rotated.to(x.dtype)
+        if r == self.head_dim:
+            return rotated
+        return torch.cat((rotated, x[..., r:]), dim=-1)

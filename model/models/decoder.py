@@ -1,0 +1,83 @@
+"""The one GLM/Llama-family decoder: pre-norm blocks of RoPE attention (GQA, optional QKV bias,
+full or partial rotary) and a gated SiLU MLP, with GLM-4's optional sandwich norms.
+
+Serving calls it with flattened tokens (T,) and an AttentionMetadata; training with (B, T) and no
+metadata (dense causal attention).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from model.config import ModelConfig
+from model.layers.attention import Attention, AttentionMetadata
+from model.layers.mlp import GatedMLP
+from model.layers.norm import RMSNorm
+from model.layers.rotary import RotaryEmbedding
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding) -> None:
+        super().__init__()
+        self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attn = Attention(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
+                              cfg.attention_bias, rotary)
+        self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size)
+        self.sandwich = cfg.post_sublayer_norms
+        if self.sandwich:
+            self.post_self_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+            self.post_mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, h: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata | None) -> torch.Tensor:
+        a = self.attn(self.input_norm(h), positions, meta)
+        if self.sandwich:
+            a = self.post_self_attn_norm(a)
+        h = h + a
+        m = self.mlp(self.post_attn_norm(h))
+        if self.sandwich:
+            m = self.post_mlp_norm(m)
+        return h + m
+
+
+class CausalLM(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.rotary = RotaryEmbedding(cfg.rope, cfg.head_dim, cfg.max_position_embeddings)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, self.rotary) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.gradient_checkpointing = False
+
+    def reset_rotary(self, device: torch.device | str) -> None:
+        """Rebuild the RoPE tables (needed after building on the meta device)."""
+        rotary = RotaryEmbedding(self.config.rope, self.config.head_dim, self.config.max_position_embeddings)
+        self.rotary.cos_cache = rotary.cos_cache.to(device)
+        self.rotary.sin_cache = rotary.sin_cache.to(device)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
+                meta: AttentionMetadata | None = None) -> torch.Tensor:
+        """Returns final hidden states, shaped like input_ids plus a hidden dim."""
+        if positions is None:
+            positions = torch.arange(input_ids.shape[-1], device=input_ids.device).expand_as(input_ids)
+        h = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                h = checkpoint(layer, h, positions, meta, use_reentrant=False)
+            else:
+                h = layer(h, positions, meta)
+        return self.norm(h)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)
+
+    def loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy; labels are aligned with input_ids, -100 = ignored."""
+        logits = self.compute_logits(self(input_ids))
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)

@@ -1,0 +1,39 @@
+"""model_type -> the network and the weight names of its checkpoints."""
+from __future__ import annotations
+
+import torch
+
+from model.config import ModelConfig
+from model.models.decoder import CausalLM
+from model.models.glm import CHATGLM_WEIGHTS, GLM_WEIGHTS
+from model.models.llama import LLAMA_WEIGHTS
+from model.models.weight_map import WeightMap
+
+_WEIGHT_MAPS: dict[str, WeightMap] = {
+    "llama": LLAMA_WEIGHTS, "mistral": LLAMA_WEIGHTS, "qwen2": LLAMA_WEIGHTS,
+    "smollm": LLAMA_WEIGHTS, "smollm2": LLAMA_WEIGHTS,
+    "glm": GLM_WEIGHTS, "glm4": GLM_WEIGHTS, "chatglm": CHATGLM_WEIGHTS,
+}
+
+
+def weight_map_for(cfg: ModelConfig) -> WeightMap:
+    return _WEIGHT_MAPS[cfg.model_type]
+
+
+def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                init_weights: bool = True) -> CausalLM:
+    """A network for `cfg`. With init_weights=False it is built on the meta device and materialized
+    empty (the loader fills it), which skips the cost of random initialization."""
+    if init_weights:
+        with torch.device(device):
+            model = CausalLM(cfg)
+        model = model.to(dtype)
+        model.reset_rotary(device)  # RoPE tables stay fp32 whatever the weights' dtype
+        return model
+    with torch.device("meta"):
+        model = CausalLM(cfg)
+    model = model.to_empty(device=device).to(dtype)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    model.reset_rotary(device)
+    return model
