@@ -1,0 +1,1 @@
+"""glmserve's HTTP front: an OpenAI-compatible API over the model worker."""
