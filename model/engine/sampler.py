@@ -1,0 +1,108 @@
+"""Logits processing, sampling and logprobs for one step's sampling rows.
+
+Order: logit_bias, min_tokens (eos/stop ids masked), repetition/presence/frequency penalties, custom
+logits processors; then greedy argmax, or temperature -> top_k -> top_p -> min_p and a draw. Logprobs
+are those of the model's raw distribution (before any processing), as vLLM reports them.
+
+Seeded rows draw from their own torch.Generator, one exponential race per token, so a seed gives the
+same tokens whatever else shares the batch.
+"""
+from __future__ import annotations
+
+import torch
+
+from model.engine.sequence import Sequence
+from model.sampling_params import SamplingParams
+
+
+class Sampler:
+    def __init__(self, eos_token_ids: tuple[int, ...], device: torch.device) -> None:
+        self.eos_token_ids = eos_token_ids
+        self.device = device
+        self.generators: dict[int, torch.Generator] = {}  # seq_id -> its own generator (seeded requests)
+
+    def release(self, seq: Sequence) -> None:
+        self.generators.pop(seq.seq_id, None)
+
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], torch.Tensor | None]:
+        """Returns the sampled token per row and, when any row asked for logprobs, raw logprobs (S, V)."""
+        want_logprobs = any(s.params.logprobs is not None for s in seqs)
+        raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
+        logits = self._process(logits, seqs)
+        if all(s.params.greedy for s in seqs):
+            return logits.argmax(dim=-1).tolist(), raw_logprobs
+        tokens = self._sample(logits, seqs)
+        return tokens, raw_logprobs
+
+    def _process(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        for i, seq in enumerate(seqs):
+            p: SamplingParams = seq.params
+            row = logits[i]
+            if p.logit_bias:
+                ids = torch.tensor([int(t) for t in p.logit_bias], device=self.device)
+                row.index_add_(0, ids, torch.tensor(list(p.logit_bias.values()), device=self.device, dtype=row.dtype))
+            if seq.num_output_tokens < p.min_tokens:
+                banned = list(p.stop_token_ids) + ([] if p.ignore_eos else list(self.eos_token_ids))
+                if banned:
+                    row[banned] = float("-inf")
+            if p.needs_penalties:
+                self._penalize(row, seq, p)
+            for processor in p.logits_processors:
+                logits[i] = processor(seq.output_token_ids, logits[i])
+        return logits
+
+    def _penalize(self, row: torch.Tensor, seq: Sequence, p: SamplingParams) -> None:
+        if p.repetition_penalty != 1.0:
+            # HF/vLLM semantics: every token seen in prompt or output is made less likely
+            seen = torch.tensor(sorted(set(seq.token_ids)), device=self.device)
+            vals = row[seen]
+            row[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        if (p.presence_penalty or p.frequency_penalty) and seq.num_output_tokens:
+            out = torch.tensor(seq.output_token_ids, device=self.device)
+            counts = torch.bincount(out, minlength=row.shape[0]).to(row.dtype)
+            row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(row.dtype)
+
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+        temps = torch.tensor([s.params.temperature or 1.0 for s in seqs], device=self.device).unsqueeze(1)
+        probs = torch.softmax(logits / temps, dim=-1)
+        probs = self._truncate(probs, seqs)
+        noise = torch.empty_like(probs)
+        unseeded = [i for i, s in enumerate(seqs) if s.params.seed is None]
+        if unseeded:
+            noise[unseeded] = torch.empty(len(unseeded), probs.shape[1], device=self.device).exponential_()
+        for i, seq in enumerate(seqs):
+            if seq.params.seed is not None:
+                noise[i].exponential_(generator=self._generator(seq))
+        # exponential race: argmax p / E with E ~ Exp(1) draws index i with probability p_i
+        sampled = (probs / noise).argmax(dim=-1)
+        greedy = [i for i, s in enumerate(seqs) if s.params.greedy]
+        if greedy:
+            sampled[greedy] = logits[greedy].argmax(dim=-1)
+        return sampled.tolist()
+
+    def _truncate(self, probs: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        top_k = [s.params.top_k for s in seqs]
+        top_p = [s.params.top_p for s in seqs]
+        min_p = [s.params.min_p for s in seqs]
+        if any(k > 0 for k in top_k) or any(p < 1.0 for p in top_p):
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            ranks = torch.arange(probs.shape[1], device=self.device).unsqueeze(0)
+            k = torch.tensor([k if k > 0 else probs.shape[1] for k in top_k], device=self.device).unsqueeze(1)
+            p = torch.tensor(top_p, device=self.device, dtype=probs.dtype).unsqueeze(1)
+            # keep a token while the mass before it is < top_p (the top token always stays)
+            mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+            drop_sorted = (ranks >= k) | (mass_before >= p)
+            drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+            probs = probs.masked_fill(drop, 0.0)
+        if any(m > 0 for m in min_p):
+            m = torch.tensor(min_p, device=self.device, dtype=probs.dtype).unsqueeze(1)
+            probs = probs.masked_fill(probs < m * probs.max(dim=-1, keepdim=True).values, 0.0)
+        return probs
+
+    def _generator(self, seq: Sequence) -> torch.Generator:
+        gen = self.generators.get(seq.seq_id)
+        if gen is None:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed((seq.params.seed + seq.index) % (2 ** 63))
+            self.generators[seq.seq_id] = gen
+        return gen
