@@ -68,19 +68,25 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> str:
 
 
 def save_tokenizer(hf_tokenizer, out_dir: str) -> None:
-    """save_pretrained, plus the chat template inside tokenizer_config.json too: transformers 5 keeps it
-    in chat_template.jinja, older readers (transformers 4.3x, some vLLM versions) only look there."""
+    """save_pretrained, then make tokenizer_config.json readable by older readers too (transformers
+    4.x, vLLM): transformers 5 keeps the template in chat_template.jinja, names its own backend class
+    and spells the extra specials differently."""
     os.makedirs(out_dir, exist_ok=True)
     hf_tokenizer.save_pretrained(out_dir)
-    template = getattr(hf_tokenizer, "chat_template", None)
     cfg_path = os.path.join(out_dir, "tokenizer_config.json")
-    if template and os.path.exists(cfg_path):
-        with open(cfg_path) as f:
-            tok_cfg = json.load(f)
-        if "chat_template" not in tok_cfg:
-            tok_cfg["chat_template"] = template
-            with open(cfg_path, "w") as f:
-                json.dump(tok_cfg, f, indent=2, ensure_ascii=False)
+    if not os.path.exists(cfg_path):
+        return
+    with open(cfg_path) as f:
+        tok_cfg = json.load(f)
+    template = getattr(hf_tokenizer, "chat_template", None)
+    if template and "chat_template" not in tok_cfg:
+        tok_cfg["chat_template"] = template
+    if tok_cfg.get("tokenizer_class") == "TokenizersBackend":  # 5.x-only name; both load this one
+        tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if isinstance(tok_cfg.get("extra_special_tokens"), list) and "additional_special_tokens" not in tok_cfg:
+        tok_cfg["additional_special_tokens"] = tok_cfg["extra_special_tokens"]
+    with open(cfg_path, "w") as f:
+        json.dump(tok_cfg, f, indent=2, ensure_ascii=False)
 
 
 def stop_token_ids(hf_tokenizer) -> list[int]:

@@ -1,0 +1,193 @@
+"""`glmserve train`: tokenizer, pretraining, fine-tuning, and the synthetic-task tools. Flags only.
+
+    glmserve train tokenizer --data corpus.txt --vocab-size 8000 --out runs/tok
+    glmserve train pretrain --preset glm-tiny --tokenizer runs/tok --data corpus.txt --out runs/tiny
+    glmserve train sft --base default --data chats.jsonl --out runs/sft --lora-rank 16 --lora-alpha 32
+    glmserve train synth --task reverse --out runs/reverse-data
+    glmserve train eval --model runs/tiny --data runs/reverse-data/heldout.jsonl
+
+    python -m model.train pretrain ...                              same as `glmserve train pretrain ...`
+    glmserve train pretrain --nproc 2 ...                           DDP on this machine (torchrun underneath)
+    torchrun --nproc-per-node 8 -m model.train pretrain --fsdp ...  FSDP
+    torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --rdzv-backend c10d \
+        --rdzv-endpoint HOST0:29500 -m model.train sft ...          multi-node (run on every node, its rank)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from model.train.config import LoraConfig, OptimConfig, TrainConfig
+
+
+def _add_loop_flags(p: argparse.ArgumentParser, lr: float, max_len: int) -> None:
+    g = p.add_argument_group("loop")
+    g.add_argument("--out", required=True, help="output dir: the exported checkpoint, metrics, checkpoints")
+    g.add_argument("--batch-size", type=int, default=8, help="sequences per micro-batch per process")
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--max-len", type=int, default=max_len, help="tokens per sequence")
+    g.add_argument("--epochs", type=float, default=1.0)
+    g.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
+    g.add_argument("--eval-ratio", type=float, default=0.05, help="held-out fraction without --eval-data")
+    g.add_argument("--eval-every", type=int, default=0, help="steps between evaluations (0: at the end)")
+    g.add_argument("--save-every", type=int, default=0, help="steps between resumable checkpoints (0: none)")
+    g.add_argument("--keep-checkpoints", type=int, default=2)
+    g.add_argument("--log-every", type=int, default=1)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
+    g.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="bf16 autocast (auto: on CUDA)")
+    g.add_argument("--fsdp", action="store_true", help="shard parameters, grads and optimizer state (FSDP2)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    g.add_argument("--resume", default="auto", help="auto (latest in --out), never, or a checkpoint dir")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    g.add_argument("--nproc", type=int, default=None, help="processes on this machine (runs torchrun)")
+    o = p.add_argument_group("optimizer")
+    o.add_argument("--lr", type=float, default=lr)
+    o.add_argument("--weight-decay", type=float, default=0.1)
+    o.add_argument("--warmup-ratio", type=float, default=0.05)
+    o.add_argument("--warmup-steps", type=int, default=None)
+    o.add_argument("--schedule", choices=["linear", "cosine", "constant"], default="cosine")
+    o.add_argument("--min-lr-ratio", type=float, default=0.0)
+    o.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glmserve train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer with GLM special tokens")
+    t.add_argument("--data", nargs="+", required=True, help="text (blank-line separated) or JSONL {'text'} files")
+    t.add_argument("--vocab-size", type=int, default=8000)
+    t.add_argument("--min-frequency", type=int, default=2)
+    t.add_argument("--out", required=True)
+
+    p = sub.add_parser("pretrain", help="train a GLM-architecture model from a preset")
+    p.add_argument("--preset", default="glm-tiny", help="a preset of model/config.py PRESETS")
+    p.add_argument("--tokenizer", required=True, help="dir written by `glmserve train tokenizer`")
+    p.add_argument("--data", nargs="+", required=True)
+    p.add_argument("--eval-data", nargs="*", default=[])
+    p.add_argument("--model-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a preset field, e.g. num_hidden_layers=2 (repeatable)")
+    _add_loop_flags(p, lr=1e-3, max_len=256)
+
+    s = sub.add_parser("sft", help="fine-tune a checkpoint on chat JSONL (OpenAI or ChatGLM format)")
+    s.add_argument("--base", default="default", help="'default', an HF checkpoint dir or a .gguf file")
+    s.add_argument("--data", required=True)
+    s.add_argument("--eval-data", default=None)
+    s.add_argument("--lora-rank", type=int, default=0, help="0: full fine-tuning")
+    s.add_argument("--lora-alpha", type=float, default=16.0)
+    s.add_argument("--lora-dropout", type=float, default=0.0)
+    s.add_argument("--lora-targets", default="qkv_proj,o_proj,gate_up_proj,down_proj")
+    s.add_argument("--skip-bad-lines", action="store_true", help="report bad lines and train on the rest")
+    _add_loop_flags(s, lr=2e-5, max_len=1024)
+
+    y = sub.add_parser("synth", help="write a synthetic task (train corpus + held-out items)")
+    y.add_argument("--task", choices=["reverse"], default="reverse")
+    y.add_argument("--out", required=True)
+    y.add_argument("--num-train", type=int, default=20000)
+    y.add_argument("--num-eval", type=int, default=200)
+    y.add_argument("--min-len", type=int, default=3)
+    y.add_argument("--max-len", type=int, default=8)
+    y.add_argument("--alphabet", default="abcdefghijklmnopqrstuvwxyz")
+    y.add_argument("--seed", type=int, default=0)
+
+    e = sub.add_parser("eval", help="exact match of greedy completions on held-out items")
+    e.add_argument("--model", required=True)
+    e.add_argument("--data", required=True, help='JSONL of {"prompt" or "messages", "completion"}')
+    e.add_argument("--max-new-tokens", type=int, default=32)
+    e.add_argument("--device", default="cpu")
+    return parser
+
+
+def _train_config(a: argparse.Namespace) -> TrainConfig:
+    optim = OptimConfig(lr=a.lr, weight_decay=a.weight_decay, warmup_ratio=a.warmup_ratio, warmup_steps=a.warmup_steps,
+                        schedule=a.schedule, min_lr_ratio=a.min_lr_ratio, max_grad_norm=a.max_grad_norm)
+    return TrainConfig(out_dir=a.out, batch_size=a.batch_size, grad_accum=a.grad_accum, max_len=a.max_len,
+                       epochs=a.epochs, max_steps=a.max_steps, eval_ratio=a.eval_ratio, eval_every=a.eval_every,
+                       save_every=a.save_every, keep_checkpoints=a.keep_checkpoints, log_every=a.log_every,
+                       seed=a.seed, gradient_checkpointing=a.gradient_checkpointing, bf16=a.bf16, fsdp=a.fsdp,
+                       device=a.device, resume=a.resume, progress=not a.no_progress, optim=optim)
+
+
+def _overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--model-override wants KEY=VALUE, got {pair!r}")
+        out[key] = json.loads(value)  # numbers and booleans as JSON
+    return out
+
+
+def _relaunch_with_torchrun(argv: list[str], nproc: int) -> int:
+    """`--nproc N` without torchrun: start N workers of this same command under torchrun."""
+    from torch.distributed.run import main as torchrun_main
+
+    rest, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        if not arg.startswith("--nproc="):
+            rest.append(arg)
+    torchrun_main(["--standalone", f"--nproc-per-node={nproc}", "-m", "model.train", *rest])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if a.command == "tokenizer":
+        from model.train.tokenizer_train import TokenizerTrainConfig, train_tokenizer
+
+        print(train_tokenizer(TokenizerTrainConfig(a.data, a.out, a.vocab_size, a.min_frequency)))
+        return 0
+    if a.command == "synth":
+        from model.train.synthetic import ReverseTaskConfig, make_reverse_task
+
+        paths = make_reverse_task(ReverseTaskConfig(a.out, a.num_train, a.num_eval, a.min_len, a.max_len,
+                                                    a.alphabet, a.seed))
+        print("\n".join(paths))
+        return 0
+    if a.command == "eval":
+        from model.train.evaluate import exact_match, read_items
+
+        result = exact_match(a.model, read_items(a.data), a.max_new_tokens, a.device)
+        print(json.dumps({"exact_match": result.accuracy, "correct": result.correct, "total": result.total,
+                          "mistakes": result.examples}, indent=2, ensure_ascii=False))
+        return 0
+    if a.nproc and a.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        return _relaunch_with_torchrun(argv, a.nproc)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    if int(os.environ.get("RANK", "0")) != 0:
+        logging.getLogger().setLevel(logging.WARNING)  # one rank talks
+    if a.command == "pretrain":
+        from model.train.pretrain import PretrainConfig, run_pretrain
+
+        result = run_pretrain(PretrainConfig(a.preset, a.tokenizer, a.data, _train_config(a), a.eval_data,
+                                             _overrides(a.model_override)))
+    else:
+        from model.train.sft import SFTConfig, run_sft
+
+        lora = LoraConfig(a.lora_rank, a.lora_alpha, a.lora_dropout, tuple(a.lora_targets.split(",")))
+        result = run_sft(SFTConfig(a.base, a.data, _train_config(a), a.eval_data, lora, a.skip_bad_lines))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"out": a.out, "steps": result.steps, "final_eval_loss": result.final_eval_loss,
+                          "tokens_per_s": round(result.tokens_per_s, 1)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Supervised fine-tuning of a checkpoint on chat JSONL, fully or with LoRA.
+
+    glmserve train sft --base default --data model/train/data/glmserve_facts.jsonl --out runs/sft \
+        --lora-rank 16 --lora-alpha 32 --epochs 3 --lr 1e-3
+
+The base is anything load_model reads (`default`, an HF dir, a GGUF file). Conversations are rendered
+with the base's own chat template and only assistant tokens are targets (chat_data.py). The export
+keeps the base's config.json and tokenizer, with LoRA merged into the weights.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from model.train.chat_data import load_chat_jsonl
+from model.train.config import LoraConfig, TrainConfig
+from model.train.data import TokenDataset, data_files_exist, file_sha256
+from model.train.distributed import DistInfo, init_distributed, shutdown_distributed
+from model.train.export import export_checkpoint, materialize
+from model.train.lora import apply_lora, count_parameters
+from model.train.provenance import training_args
+from model.train.trainer import Trainer, TrainResult
+
+log = logging.getLogger("glmserve.train")
+
+
+@dataclass
+class SFTConfig:
+    base: str
+    data: str
+    train: TrainConfig
+    eval_data: str | None = None
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    skip_bad_lines: bool = False
+
+
+def _datasets(cfg: SFTConfig, tokenizer, template) -> tuple[TokenDataset, TokenDataset | None]:
+    hf = tokenizer.hf
+    eos_id = hf.eos_token_id if hf.eos_token_id is not None else tokenizer.eos_token_ids[0]
+    pad_id = hf.pad_token_id if hf.pad_token_id is not None else eos_id
+
+    def load(path: str) -> TokenDataset:
+        return load_chat_jsonl(path, template, set(tokenizer.eos_token_ids), eos_id, pad_id, cfg.train.max_len,
+                               cfg.skip_bad_lines)
+
+    full = load(cfg.data)
+    log.info("sft data: %d conversations, %d target tokens", len(full),
+             sum(full.num_label_tokens(i) for i in range(len(full))))
+    if cfg.eval_data:
+        return full, load(cfg.eval_data)
+    return full.split(cfg.train.eval_ratio, cfg.train.seed)
+
+
+def run_sft(cfg: SFTConfig, info: DistInfo | None = None) -> TrainResult:
+    from model.chat_template import ChatTemplate
+    from model.loader import load_model
+    from model.tokenizer import Tokenizer
+
+    data_files_exist([cfg.data] + ([cfg.eval_data] if cfg.eval_data else []))
+    owns_group = info is None
+    info = info or init_distributed(cfg.train.device)
+    try:
+        loaded = load_model(cfg.base, device="cpu", dtype=torch.float32)  # fp32 master weights
+        tokenizer = Tokenizer(loaded.path)
+        train_set, eval_set = _datasets(cfg, tokenizer, ChatTemplate(tokenizer))
+        model = loaded.model.train()
+        if cfg.lora.enabled:
+            torch.manual_seed(cfg.train.seed)  # every rank draws the same adapter initialization
+            apply_lora(model, cfg.lora)
+        trainable, total = count_parameters(model)
+        log.info("base %s: %.1fM params, %.2fM trainable", cfg.base, total / 1e6, trainable / 1e6)
+        data_hash = file_sha256([cfg.data])
+        fingerprint = {"data_sha256": data_hash, "base": loaded.path, "lora": asdict(cfg.lora), "task": "sft",
+                       "global_batch": cfg.train.batch_size * cfg.train.grad_accum * info.world_size}
+        trainer = Trainer(model, train_set, eval_set, cfg.train, info, fingerprint)
+        result = trainer.train()
+        state = trainer.full_state_dict()
+        if info.is_main:
+            merged = materialize(loaded.config, state, cfg.lora)
+            args = training_args("sft", result, cfg.train, info, base=cfg.base, base_path=loaded.path,
+                                 base_provenance=loaded.provenance or None, data=[cfg.data], data_sha256=data_hash,
+                                 eval_data=cfg.eval_data, num_conversations=len(train_set),
+                                 lora=asdict(cfg.lora) if cfg.lora.enabled else None,
+                                 trainable_params=trainable, total_params=total)
+            export_checkpoint(cfg.train.out_dir, merged, tokenizer.hf, args, base_dir=loaded.path)
+            log.info("exported %s", cfg.train.out_dir)
+        return result
+    finally:
+        if owns_group:
+            shutdown_distributed()

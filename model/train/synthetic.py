@@ -1,0 +1,64 @@
+"""Synthetic tasks that show a from-scratch model really learns: string reversal.
+
+    glmserve train synth --task reverse --out runs/reverse-data --num-train 20000 --num-eval 200
+
+Writes train.jsonl ({"text": "reverse: a b c = c b a"} per line, a pretraining corpus) and
+heldout.jsonl ({"prompt": "reverse: a b c =", "completion": "c b a"}) whose strings never occur in
+train.jsonl. Letters are space-separated so that each one is one token whatever BPE merges: the task
+is then about attention (copy in mirrored order), not about tokenization accidents.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+
+
+@dataclass
+class ReverseTaskConfig:
+    out_dir: str
+    num_train: int = 20000
+    num_eval: int = 200
+    min_len: int = 3
+    max_len: int = 8
+    alphabet: str = "abcdefghijklmnopqrstuvwxyz"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_len <= self.max_len:
+            raise ValueError("need 1 <= min_len <= max_len")
+        space = sum(len(self.alphabet) ** n for n in range(self.min_len, self.max_len + 1))
+        if self.num_train + self.num_eval > space // 2:
+            raise ValueError(f"only {space} distinct strings: ask for fewer items or allow longer ones")
+
+
+def reverse_prompt(letters: str) -> str:
+    return f"reverse: {' '.join(letters)} ="
+
+
+def reverse_answer(letters: str) -> str:
+    return " ".join(reversed(letters))
+
+
+def make_reverse_task(cfg: ReverseTaskConfig) -> tuple[str, str]:
+    """Writes the two files; returns their paths (train, heldout)."""
+    rng = random.Random(cfg.seed)
+    seen: set[str] = set()
+    items: list[str] = []
+    while len(items) < cfg.num_train + cfg.num_eval:
+        n = rng.randint(cfg.min_len, cfg.max_len)
+        s = "".join(rng.choice(cfg.alphabet) for _ in range(n))
+        if s not in seen:  # held-out strings must be new to the model
+            seen.add(s)
+            items.append(s)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    train_path = os.path.join(cfg.out_dir, "train.jsonl")
+    eval_path = os.path.join(cfg.out_dir, "heldout.jsonl")
+    with open(train_path, "w") as f:
+        for s in items[: cfg.num_train]:
+            f.write(json.dumps({"text": f"{reverse_prompt(s)} {reverse_answer(s)}"}) + "\n")
+    with open(eval_path, "w") as f:
+        for s in items[cfg.num_train:]:
+            f.write(json.dumps({"prompt": reverse_prompt(s), "completion": reverse_answer(s)}) + "\n")
+    return train_path, eval_path
