@@ -11,11 +11,14 @@ import os
 import torch
 
 from model.config import EngineConfig, ModelConfig
+from model.engine.cpu_packing import mkldnn_available, pack_linears
 from model.engine.scheduler import ScheduledSeq
 from model.layers.attention import AttentionMetadata, PrefillSegment
 from model.models.decoder import CausalLM
 
 log = logging.getLogger("glmserve.engine")
+
+CPU_DEFAULT_KV_CACHE_BYTES = 1 << 30
 
 
 def kv_bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -51,6 +54,8 @@ class ModelRunner:
                                     cfg.num_key_value_heads, cfg.head_dim, dtype=self.dtype, device=self.device)
         for i, layer in enumerate(model.layers):
             layer.attn.kv_cache = self.kv_cache[i]
+        if self.device.type == "cpu" and not engine_config.enforce_eager and mkldnn_available():
+            log.info("packed %d linear layers for oneDNN", pack_linears(model))
         log.info("KV cache: %d blocks x %d tokens (%.1f MiB)", self.num_blocks, self.block_size,
                  self.kv_cache.numel() * self.kv_cache.element_size() / 2**20)
 
@@ -59,8 +64,11 @@ class ModelRunner:
         budget = self.engine_config.kv_cache_memory
         if budget is None:
             budget = int(_available_memory(self.device) * self.engine_config.kv_cache_fraction)
-            # never more than every sequence at full context needs
+            # never more than every sequence at full context needs, and on CPU at most 1 GiB by default
+            # (host memory is shared with everything else; pass kv_cache_memory for more)
             budget = min(budget, per_block * self.max_blocks_per_seq * self.engine_config.max_num_seqs)
+            if self.device.type == "cpu":
+                budget = min(budget, CPU_DEFAULT_KV_CACHE_BYTES)
         num = budget // per_block
         if num < 1:
             raise ValueError(f"kv_cache_memory={budget} bytes holds no block of {per_block} bytes")
@@ -98,6 +106,7 @@ class ModelRunner:
         sampling = [s for s in ordered if s.samples]
         if not sampling:
             return torch.empty(0, self.config.vocab_size), []
+        # (S, hidden) -> (S, vocab): only the rows that sample pay for the vocabulary projection
         logits = self.model.compute_logits(hidden[self._tensor(logits_rows)]).float()
         return logits, sampling
 
