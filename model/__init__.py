@@ -1,21 +1,51 @@
 """glmserve's model library: the public API for the server, clients of the library and training.
 
     from model import AsyncEngine, LLMEngine, EngineConfig, SamplingParams, load_model
-"""
-from model.chat_template import ChatTemplate, ChatTemplateError
-from model.config import EngineConfig, ModelConfig, UnsupportedModelError
-from model.engine.async_engine import AsyncEngine
-from model.engine.llm_engine import LLMEngine
-from model.engine.outputs import (EngineDeadError, EngineStats, RequestMetrics, RequestOutput, RequestRejected,
-                                  TokenLogprob)
-from model.loader import LoadedModel, load_model, resolve_model_dir
-from model.sampling_params import SamplingParams, SamplingParamsError
-from model.tokenizer import IncrementalDetokenizer, StopStringMatcher, Tokenizer
 
-__all__ = [
-    "AsyncEngine", "LLMEngine",
-    "ChatTemplate", "ChatTemplateError", "EngineConfig", "ModelConfig", "UnsupportedModelError",
-    "EngineDeadError", "EngineStats", "RequestMetrics", "RequestOutput", "RequestRejected", "TokenLogprob",
-    "LoadedModel", "load_model", "resolve_model_dir", "SamplingParams", "SamplingParamsError",
-    "IncrementalDetokenizer", "StopStringMatcher", "Tokenizer",
-]
+Names resolve lazily (PEP 562), so `import model.engine.scheduler` or `from model import SamplingParams`
+does not pull in torch: the scheduler and block manager stay torch-free and their tests run in
+milliseconds.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AsyncEngine": "model.engine.async_engine",
+    "LLMEngine": "model.engine.llm_engine",
+    "ChatTemplate": "model.chat_template",
+    "ChatTemplateError": "model.chat_template",
+    "EngineConfig": "model.config",
+    "ModelConfig": "model.config",
+    "UnsupportedModelError": "model.config",
+    "EngineDeadError": "model.engine.outputs",
+    "EngineStats": "model.engine.outputs",
+    "RequestMetrics": "model.engine.outputs",
+    "RequestOutput": "model.engine.outputs",
+    "RequestRejected": "model.engine.outputs",
+    "TokenLogprob": "model.engine.outputs",
+    "LoadedModel": "model.loader",
+    "load_model": "model.loader",
+    "resolve_model_dir": "model.loader",
+    "SamplingParams": "model.sampling_params",
+    "SamplingParamsError": "model.sampling_params",
+    "IncrementalDetokenizer": "model.tokenizer",
+    "StopStringMatcher": "model.tokenizer",
+    "Tokenizer": "model.tokenizer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'model' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
