@@ -1,0 +1,96 @@
+"""OpenAI-format errors: `{"error": {"message", "type", "param", "code"}}` with the matching status.
+
+Serving code raises `APIError`; the handlers installed by `install_error_handlers` turn it, request
+validation failures and anything unexpected into that body. Streams that already started send the
+same JSON as their last SSE event (server/sse.py).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("glmserve.server")
+
+# status -> the OpenAI error type the SDKs map to their exception classes
+ERROR_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+    422: "invalid_request_error", 429: "rate_limit_error", 500: "server_error", 503: "service_unavailable",
+}
+
+
+class APIError(Exception):
+    """An error the client should see, with its HTTP status and OpenAI error fields."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None,
+                 err_type: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.type = err_type or ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before its answer was ready (logged as status 499)."""
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = "invalid_value") -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    if tuple(first.get("loc", ())) == ("body",) or first.get("type") == "json_invalid":
+        return "the request body must be a JSON object: " + str(first.get("msg", "")), None
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
+    param = ".".join(loc) or None
+    msg = first.get("msg", "invalid value")
+    return (f"{param}: {msg}" if param else msg), param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        request.state.error_code = exc.code or exc.type
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        body_level = any(e.get("type") == "json_invalid" or tuple(e.get("loc", ())) == ("body",) for e in exc.errors())
+        code = "invalid_json" if body_level else "invalid_value"
+        return await _api_error(request, APIError(400, message, param=param, code=code))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        err = APIError(exc.status_code, str(exc.detail), code=code, headers=dict(exc.headers or {}))
+        return await _api_error(request, err)
+
+    @app.exception_handler(ClientDisconnected)
+    async def _gone(request: Request, exc: ClientDisconnected) -> Response:
+        getattr(request.state, "glm_log", {})["error"] = "client_disconnected"
+        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error in %s %s", request.method, request.url.path)
+        return await _api_error(request, APIError(500, f"internal error: {type(exc).__name__}", code="internal_error"))

@@ -1,0 +1,1 @@
+"""Thin HTTP handlers; the logic lives in server/serving."""

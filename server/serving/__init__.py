@@ -1,0 +1,1 @@
+"""The logic behind the routes: chat, completions, and the task endpoints."""

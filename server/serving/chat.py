@@ -1,0 +1,141 @@
+"""POST /v1/chat/completions: messages -> template -> engine -> chat.completion or its chunk stream.
+
+Structured output (response_format, tools / tool_choice) plugs in at two hooks below:
+`structured_output_processors` (constrain decoding) and `parse_tool_calls` (read the answer back).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from fastapi.responses import JSONResponse
+from starlette.requests import Request
+from starlette.responses import Response
+
+from model import ChatTemplateError, RequestOutput, SamplingParamsError
+from server.errors import bad_request
+from server.protocol import (AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionRequest, ChoiceLogprobs)
+from server.serving.admission import check_model, clamp_headers, new_request_id, plan_max_tokens, sampling_params
+from server.serving.engine_stream import run_engine, until_disconnected
+from server.serving.logprobs import chat_logprobs
+from server.serving.respond import RequestContext, begin_request, finish_json, stream_response
+from server.state import ServerState
+
+
+# ---- structured-output hooks (issue: response_format / tools) ---------------------------------------
+def structured_output_processors(body: ChatCompletionRequest, state: ServerState) -> tuple[Any, ...]:
+    """Logits processors that make the answer follow `response_format` or call a tool as `tool_choice`
+    demands (SamplingParams.logits_processors). Until that lands, refuse what cannot be honoured
+    rather than silently ignore it; plain text and tool_choice auto/none need nothing."""
+    if body.response_format is not None and body.response_format.type != "text":
+        raise bad_request(f"response_format type {body.response_format.type!r} is not supported yet",
+                          param="response_format", code="unsupported_parameter")
+    if body.tool_choice not in (None, "auto", "none"):
+        raise bad_request("tool_choice other than 'auto' or 'none' is not supported yet", param="tool_choice",
+                          code="unsupported_parameter")
+    return ()
+
+
+def parse_tool_calls(body: ChatCompletionRequest, text: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """(content, tool_calls) of a finished answer. Tool-call parsing will live here; today the text is
+    the content and no tool is called."""
+    return text, []
+
+
+# ---- the endpoint -----------------------------------------------------------------------------------
+def encode_messages(state: ServerState, body: ChatCompletionRequest) -> list[int]:
+    tools = body.template_tools() if body.tool_choice != "none" else None
+    try:
+        return state.engine.chat_template.encode(body.template_messages(), tools, body.add_generation_prompt,
+                                                 **(body.chat_template_kwargs or {}))
+    except ChatTemplateError as e:
+        raise bad_request(str(e), param="messages", code="invalid_messages") from e
+    except SamplingParamsError as e:  # an unsupported content part
+        raise bad_request(str(e), param=e.param) from e
+
+
+async def create_chat_completion(state: ServerState, request: Request, body: ChatCompletionRequest) -> Response:
+    check_model(state, body.model)
+    prompt_ids = encode_messages(state, body)
+    budget = plan_max_tokens(state, len(prompt_ids), body.requested_max_tokens, body.max_tokens_param, "messages")
+    params = sampling_params(state, body.to_sampling_params, budget.max_tokens,
+                             logits_processors=structured_output_processors(body, state))
+    ctx = begin_request(state, request, new_request_id("chatcmpl"), body.stream,
+                        prompt=body.template_messages() if state.settings.log_prompts else None)
+    outputs = run_engine(state, ctx.ticket, ctx.trace, ctx.request_id, prompt_ids, params)
+    headers = clamp_headers([budget])
+    if body.stream:
+        return stream_response(state, ctx, chat_chunks(state, body, ctx, outputs), headers)
+    try:
+        completion = await until_disconnected(request, collect_chat(state, body, ctx, outputs))
+    finally:
+        ctx.close()
+    return finish_json(state, completion, headers)
+
+
+# ---- non-streaming ------------------------------------------------------------------------------------
+@dataclass
+class _ChoiceAcc:
+    text: list[str] = field(default_factory=list)
+    logprobs: list[Any] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+
+
+async def collect_chat(state: ServerState, body: ChatCompletionRequest, ctx: RequestContext,
+                       outputs: AsyncIterator[RequestOutput]) -> ChatCompletion:
+    accs = [_ChoiceAcc() for _ in range(body.n)]
+    async for out in outputs:
+        acc = accs[out.index]
+        acc.text.append(out.text_delta)
+        if body.logprobs and out.logprobs:
+            acc.logprobs += out.logprobs
+        if out.finished:
+            acc.finish_reason, acc.stop_reason = out.finish_reason, out.stop_reason
+    choices = []
+    for i, acc in enumerate(accs):
+        content, tool_calls = parse_tool_calls(body, "".join(acc.text))
+        finish = "tool_calls" if tool_calls else acc.finish_reason
+        choices.append(ChatChoice(
+            index=i, message=AssistantMessage(content=content, tool_calls=tool_calls),
+            logprobs=ChoiceLogprobs(content=chat_logprobs(acc.logprobs)) if body.logprobs else None,
+            finish_reason=finish, stop_reason=acc.stop_reason))
+    return ChatCompletion(id=ctx.request_id, created=ctx.created, model=state.model_name, choices=choices,
+                          usage=ctx.trace.usage(), system_fingerprint=state.system_fingerprint,
+                          timings=ctx.trace.timings() if state.settings.timings else None)
+
+
+# ---- streaming ------------------------------------------------------------------------------------------
+async def chat_chunks(state: ServerState, body: ChatCompletionRequest, ctx: RequestContext,
+                      outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[dict[str, Any]]:
+    """Role chunk per choice, one content chunk per output, an empty-delta finish chunk per choice
+    (with timings), then the usage chunk when stream_options.include_usage asks for it."""
+    base: dict[str, Any] = {"id": ctx.request_id, "object": "chat.completion.chunk", "created": ctx.created,
+                            "model": state.model_name, "system_fingerprint": state.system_fingerprint}
+    if body.include_usage:
+        base["usage"] = None  # OpenAI sends usage: null on every chunk but the last
+
+    def chunk(index: int, delta: dict[str, Any], logprobs: Any = None, finish: str | None = None,
+              **extra: Any) -> dict[str, Any]:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return {**base, "choices": [{**choice, **extra}]}
+
+    for i in range(body.n):
+        yield chunk(i, {"role": "assistant", "content": "", "refusal": None})
+    async for out in outputs:
+        logprobs = None
+        if body.logprobs and out.logprobs:
+            logprobs = {"content": [lp.model_dump() for lp in chat_logprobs(out.logprobs)], "refusal": None}
+        if out.text_delta or logprobs:
+            yield chunk(out.index, {"content": out.text_delta}, logprobs)
+        if out.finished:
+            extra: dict[str, Any] = {"stop_reason": out.stop_reason}
+            final = chunk(out.index, {}, None, out.finish_reason, **extra)
+            if state.settings.timings:
+                final["timings"] = ctx.trace.timings().model_dump()
+            yield final
+    if body.include_usage:
+        last = {**base, "choices": [], "usage": ctx.trace.usage().model_dump()}
+        if state.settings.timings:
+            last["timings"] = ctx.trace.timings().model_dump()
+        yield last

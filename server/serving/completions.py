@@ -1,0 +1,138 @@
+"""POST /v1/completions: one or more prompts (text or token ids) -> text_completion objects.
+
+Prompt p's choice j is choice index p * n + j, as OpenAI numbers them; each prompt is its own engine
+request and their streams are merged in arrival order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from model import RequestOutput
+from server.errors import bad_request
+from server.protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
+from server.serving.admission import check_model, clamp_headers, new_request_id, plan_max_tokens, sampling_params
+from server.serving.engine_stream import merge, run_engine, until_disconnected
+from server.serving.logprobs import append_completion_logprobs
+from server.serving.respond import RequestContext, begin_request, finish_json, stream_response
+from server.state import ServerState
+
+
+@dataclass
+class PreparedPrompt:
+    token_ids: list[int]
+    text: str  # for echo
+
+
+def prepare_prompts(state: ServerState, body: CompletionRequest) -> list[PreparedPrompt]:
+    tokenizer = state.engine.tokenizer
+    vocab = state.engine.model_config.vocab_size
+    prepared = []
+    for prompt in body.prompts():
+        if isinstance(prompt, str):
+            ids = tokenizer.encode(prompt)
+            text = prompt
+        else:
+            if any(t < 0 or t >= vocab for t in prompt):
+                raise bad_request(f"prompt token ids must be in [0, {vocab})", param="prompt", code="invalid_prompt")
+            ids, text = list(prompt), (tokenizer.decode(list(prompt)) if body.echo else "")
+        prepared.append(PreparedPrompt(ids, text))
+    return prepared
+
+
+async def create_completion(state: ServerState, request: Request, body: CompletionRequest) -> Response:
+    check_model(state, body.model)
+    if body.echo and body.logprobs is not None:
+        raise bad_request("echo together with logprobs needs prompt logprobs, which this server does not "
+                          "compute", param="echo", code="unsupported_parameter")
+    prompts = prepare_prompts(state, body)
+    budgets = [plan_max_tokens(state, len(p.token_ids), body.max_tokens, "max_tokens", "prompt") for p in prompts]
+    params = [sampling_params(state, body.to_sampling_params, b.max_tokens, {"top_logprobs": "logprobs"})
+              for b in budgets]
+    ctx = begin_request(state, request, new_request_id("cmpl"), body.stream,
+                        prompt=[p.text or p.token_ids for p in prompts] if state.settings.log_prompts else None)
+    engine_ids = [ctx.request_id] if len(prompts) == 1 else [f"{ctx.request_id}-{i}" for i in range(len(prompts))]
+    outputs = merge([run_engine(state, ctx.ticket, ctx.trace, rid, p.token_ids, sp)
+                     for rid, p, sp in zip(engine_ids, prompts, params)])
+    numbering = {rid: i * body.n for i, rid in enumerate(engine_ids)}
+    headers = clamp_headers(budgets)
+    if body.stream:
+        return stream_response(state, ctx, completion_chunks(state, body, ctx, prompts, numbering, outputs), headers)
+    try:
+        completion = await until_disconnected(request, collect_completion(state, body, ctx, prompts, numbering,
+                                                                          outputs))
+    finally:
+        ctx.close()
+    return finish_json(state, completion, headers)
+
+
+@dataclass
+class _ChoiceAcc:
+    text: list[str] = field(default_factory=list)
+    offset: int = 0
+    logprobs: CompletionLogprobs = field(default_factory=CompletionLogprobs)
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+
+
+def _echo(prompts: list[PreparedPrompt], n: int) -> list[str]:
+    return [p.text for p in prompts for _ in range(n)]
+
+
+async def collect_completion(state: ServerState, body: CompletionRequest, ctx: RequestContext,
+                             prompts: list[PreparedPrompt], numbering: dict[str, int],
+                             outputs: AsyncIterator[RequestOutput]) -> Completion:
+    echoes = _echo(prompts, body.n) if body.echo else [""] * (len(prompts) * body.n)
+    accs = [_ChoiceAcc(text=[e], offset=len(e)) for e in echoes]
+    async for out in outputs:
+        acc = accs[numbering[out.request_id] + out.index]
+        if body.logprobs is not None and out.logprobs:
+            acc.offset = append_completion_logprobs(acc.logprobs, out.logprobs, acc.offset)
+        acc.text.append(out.text_delta)
+        if out.finished:
+            acc.finish_reason, acc.stop_reason = out.finish_reason, out.stop_reason
+    choices = [CompletionChoice(index=i, text="".join(a.text), finish_reason=a.finish_reason, stop_reason=a.stop_reason,
+                                logprobs=a.logprobs if body.logprobs is not None else None)
+               for i, a in enumerate(accs)]
+    return Completion(id=ctx.request_id, created=ctx.created, model=state.model_name, choices=choices,
+                      usage=ctx.trace.usage(), system_fingerprint=state.system_fingerprint,
+                      timings=ctx.trace.timings() if state.settings.timings else None)
+
+
+async def completion_chunks(state: ServerState, body: CompletionRequest, ctx: RequestContext,
+                            prompts: list[PreparedPrompt], numbering: dict[str, int],
+                            outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[dict[str, Any]]:
+    """One chunk per output, a finish chunk per choice (with timings), the usage chunk on request."""
+    base: dict[str, Any] = {"id": ctx.request_id, "object": "text_completion", "created": ctx.created,
+                            "model": state.model_name, "system_fingerprint": state.system_fingerprint}
+    if body.include_usage:
+        base["usage"] = None
+    offsets = [0] * (len(prompts) * body.n)
+    if body.echo:
+        for i, echo in enumerate(_echo(prompts, body.n)):
+            offsets[i] = len(echo)
+            yield {**base, "choices": [{"index": i, "text": echo, "logprobs": None, "finish_reason": None}]}
+    async for out in outputs:
+        index = numbering[out.request_id] + out.index
+        logprobs = None
+        if body.logprobs is not None and out.logprobs:
+            acc = CompletionLogprobs()
+            offsets[index] = append_completion_logprobs(acc, out.logprobs, offsets[index])
+            logprobs = acc.model_dump()
+        if out.text_delta or logprobs:
+            yield {**base, "choices": [{"index": index, "text": out.text_delta, "logprobs": logprobs,
+                                        "finish_reason": None}]}
+        if out.finished:
+            final = {**base, "choices": [{"index": index, "text": "", "logprobs": None,
+                                          "finish_reason": out.finish_reason, "stop_reason": out.stop_reason}]}
+            if state.settings.timings:
+                final["timings"] = ctx.trace.timings().model_dump()
+            yield final
+    if body.include_usage:
+        last = {**base, "choices": [], "usage": ctx.trace.usage().model_dump()}
+        if state.settings.timings:
+            last["timings"] = ctx.trace.timings().model_dump()
+        yield last

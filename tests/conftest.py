@@ -1,0 +1,22 @@
+"""Fixtures every test area can use.
+
+    tiny_llama_dir   a random 2-layer Llama checkpoint (transformers save_pretrained) with the default
+                     model's tokenizer and chat template; built once per session
+Live servers: tests/helpers/live_server.py (SubprocessServer, ThreadedServer).
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from tests.helpers.checkpoints import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
