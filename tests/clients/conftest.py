@@ -1,0 +1,12 @@
+"""Fixtures for client tests: the shared live server (tests/clients/live.py)."""
+from __future__ import annotations
+
+import pytest
+
+from tests.clients.live import shared_default_server
+from tests.helpers.live_server import SubprocessServer
+
+
+@pytest.fixture(scope="session")
+def live_server() -> SubprocessServer:
+    return shared_default_server()
