@@ -92,6 +92,9 @@ class ModelConfig:
         model_type = cfg.get("model_type", "")
         if model_type == "chatglm":
             return _from_chatglm_dict(cfg)
+        if model_type not in LLAMA_TYPES | GLM_TYPES:
+            raise UnsupportedModelError(
+                f"model_type {model_type!r} is not supported; supported: {sorted(LLAMA_TYPES | GLM_TYPES)}")
         _refuse_unsupported(cfg)
         heads = cfg["num_attention_heads"]
         head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads

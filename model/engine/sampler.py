@@ -24,6 +24,7 @@ class Sampler:
     def release(self, seq: Sequence) -> None:
         self.generators.pop(seq.seq_id, None)
 
+    @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], torch.Tensor | None]:
         """Returns the sampled token per row and, when any row asked for logprobs, raw logprobs (S, V)."""
         want_logprobs = any(s.params.logprobs is not None for s in seqs)
