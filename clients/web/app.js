@@ -93,10 +93,13 @@ async function sendChat(text) {
   let first = null;
   const paint = () => { pending = false; content.innerHTML = renderMarkdown(answer); msg.scrollIntoView({ block: "end" }); };
   const body = { model: $("model").value, messages: history.slice(), stream: true,
+                 stream_options: { include_usage: true },
                  max_tokens: numberField("max-tokens"), temperature: numberField("temperature") };
+  let usageTokens = null; // exact count from the final usage chunk; a stopped stream has none
   let outcome = "done";
   try {
     await streamSSE("v1/chat/completions", body, chatAbort.signal, (ev) => {
+      if (ev.usage && ev.usage.completion_tokens != null) usageTokens = ev.usage.completion_tokens;
       const delta = ev.choices && ev.choices[0] && ev.choices[0].delta;
       if (!delta || !delta.content) return;
       if (first === null) first = performance.now();
@@ -115,8 +118,10 @@ async function sendChat(text) {
   else if (outcome === "error") history.pop(); // the server never answered: let the user resend
   if (outcome !== "error") {
     const end = performance.now();
-    const parts = [first === null ? "no tokens" : `TTFT ${Math.round(first - start)} ms`, `${chunks} chunks`];
-    if (first !== null && chunks > 1 && end > first) parts.push(`${((chunks - 1) * 1000 / (end - first)).toFixed(1)} tok/s`);
+    const tokens = usageTokens === null ? chunks : usageTokens;
+    const parts = [first === null ? "no tokens" : `TTFT ${Math.round(first - start)} ms`,
+                   `${usageTokens === null ? "~" : ""}${tokens} tokens`];
+    if (first !== null && tokens > 1 && end > first) parts.push(`${((tokens - 1) * 1000 / (end - first)).toFixed(1)} tok/s`);
     if (outcome === "stopped") parts.push("stopped");
     $("chat-status").textContent = parts.join(" · ");
   }

@@ -1,6 +1,7 @@
 // Safe Markdown for model output: the whole text is HTML-escaped FIRST, then a small set of
 // constructs is turned into tags this file writes itself. Model output can therefore never
 // inject markup, attributes or scripts; links are kept only for http(s) URLs.
+(() => {
 "use strict";
 
 function escapeHtml(text) {
@@ -91,3 +92,4 @@ function renderMarkdown(source) {
 }
 
 window.glmserveMarkdown = { escapeHtml, renderInline, renderMarkdown };
+})(); // a closure: classic scripts share one global scope with app.js
