@@ -1,0 +1,208 @@
+"""LLMEngine / AsyncEngine behaviour against an independent reference (HF greedy `generate`)."""
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+import torch
+
+from model import (AsyncEngine, EngineConfig, LLMEngine, RequestRejected, SamplingParams, SamplingParamsError,
+                   load_model)
+from tests.helpers.checkpoints import build_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> str:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama", num_hidden_layers=2)
+
+
+@pytest.fixture(scope="module")
+def hf_tiny(tiny_dir: str):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+
+
+def _engine(path: str, **kw) -> LLMEngine:
+    defaults = dict(max_num_seqs=16, max_num_batched_tokens=128, kv_cache_memory=16 << 20)
+    return LLMEngine.from_model(path, EngineConfig(**{**defaults, **kw}))
+
+
+def _hf_greedy(hf, prompt: list[int], n: int) -> list[int]:
+    out = hf.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                      pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def _prompts(count: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(3, 49152) for _ in range(rng.randint(3, 150))] for _ in range(count)]
+
+
+def test_concurrent_greedy_requests_equal_solo_hf_greedy(tiny_dir: str, hf_tiny) -> None:
+    engine = _engine(tiny_dir)
+    prompts = _prompts(16)
+    lengths = [8 + 3 * i for i in range(16)]
+    for i, (p, n) in enumerate(zip(prompts, lengths)):
+        engine.add_request(f"r{i}", p, SamplingParams(temperature=0, max_tokens=n, min_tokens=n))
+    tokens = {f"r{i}": [] for i in range(16)}
+    while engine.has_unfinished():
+        for out in engine.step():
+            tokens[out.request_id] += out.token_ids
+    for i, (p, n) in enumerate(zip(prompts, lengths)):
+        assert tokens[f"r{i}"] == _hf_greedy(hf_tiny, p, n), f"request {i}"
+
+
+def test_long_prompt_is_prefilled_in_chunks_with_identical_output(tiny_dir: str, hf_tiny) -> None:
+    engine = _engine(tiny_dir, max_num_batched_tokens=32)
+    prompt = _prompts(1, seed=5)[0] + _prompts(1, seed=6)[0]
+    out = engine.generate([prompt], SamplingParams(temperature=0, max_tokens=12, min_tokens=12))[0][0]
+    assert engine.num_steps >= len(prompt) // 32 + 12
+    assert out.token_ids == _hf_greedy(hf_tiny, prompt, 12)
+
+
+def test_prefix_cache_hit_gives_same_output_and_computes_fewer_tokens(tiny_dir: str) -> None:
+    engine = _engine(tiny_dir)
+    shared = _prompts(1, seed=7)[0] * 4  # ~hundreds of tokens
+    params = SamplingParams(temperature=0, max_tokens=10, min_tokens=10)
+    first = engine.generate([shared + [11, 12]], params)[0][0]
+    before = engine.num_prompt_tokens_total
+    second = engine.generate([shared + [11, 12]], params)[0][0]
+    computed = engine.num_prompt_tokens_total - before
+    assert second.token_ids == first.token_ids
+    assert second.num_cached_tokens >= len(shared) - engine.config.block_size
+    assert computed <= len(shared) + 2 - second.num_cached_tokens
+    assert engine.stats().prefix_cache_hits >= second.num_cached_tokens
+
+
+def test_abort_mid_generation_returns_every_block(tiny_dir: str) -> None:
+    engine = _engine(tiny_dir)
+    total = engine.block_manager.num_blocks
+    for i, p in enumerate(_prompts(4)):
+        engine.add_request(f"a{i}", p, SamplingParams(temperature=0, max_tokens=200, ignore_eos=True))
+    for _ in range(5):
+        engine.step()
+    assert engine.block_manager.num_free_blocks < total
+    for i in range(4):
+        outs = engine.abort(f"a{i}")
+        assert outs and outs[0].finished and outs[0].finish_reason == "abort"
+    assert engine.block_manager.num_free_blocks == total and not engine.has_unfinished()
+
+
+def test_small_cache_preempts_and_still_produces_correct_output(tiny_dir: str, hf_tiny) -> None:
+    # 12 blocks of 16 tokens: four requests of ~40 + 40 tokens cannot all be resident at once
+    engine = _engine(tiny_dir, max_num_seqs=4, kv_cache_memory=12 * _block_bytes(load_model(tiny_dir).config))
+    assert engine.block_manager.num_blocks == 12
+    prompts = [p[:40] + [5] * max(0, 40 - len(p)) for p in _prompts(4, seed=3)]
+    outs = engine.generate(prompts, SamplingParams(temperature=0, max_tokens=40, min_tokens=40))
+    assert engine.scheduler.num_preemptions > 0
+    for p, o in zip(prompts, outs):
+        assert o[0].token_ids == _hf_greedy(hf_tiny, p, 40)
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+def _block_bytes(model_config) -> int:
+    from model.engine.model_runner import kv_bytes_per_block
+
+    return kv_bytes_per_block(model_config, 16, torch.float32)
+
+
+def test_seeded_sampling_is_reproducible_across_batch_mixes(tiny_dir: str) -> None:
+    params = SamplingParams(temperature=1.0, top_p=0.9, top_k=50, seed=1234, max_tokens=16, ignore_eos=True)
+    prompt = _prompts(1, seed=9)[0]
+    alone = _engine(tiny_dir).generate([prompt], params)[0][0].token_ids
+    engine = _engine(tiny_dir)
+    others = _prompts(5, seed=10)
+    mixed = engine.generate(others[:2] + [prompt] + others[2:], params)
+    assert mixed[2][0].token_ids == alone
+    unseeded = SamplingParams(temperature=1.0, max_tokens=16, ignore_eos=True)
+    runs = {tuple(engine.generate([prompt], unseeded)[0][0].token_ids) for _ in range(3)}
+    assert len(runs) > 1
+
+
+def test_stop_string_split_across_tokens_is_caught_and_left_out() -> None:
+    engine = LLMEngine.from_model("default", EngineConfig(kv_cache_memory=32 << 20))
+    prompt = engine.tokenizer.encode("The days of the week are Monday, Tuesday, Wednesday,")
+    free = engine.generate([prompt], SamplingParams(temperature=0, max_tokens=24))[0][0]
+    pieces = [engine.tokenizer.decode([t]) for t in free.token_ids]
+    # a stop string made of the end of one token and the start of the next
+    k = next(i for i in range(1, len(pieces)) if len(pieces[i - 1].strip()) >= 2 and len(pieces[i].strip()) >= 2)
+    stop = pieces[k - 1][-2:] + pieces[k][:2]
+    out = engine.generate([prompt], SamplingParams(temperature=0, max_tokens=24, stop=[stop]))[0][0]
+    assert out.finish_reason == "stop" and out.stop_reason == stop
+    assert stop not in out.text_delta
+    assert free.text_delta.startswith(out.text_delta) and len(out.text_delta) < len(free.text_delta)
+
+
+def test_n_choices_share_the_prompt_blocks(tiny_dir: str) -> None:
+    engine = _engine(tiny_dir)
+    prompt = _prompts(1, seed=11)[0] * 2
+    outs = engine.generate([prompt], SamplingParams(n=3, temperature=1.0, seed=5, max_tokens=8, ignore_eos=True))[0]
+    assert [o.index for o in outs] == [0, 1, 2]
+    assert all(o.num_cached_tokens >= len(prompt) - 16 for o in outs[1:])
+    assert len({tuple(o.token_ids) for o in outs}) > 1
+
+
+def test_stop_token_ids_min_tokens_and_length_finish(tiny_dir: str) -> None:
+    engine = _engine(tiny_dir)
+    prompt = _prompts(1, seed=12)[0]
+    free = engine.generate([prompt], SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))[0][0]
+    assert free.finish_reason == "length" and len(free.token_ids) == 6
+    stop_id = free.token_ids[2]
+    stopped = engine.generate([prompt], SamplingParams(temperature=0, max_tokens=6, stop_token_ids=[stop_id],
+                                                       ignore_eos=True))[0][0]
+    assert stopped.finish_reason == "stop" and stopped.stop_reason == stop_id
+    assert stopped.token_ids == free.token_ids[:free.token_ids.index(stop_id) + 1]
+
+
+def test_logprobs_report_the_chosen_token_and_top_alternatives(tiny_dir: str, hf_tiny) -> None:
+    engine = _engine(tiny_dir)
+    prompt = _prompts(1, seed=13)[0]
+    out = engine.generate([prompt], SamplingParams(temperature=0, max_tokens=3, logprobs=5, ignore_eos=True))[0][0]
+    assert len(out.logprobs) == 3
+    with torch.no_grad():
+        ref = torch.log_softmax(hf_tiny(torch.tensor([prompt])).logits[0, -1], -1)
+    first = out.logprobs[0]
+    assert first.token_id == out.token_ids[0] and len(first.top_logprobs) == 5
+    assert abs(first.logprob - ref[first.token_id].item()) < 1e-3
+    assert first.top_logprobs[0][0] == first.token_id
+
+
+def test_invalid_sampling_values_name_the_field() -> None:
+    for kwargs, field in [({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"),
+                          ({"max_tokens": 0}, "max_tokens"), ({"logprobs": 99}, "top_logprobs"),
+                          ({"presence_penalty": 3}, "presence_penalty"), ({"n": 0}, "n")]:
+        with pytest.raises(SamplingParamsError) as err:
+            SamplingParams(**kwargs)
+        assert err.value.param == field and field.split("_")[0] in str(err.value)
+
+
+def test_request_that_can_never_fit_is_refused_with_numbers(tiny_dir: str) -> None:
+    engine = _engine(tiny_dir, max_model_len=256)
+    with pytest.raises(RequestRejected) as err:
+        engine.add_request("x", list(range(3, 203)), SamplingParams(max_tokens=100))
+    assert "256" in str(err.value) and "300" in str(err.value) and err.value.code == "context_length_exceeded"
+    assert not engine.has_unfinished()
+
+
+def test_async_engine_streams_and_cancel_aborts(tiny_dir: str) -> None:
+    engine = AsyncEngine.from_model(tiny_dir, EngineConfig(max_num_seqs=8, kv_cache_memory=16 << 20))
+
+    async def scenario() -> None:
+        params = SamplingParams(temperature=0, max_tokens=500, ignore_eos=True)
+        stream = engine.generate("long", _prompts(1)[0], params)
+        got = 0
+        async for out in stream:
+            got += len(out.token_ids)
+            if got >= 5:
+                break
+        await stream.aclose()
+        short = [o async for o in engine.generate("short", [5, 6, 7], SamplingParams(max_tokens=4, ignore_eos=True))]
+        assert short[-1].finished and sum(len(o.token_ids) for o in short) == 4
+
+    asyncio.run(scenario())
+    assert engine.wait_idle(10)
+    stats = engine.engine.stats()
+    assert stats.num_free_blocks == stats.num_total_blocks
+    engine.shutdown()
