@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--min-len", type=int, default=3)
     y.add_argument("--max-len", type=int, default=8)
     y.add_argument("--alphabet", default="abcdefghijklmnopqrstuvwxyz")
+    y.add_argument("--repeats", action="store_true", help="allow a letter twice in a string")
     y.add_argument("--seed", type=int, default=0)
 
     e = sub.add_parser("eval", help="exact match of greedy completions on held-out items")
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         from model.train.synthetic import ReverseTaskConfig, make_reverse_task
 
         paths = make_reverse_task(ReverseTaskConfig(a.out, a.num_train, a.num_eval, a.min_len, a.max_len,
-                                                    a.alphabet, a.seed))
+                                                    a.alphabet, not a.repeats, a.seed))
         print("\n".join(paths))
         return 0
     if a.command == "eval":

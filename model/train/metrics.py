@@ -30,13 +30,11 @@ class MetricsLogger:
                             dynamic_ncols=True)
 
     def _truncate_after(self, step: int) -> None:
-        """Keeps records up to `step` (all of them when starting fresh at 0 means: none)."""
-        if not os.path.exists(self.path):
-            return
-        with open(self.path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step] if step else []
+        """Keeps the records of steps up to `step` (none when starting at 0): a killed run logged steps
+        after its last checkpoint, and those are about to be recomputed."""
+        kept = [r for r in read_metrics(self.path) if r["step"] <= step] if step else []
         with open(self.path, "w") as f:
-            f.writelines(kept)
+            f.writelines(json.dumps(r) + "\n" for r in kept)
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -64,10 +62,17 @@ class MetricsLogger:
 
 
 def read_metrics(path: str) -> list[dict[str, Any]]:
+    """The records of a metrics file; a last line torn by a kill is skipped."""
     if not os.path.exists(path):
         return []
+    records = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
 
 
 def plot_loss_curve(records: list[dict[str, Any]], png_path: str) -> None:

@@ -5,11 +5,13 @@
 Writes train.jsonl ({"text": "reverse: a b c = c b a"} per line, a pretraining corpus) and
 heldout.jsonl ({"prompt": "reverse: a b c =", "completion": "c b a"}) whose strings never occur in
 train.jsonl. Letters are space-separated so that each one is one token whatever BPE merges: the task
-is then about attention (copy in mirrored order), not about tokenization accidents.
+is then about attention (copy in mirrored order), not about tokenization accidents. Letters within a
+string are distinct by default, so each output letter has exactly one source to attend to.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -23,12 +25,16 @@ class ReverseTaskConfig:
     min_len: int = 3
     max_len: int = 8
     alphabet: str = "abcdefghijklmnopqrstuvwxyz"
+    distinct: bool = True  # no letter twice in a string, so every output letter has one source
     seed: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_len <= self.max_len:
             raise ValueError("need 1 <= min_len <= max_len")
-        space = sum(len(self.alphabet) ** n for n in range(self.min_len, self.max_len + 1))
+        if self.distinct and self.max_len > len(set(self.alphabet)):
+            raise ValueError("distinct letters need max_len <= the alphabet's size")
+        k = len(set(self.alphabet))
+        space = sum(math.perm(k, n) if self.distinct else k ** n for n in range(self.min_len, self.max_len + 1))
         if self.num_train + self.num_eval > space // 2:
             raise ValueError(f"only {space} distinct strings: ask for fewer items or allow longer ones")
 
@@ -48,7 +54,8 @@ def make_reverse_task(cfg: ReverseTaskConfig) -> tuple[str, str]:
     items: list[str] = []
     while len(items) < cfg.num_train + cfg.num_eval:
         n = rng.randint(cfg.min_len, cfg.max_len)
-        s = "".join(rng.choice(cfg.alphabet) for _ in range(n))
+        letters = sorted(set(cfg.alphabet))
+        s = "".join(rng.sample(letters, n) if cfg.distinct else (rng.choice(letters) for _ in range(n)))
         if s not in seen:  # held-out strings must be new to the model
             seen.add(s)
             items.append(s)
