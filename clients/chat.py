@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         session = ChatSession(args)
     except (APIError, httpx.HTTPError) as exc:
-        print(f"glmserve chat: cannot reach {args.url}: {exc}", file=sys.stderr)
+        print(f"glmserve chat: {args.url}: {exc}", file=sys.stderr)
         return 1
     try:
         return repl(session)

@@ -97,13 +97,14 @@ def test_ctrl_c_stops_the_answer_and_the_server_aborts_it(live_server: Subproces
     child = spawn_chat(url, "--max-tokens", "2000")
     try:
         aborted_before = total(scrape(url), "glmserve:request_success_total", finished_reason="abort")
-        child.sendline("Write a very long story about a dragon who learns to cook.")
-        running = lambda: total(scrape(url), "glmserve:num_requests_running") >= 1  # noqa: E731
-        assert wait_for(running), "the request never started running"
-        child.expect(r"\S", timeout=30)  # the answer is streaming
+        question = "Write a very long story about a dragon who learns to cook."
+        child.sendline(question)
+        child.expect_exact(question)  # the terminal's echo of the typed line
+        child.expect(r"\S", timeout=60)  # then the answer's first visible text: it is streaming
         child.sendintr()
         child.expect(STATS, timeout=10)
-        assert "stopped" in child.match.group(0)
+        assert "stopped" in child.match.group(0) and child.match.group(1).startswith("ttft")
+        assert int(child.match.group(2)) < 2000
         child.expect_exact(PROMPT)
         # closing the stream made the server abort the request, long before 2000 tokens
         assert wait_for(lambda: total(scrape(url), "glmserve:request_success_total", finished_reason="abort")
