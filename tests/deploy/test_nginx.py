@@ -67,14 +67,14 @@ def test_health_through_the_proxy(proxy: str) -> None:
 
 def test_sse_is_not_buffered_by_the_proxy(proxy: str) -> None:
     body = {"model": "default", "messages": [{"role": "user", "content": "Count to twenty."}],
-            "max_tokens": 24, "temperature": 0, "stream": True}
+            "max_tokens": 12, "temperature": 0, "stream": True}
     arrivals = []
     with httpx.stream("POST", proxy + "/v1/chat/completions", json=body, timeout=120) as r:
         assert r.status_code == 200
         for line in r.iter_lines():
             if line.startswith("data:") and '"content"' in line:
                 arrivals.append(time.monotonic())
-    assert len(arrivals) >= 10
+    assert len(arrivals) >= 6
     # chunks arrived spread over the generation, not in one burst at the end
     spread = arrivals[-1] - arrivals[0]
     assert spread > 0.1
