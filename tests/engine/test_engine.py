@@ -206,3 +206,29 @@ def test_async_engine_streams_and_cancel_aborts(tiny_dir: str) -> None:
     stats = engine.engine.stats()
     assert stats.num_free_blocks == stats.num_total_blocks
     engine.shutdown()
+
+
+def test_default_model_concurrent_greedy_equals_solo_hf_greedy() -> None:
+    from transformers import AutoModelForCausalLM
+
+    from model import ChatTemplate, resolve_model_dir
+
+    path = resolve_model_dir("default")
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    engine = LLMEngine.from_model("default", EngineConfig(max_num_seqs=16, max_num_batched_tokens=256,
+                                                          kv_cache_memory=64 << 20))
+    template = ChatTemplate(engine.tokenizer)
+    questions = ["Hi!", "What is 2+2?", "Name a color.", "Describe the sea in one sentence.", "你好", "Say yes.",
+                 "Why is the sky blue? Explain briefly for a child who is five years old.", "List two animals.",
+                 "What is Python?", "Count to three.", "Tell me a joke.", "What day comes after Monday?",
+                 "Translate 'cat' into French.", "Is water wet?", "Give me a word that rhymes with moon.", "Bye."]
+    prompts = [template.encode([{"role": "user", "content": q}]) for q in questions]
+    lengths = [4 + (i % 5) * 2 for i in range(16)]
+    for i, (p, n) in enumerate(zip(prompts, lengths)):
+        engine.add_request(f"d{i}", p, SamplingParams(temperature=0, max_tokens=n, min_tokens=n))
+    tokens: dict[str, list[int]] = {f"d{i}": [] for i in range(16)}
+    while engine.has_unfinished():
+        for out in engine.step():
+            tokens[out.request_id] += out.token_ids
+    for i, (p, n) in enumerate(zip(prompts, lengths)):
+        assert tokens[f"d{i}"] == _hf_greedy(hf, p, n), questions[i]
