@@ -72,7 +72,6 @@ class Attention(nn.Module):
     def _paged(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         cache = self.kv_cache
         k_cache, v_cache = cache[0], cache[1]  # (num_blocks, block_size, KVH, D)
-        block_size = k_cache.shape[1]
         k_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, meta.slot_mapping, k)
         v_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, meta.slot_mapping, v)
         out = torch.empty_like(q)
@@ -95,8 +94,8 @@ class Attention(nn.Module):
         if meta.num_decodes:
             bt = meta.decode_block_tables
             b = bt.shape[0]
-            kd = k_cache[bt].view(b, -1, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, KVH, L, D)
-            vd = v_cache[bt].view(b, -1, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            kv = cache[:, bt].view(2, b, -1, self.num_kv_heads, self.head_dim)  # one gather for K and V
+            kd, vd = kv[0].transpose(1, 2), kv[1].transpose(1, 2)  # (B, KVH, L, D)
             qd = q[meta.decode_start:].unsqueeze(2)  # (B, H, 1, D)
             o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=self.scale,
                                                enable_gqa=True)

@@ -43,10 +43,16 @@ class RotaryEmbedding(nn.Module):
         freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)  # (P, rotary_dim/2)
         self.register_buffer("cos_cache", freqs.cos(), persistent=False)
         self.register_buffer("sin_cache", freqs.sin(), persistent=False)
+        self._last_positions: torch.Tensor | None = None
+        self._last_cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cos = self.cos_cache[positions].unsqueeze(-2)  # (..., T, 1, rotary_dim/2)
-        sin = self.sin_cache[positions].unsqueeze(-2)
+        # every layer of one forward passes the same positions tensor: look the tables up once
+        if positions is not self._last_positions:
+            self._last_positions = positions
+            self._last_cos_sin = (self.cos_cache[positions].unsqueeze(-2),  # (..., T, 1, rotary_dim/2)
+                                  self.sin_cache[positions].unsqueeze(-2))
+        cos, sin = self._last_cos_sin
         return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
 
     def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
