@@ -25,7 +25,7 @@ serve: setup
 
 # pytest exits 5 when it collected nothing: that is a failure here.
 test: setup test-tools
-	$(PY) -m pytest -q -x --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
+	$(PY) -m pytest -q --durations=20; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
 
 test-all: setup test-tools
 	$(PY) -m pytest -q -m "" ; rc=$$?; if [ $$rc -eq 5 ]; then exit 1; fi; exit $$rc
