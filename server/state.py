@@ -82,10 +82,8 @@ class ServerState:
             return False, "draining"
         if not self.engine.is_alive:
             return False, "engine_dead"
-        if self.self_test.status == "pending":
-            return False, "self_test_running"
-        if self.self_test.status == "failed" and self.settings.self_test == "require":
-            return False, "self_test_failed"
+        if self.settings.self_test == "require" and self.self_test.status != "passed":
+            return False, "self_test_running" if self.self_test.status == "pending" else "self_test_failed"
         return True, "ready"
 
     def admit(self) -> Ticket:
