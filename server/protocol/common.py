@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from model import SamplingParams, SamplingParamsError
 
@@ -47,6 +47,12 @@ class SamplingFields(BaseModel):
         if value is None:
             return None
         return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> "SamplingFields":
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true")
+        return self
 
     @property
     def include_usage(self) -> bool:

@@ -64,6 +64,11 @@ def test_top_logprobs_without_logprobs_is_400(tiny_server) -> None:
     assert resp.status_code == 400 and "logprobs" in _error(resp)["message"]
 
 
+def test_stream_options_without_stream_is_400(tiny_server) -> None:
+    resp = _post(tiny_server, {"messages": MSG, "stream_options": {"include_usage": True}})
+    assert resp.status_code == 400 and "stream_options" in _error(resp)["message"]
+
+
 def test_bad_role_order_is_400(tiny_server) -> None:
     resp = _post(tiny_server, {"messages": [{"role": "wizard", "content": "x"}]})
     assert resp.status_code == 400 and _error(resp)["param"].startswith("messages")
