@@ -82,8 +82,8 @@ class Attention(nn.Module):
                 ks, vs = k[rows], v[rows]
                 mask, causal = None, True
             else:
-                ks = k_cache[seg.block_table].flatten(0, 1)[: seg.context_len]  # (L, KVH, D)
-                vs = v_cache[seg.block_table].flatten(0, 1)[: seg.context_len]
+                kv = cache.index_select(1, seg.block_table).flatten(1, 2)[:, : seg.context_len]  # (2, L, KVH, D)
+                ks, vs = kv[0], kv[1]
                 offset = seg.context_len - seg.num_tokens
                 q_pos = torch.arange(seg.num_tokens, device=q.device).unsqueeze(1) + offset
                 mask = torch.arange(seg.context_len, device=q.device).unsqueeze(0) <= q_pos  # (Lq, L)
@@ -94,7 +94,8 @@ class Attention(nn.Module):
         if meta.num_decodes:
             bt = meta.decode_block_tables
             b = bt.shape[0]
-            kv = cache[:, bt].view(2, b, -1, self.num_kv_heads, self.head_dim)  # one gather for K and V
+            # one index_select for K and V (several times faster than advanced indexing on CPU)
+            kv = cache.index_select(1, bt.flatten()).view(2, b, -1, self.num_kv_heads, self.head_dim)
             kd, vd = kv[0].transpose(1, 2), kv[1].transpose(1, 2)  # (B, KVH, L, D)
             qd = q[meta.decode_start:].unsqueeze(2)  # (B, H, 1, D)
             o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=self.scale,
