@@ -1,6 +1,6 @@
 """`glmserve summarize` and `glmserve translate`: send a file to the task endpoints, stream the result.
 
-    glmserve summarize report.txt [--max-length 120] [--style bullet] [--url http://127.0.0.1:8000]
+    glmserve summarize report.txt [--max-length 120] [--length-unit words|chars] [--style bullets] [--language en]
     glmserve translate notes.zh.txt --to en [--from zh] [--glossary terms.json]
     cat notes.txt | glmserve translate - --to zh
 
@@ -38,8 +38,9 @@ def build_body(args: argparse.Namespace, text: str) -> dict[str, Any]:
     if args.command == "summarize":
         if args.max_length is not None:
             body["max_length"] = args.max_length
-        if args.style:
-            body["style"] = args.style
+        for name in ("length_unit", "style", "language"):
+            if getattr(args, name):
+                body[name] = getattr(args, name)
     else:
         body["target_lang"] = args.to
         if args.source:
@@ -94,8 +95,11 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     p.add_argument("--model", default=None)
     p.add_argument("--no-stream", action="store_true", help="wait for the whole result")
     if command == "summarize":
-        p.add_argument("--max-length", type=int, default=None, help="longest summary, in tokens")
-        p.add_argument("--style", default=None, help="e.g. paragraph, bullet, headline")
+        p.add_argument("--max-length", type=int, default=None, help="longest summary, in --length-unit")
+        p.add_argument("--length-unit", default=None, choices=("words", "chars"),
+                       help="unit of --max-length (chars suits Chinese)")
+        p.add_argument("--style", default=None, choices=("paragraph", "bullets", "headline"))
+        p.add_argument("--language", default=None, help="output language (default: the input's)")
     else:
         p.add_argument("--to", required=True, help="target language, e.g. en, zh")
         p.add_argument("--from", dest="source", default=None, help="source language (default: detected)")

@@ -163,6 +163,7 @@ function summarizeBody() {
   const maxLength = numberField("sum-max-length");
   if (maxLength) body.max_length = maxLength;
   if ($("sum-style").value) body.style = $("sum-style").value;
+  if ($("sum-unit").value) body.length_unit = $("sum-unit").value;
   return body;
 }
 
