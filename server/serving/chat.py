@@ -1,14 +1,13 @@
 """POST /v1/chat/completions: messages -> template -> engine -> chat.completion or its chunk stream.
 
-Structured output (response_format, tools / tool_choice) plugs in at two hooks below:
-`structured_output_processors` (constrain decoding) and `parse_tool_calls` (read the answer back).
+Structured output (response_format, tools / tool_choice) lives in server/serving/structured.py: a ToolPlan
+per request renders tools, constrains decoding and reads tool calls back out of each choice.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
-from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -19,35 +18,16 @@ from server.serving.admission import check_model, clamp_headers, new_request_id,
 from server.serving.engine_stream import run_engine, until_disconnected
 from server.serving.logprobs import chat_logprobs
 from server.serving.respond import RequestContext, begin_request, finish_json, stream_response
+from server.serving.structured import ToolPlan, apply_plan, plan_tools, structured_output_processors, tool_template
 from server.state import ServerState
 
 
-# ---- structured-output hooks (issue: response_format / tools) ---------------------------------------
-def structured_output_processors(body: ChatCompletionRequest, state: ServerState) -> tuple[Any, ...]:
-    """Logits processors that make the answer follow `response_format` or call a tool as `tool_choice`
-    demands (SamplingParams.logits_processors). Until that lands, refuse what cannot be honoured
-    rather than silently ignore it; plain text and tool_choice auto/none need nothing."""
-    if body.response_format is not None and body.response_format.type != "text":
-        raise bad_request(f"response_format type {body.response_format.type!r} is not supported yet",
-                          param="response_format", code="unsupported_parameter")
-    if body.tool_choice not in (None, "auto", "none"):
-        raise bad_request("tool_choice other than 'auto' or 'none' is not supported yet", param="tool_choice",
-                          code="unsupported_parameter")
-    return ()
-
-
-def parse_tool_calls(body: ChatCompletionRequest, text: str) -> tuple[str | None, list[dict[str, Any]]]:
-    """(content, tool_calls) of a finished answer. Tool-call parsing will live here; today the text is
-    the content and no tool is called."""
-    return text, []
-
-
 # ---- the endpoint -----------------------------------------------------------------------------------
-def encode_messages(state: ServerState, body: ChatCompletionRequest) -> list[int]:
-    tools = body.template_tools() if body.tool_choice != "none" else None
+def encode_messages(state: ServerState, body: ChatCompletionRequest, plan: ToolPlan) -> list[int]:
+    tools = body.template_tools() if plan.renders_tools else None
     try:
-        return state.engine.chat_template.encode(body.template_messages(), tools, body.add_generation_prompt,
-                                                 **(body.chat_template_kwargs or {}))
+        return tool_template(state).encode(body.template_messages(), tools, body.add_generation_prompt,
+                                           **(body.chat_template_kwargs or {}))
     except ChatTemplateError as e:
         raise bad_request(str(e), param="messages", code="invalid_messages") from e
     except SamplingParamsError as e:  # an unsupported content part
@@ -56,18 +36,20 @@ def encode_messages(state: ServerState, body: ChatCompletionRequest) -> list[int
 
 async def create_chat_completion(state: ServerState, request: Request, body: ChatCompletionRequest) -> Response:
     check_model(state, body.model)
-    prompt_ids = encode_messages(state, body)
+    plan = plan_tools(state, body)
+    body = apply_plan(body, plan)
+    prompt_ids = encode_messages(state, body, plan)
     budget = plan_max_tokens(state, len(prompt_ids), body.requested_max_tokens, body.max_tokens_param, "messages")
     params = sampling_params(state, body.to_sampling_params, budget.max_tokens,
-                             logits_processors=structured_output_processors(body, state))
+                             logits_processors=await structured_output_processors(body, state, plan))
     ctx = begin_request(state, request, new_request_id("chatcmpl"), body.stream,
                         prompt=body.template_messages() if state.settings.log_prompts else None)
     outputs = run_engine(state, ctx.ticket, ctx.trace, ctx.request_id, prompt_ids, params)
     headers = clamp_headers([budget])
     if body.stream:
-        return stream_response(state, ctx, chat_chunks(state, body, ctx, outputs), headers)
+        return stream_response(state, ctx, chat_chunks(state, body, ctx, outputs, plan), headers)
     try:
-        completion = await until_disconnected(request, collect_chat(state, body, ctx, outputs))
+        completion = await until_disconnected(request, collect_chat(state, body, ctx, outputs, plan))
     finally:
         ctx.close()
     return finish_json(state, completion, headers)
@@ -83,7 +65,8 @@ class _ChoiceAcc:
 
 
 async def collect_chat(state: ServerState, body: ChatCompletionRequest, ctx: RequestContext,
-                       outputs: AsyncIterator[RequestOutput]) -> ChatCompletion:
+                       outputs: AsyncIterator[RequestOutput], plan: ToolPlan | None = None) -> ChatCompletion:
+    plan = plan or ToolPlan()
     accs = [_ChoiceAcc() for _ in range(body.n)]
     async for out in outputs:
         acc = accs[out.index]
@@ -94,8 +77,8 @@ async def collect_chat(state: ServerState, body: ChatCompletionRequest, ctx: Req
             acc.finish_reason, acc.stop_reason = out.finish_reason, out.stop_reason
     choices = []
     for i, acc in enumerate(accs):
-        content, tool_calls = parse_tool_calls(body, "".join(acc.text))
-        finish = "tool_calls" if tool_calls else acc.finish_reason
+        content, tool_calls = plan.parse("".join(acc.text))
+        finish = "tool_calls" if tool_calls and acc.finish_reason == "stop" else acc.finish_reason
         choices.append(ChatChoice(
             index=i, message=AssistantMessage(content=content, tool_calls=tool_calls),
             logprobs=ChoiceLogprobs(content=chat_logprobs(acc.logprobs)) if body.logprobs else None,
@@ -107,7 +90,8 @@ async def collect_chat(state: ServerState, body: ChatCompletionRequest, ctx: Req
 
 # ---- streaming ------------------------------------------------------------------------------------------
 async def chat_chunks(state: ServerState, body: ChatCompletionRequest, ctx: RequestContext,
-                      outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[dict[str, Any]]:
+                      outputs: AsyncIterator[RequestOutput], plan: ToolPlan | None = None
+                      ) -> AsyncIterator[dict[str, Any]]:
     """Role chunk per choice, one content chunk per output, an empty-delta finish chunk per choice
     (with timings), then the usage chunk when stream_options.include_usage asks for it."""
     base: dict[str, Any] = {"id": ctx.request_id, "object": "chat.completion.chunk", "created": ctx.created,
@@ -120,17 +104,28 @@ async def chat_chunks(state: ServerState, body: ChatCompletionRequest, ctx: Requ
         choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         return {**base, "choices": [{**choice, **extra}]}
 
+    tool_streams = [(plan or ToolPlan()).stream() for _ in range(body.n)]
     for i in range(body.n):
         yield chunk(i, {"role": "assistant", "content": "", "refusal": None})
     async for out in outputs:
         logprobs = None
         if body.logprobs and out.logprobs:
             logprobs = {"content": [lp.model_dump() for lp in chat_logprobs(out.logprobs)], "refusal": None}
-        if out.text_delta or logprobs:
-            yield chunk(out.index, {"content": out.text_delta}, logprobs)
+        tools = tool_streams[out.index]
+        if tools is None:
+            deltas = [{"content": out.text_delta}] if out.text_delta else []
+        else:  # text held while it may be a tool call; tool-call deltas once known
+            deltas = tools.push(out.text_delta) + (tools.finish() if out.finished else [])
+        if logprobs and not deltas:
+            deltas = [{}]
+        for n, delta in enumerate(deltas):
+            yield chunk(out.index, delta, logprobs if n == 0 else None)
         if out.finished:
             extra: dict[str, Any] = {"stop_reason": out.stop_reason}
-            final = chunk(out.index, {}, None, out.finish_reason, **extra)
+            finish = out.finish_reason
+            if tools is not None and tools.has_tool_calls and finish == "stop":
+                finish = "tool_calls"
+            final = chunk(out.index, {}, None, finish, **extra)
             if state.settings.timings:
                 final["timings"] = ctx.trace.timings().model_dump()
             yield final
