@@ -148,18 +148,3 @@ def test_image_content_is_refused(client: OpenAI) -> None:
     with pytest.raises(BadRequestError) as err:
         client.chat.completions.create(model="tiny", messages=messages, max_tokens=2)
     assert err.value.body["param"] == "messages"
-
-
-def test_json_response_format_is_refused_until_structured_output(client: OpenAI) -> None:
-    with pytest.raises(BadRequestError) as err:
-        client.chat.completions.create(model="tiny", messages=MSG, max_tokens=2,
-                                       response_format={"type": "json_object"})
-    assert err.value.body["param"] == "response_format" and err.value.body["code"] == "unsupported_parameter"
-
-
-def test_tools_reach_the_chat_template(client: OpenAI, tiny_server) -> None:
-    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                               "parameters": {"type": "object", "properties": {}}}}]
-    resp = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=1, tools=tools, tool_choice="auto")
-    assert resp.usage.prompt_tokens == len(tiny_server.engine.chat_template.encode(MSG, tools))
-    assert resp.choices[0].message.tool_calls == []
