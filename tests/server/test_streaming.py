@@ -2,6 +2,8 @@
 streamed == non-streamed at temperature 0 (sync, async and raw HTTP clients)."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from openai import APIError, AsyncOpenAI, OpenAI
 
@@ -129,3 +131,22 @@ def test_failure_without_stream_is_a_500(client: OpenAI, failing_third_token) ->
     with pytest.raises(APIError) as err:
         client.chat.completions.create(model="tiny", messages=MSG, max_tokens=10, extra_body={"ignore_eos": True})
     assert err.value.code == "generation_failed" and "injected fault" in err.value.message
+
+
+async def test_concurrent_streams_all_complete_and_leave_nothing_behind(aclient: AsyncOpenAI, tiny_server) -> None:
+    async def one(i: int) -> tuple[str, str | None]:
+        text, finish = "", None
+        stream = await aclient.chat.completions.create(model="tiny", messages=user(f"request {i}"), max_tokens=8,
+                                                       temperature=0, stream=True)
+        async for chunk in stream:
+            for c in chunk.choices:
+                text += c.delta.content or ""
+                finish = c.finish_reason or finish
+        return text, finish
+
+    results = await asyncio.gather(*(one(i) for i in range(12)))
+    assert all(finish in ("stop", "length") for _, finish in results)
+    alone = await aclient.chat.completions.create(model="tiny", messages=user("request 3"), max_tokens=8,
+                                                  temperature=0)
+    assert results[3][0] == alone.choices[0].message.content  # batching does not change a greedy answer
+    assert tiny_server.state.num_active == 0 and tiny_server.state.num_queued == 0
