@@ -1,0 +1,138 @@
+"""Structured output for one chat request: `response_format` and `tools` / `tool_choice`.
+
+    plan = plan_tools(state, body)                             # 400s for inconsistent tool fields
+    ids = tool_template(state).encode(messages, tools)         # tools in the family's prompt format
+    processors = await structured_output_processors(body, state, plan)   # grammar masks, compiled off-loop
+    content, tool_calls = plan.parse(text)                     # or plan.stream() per streamed choice
+
+tool_choice: "none" renders no tools and parses nothing; "auto" renders them and parses calls the model
+chooses to make; "required" and a named function also force, by grammar, exactly one call of one (the
+named) tool with schema-valid arguments. response_format json_object / json_schema constrain the reply
+to JSON; with tools on auto the grammar allows either that JSON or a call.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from model import StructuredOutputError, StructuredOutputs, ToolCallShape, ToolTemplate
+from server.errors import bad_request
+from server.protocol import ChatCompletionRequest
+from server.serving.tool_parsers import ToolCallStream, ToolParser, parser_for
+from server.state import ServerState
+
+_templates: dict[int, ToolTemplate] = {}
+
+
+def tool_template(state: ServerState) -> ToolTemplate:
+    """The engine's chat template behind the tool bridge (one per template; detection reads the vocab)."""
+    chat_template = state.engine.chat_template
+    bridge = _templates.get(id(chat_template))
+    if bridge is None or bridge.chat_template is not chat_template:
+        bridge = _templates[id(chat_template)] = ToolTemplate(chat_template)
+    return bridge
+
+
+@dataclass
+class ToolPlan:
+    choice: str = "none"  # none | auto | required | named
+    parser: ToolParser | None = None  # set unless choice is none
+    forced: list[ToolCallShape] = field(default_factory=list)  # shapes the grammar allows (required/named)
+
+    @property
+    def renders_tools(self) -> bool:
+        return self.choice != "none"
+
+    def parse(self, text: str) -> tuple[str | None, list[dict[str, Any]]]:
+        """(content, OpenAI tool_calls) of one finished choice."""
+        if self.parser is None:
+            return text, []
+        result = self.parser.parse(text)
+        return result.content, [c.to_openai() for c in result.tool_calls]
+
+    def stream(self) -> ToolCallStream | None:
+        return ToolCallStream(self.parser, self.forced or None) if self.parser is not None else None
+
+
+def plan_tools(state: ServerState, body: ChatCompletionRequest) -> ToolPlan:
+    tools = body.template_tools() or []
+    choice, named = _tool_choice(body.tool_choice, bool(tools))
+    names = [t["function"]["name"] for t in tools]
+    if len(set(names)) != len(names):
+        raise bad_request("tool names must be unique", param="tools")
+    if choice == "none":
+        return ToolPlan()
+    if named is not None and named not in names:
+        raise bad_request(f"tool_choice names function {named!r}, which is not in tools", param="tool_choice")
+    parser = parser_for(tool_template(state).style, tools)
+    forced = [parser.call_shape(n) for n in names if named in (None, n)] if choice in ("required", "named") else []
+    return ToolPlan(choice, parser, forced)
+
+
+def _tool_choice(value: str | dict[str, Any] | None, has_tools: bool) -> tuple[str, str | None]:
+    """(none | auto | required | named, the named function)."""
+    if value is None:
+        return ("auto" if has_tools else "none"), None
+    if value != "none" and not has_tools:
+        raise bad_request("tool_choice is only allowed when tools are specified", param="tool_choice")
+    if isinstance(value, str):
+        if value not in ("none", "auto", "required"):
+            raise bad_request(f"tool_choice must be none, auto, required or a function, got {value!r}",
+                              param="tool_choice")
+        return value, None
+    function = value.get("function") if value.get("type") == "function" else None
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(name, str):
+        raise bad_request('tool_choice must look like {"type": "function", "function": {"name": ...}}',
+                          param="tool_choice")
+    return "named", name
+
+
+def apply_plan(body: ChatCompletionRequest, plan: ToolPlan) -> ChatCompletionRequest:
+    """The request as the engine should run it: GLM parsers need the <|assistant|> control token."""
+    if plan.parser is not None and plan.parser.needs_special_tokens and body.skip_special_tokens:
+        return body.model_copy(update={"skip_special_tokens": False})
+    return body
+
+
+async def structured_output_processors(body: ChatCompletionRequest, state: ServerState,
+                                       plan: ToolPlan) -> tuple[Any, ...]:
+    """Logits processors making the reply follow response_format / the forced tool call (or nothing)."""
+    schema = _response_schema(body)
+    if not plan.forced and schema is None:
+        return ()
+    engine = state.engine
+
+    def build() -> Any:
+        outputs = StructuredOutputs.for_tokenizer(engine.tokenizer, engine.model_config.vocab_size)
+        if plan.forced:
+            grammar = outputs.tool_calls(plan.forced)
+        elif plan.parser is not None:  # auto: the JSON reply, or a call of any tool
+            shapes = [plan.parser.call_shape(n) for n in plan.parser.tools]
+            grammar = outputs.compile_any_of([("json_schema", schema), ("tool_calls", shapes)])
+        else:
+            grammar = outputs.json_schema(*schema)
+        return outputs.processor(grammar, n=body.n)
+
+    try:
+        # compiling can take tens of milliseconds (the first one builds the vocabulary tables): off-loop
+        return (await asyncio.to_thread(build),)
+    except StructuredOutputError as e:
+        raise bad_request(str(e), param=e.param) from e
+
+
+def _response_schema(body: ChatCompletionRequest) -> tuple[dict[str, Any], bool] | None:
+    """(JSON schema, strict) that response_format asks for, or None for plain text."""
+    fmt = body.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return {"type": "object"}, False
+    spec = fmt.json_schema
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+        raise bad_request('response_format json_schema needs {"name": ..., "schema": {...}}',
+                          param="response_format")
+    # strict unless the client says otherwise: the grammar then allows only the listed properties,
+    # which a small model needs (free-form extras can run on until max_tokens) and which still validates
+    return spec.get("schema") or {"type": "object"}, spec.get("strict") is not False
