@@ -1,4 +1,4 @@
-"""`glmserve train`: tokenizer, pretraining, fine-tuning, and the synthetic-task tools. Flags only.
+r"""`glmserve train`: tokenizer, pretraining, fine-tuning, and the synthetic-task tools. Flags only.
 
     glmserve train tokenizer --data corpus.txt --vocab-size 8000 --out runs/tok
     glmserve train pretrain --preset glm-tiny --tokenizer runs/tok --data corpus.txt --out runs/tiny

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning of a checkpoint on chat JSONL, fully or with LoRA.
+r"""Supervised fine-tuning of a checkpoint on chat JSONL, fully or with LoRA.
 
     glmserve train sft --base default --data model/train/data/glmserve_facts.jsonl --out runs/sft \
         --lora-rank 16 --lora-alpha 32 --epochs 3 --lr 1e-3
