@@ -47,8 +47,41 @@ class Tokenizer:
     def token_to_str(self, token_id: int) -> str:
         return self.hf.decode([token_id], skip_special_tokens=False)
 
+    def token_bytes(self, token_id: int) -> list[int]:
+        """The raw bytes of one token (OpenAI's logprobs `bytes`): part of a UTF-8 character when a
+        character spans tokens, which its decoded text (U+FFFD) cannot show."""
+        piece = self.hf.convert_ids_to_tokens(token_id)
+        if piece is None:
+            return []
+        table = _byte_decoder()
+        if all(ch in table for ch in piece):  # byte-level BPE (GPT-2 style, as SmolLM2 and GLM-4 use)
+            return [table[ch] for ch in piece]
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):  # sentencepiece byte fallback
+            return [int(piece[3:5], 16)]
+        return list(piece.replace("\u2581", " ").encode("utf-8"))
+
     def detokenizer(self, skip_special_tokens: bool = True) -> "IncrementalDetokenizer":
         return IncrementalDetokenizer(self, skip_special_tokens)
+
+
+_BYTE_DECODER: dict[str, int] | None = None
+
+
+def _byte_decoder() -> dict[str, int]:
+    """Inverse of GPT-2's bytes_to_unicode: printable stand-in character -> byte."""
+    global _BYTE_DECODER
+    if _BYTE_DECODER is None:
+        bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + \
+            list(range(ord("\xae"), ord("\xff") + 1))
+        cs = bs[:]
+        n = 0
+        for b in range(256):
+            if b not in bs:
+                bs.append(b)
+                cs.append(256 + n)
+                n += 1
+        _BYTE_DECODER = {chr(c): b for b, c in zip(bs, cs)}
+    return _BYTE_DECODER
 
 
 def _eos_token_ids(model_dir: str, hf) -> tuple[int, ...]:

@@ -151,6 +151,10 @@ class AsyncEngine:
                 self._inbox.put(("abort", request_id))
                 self._wake.set()
 
+    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Raises RequestRejected / SamplingParamsError now, before any stream starts. Reads no mutable state."""
+        self.engine.validate(prompt_token_ids, params)
+
     async def abort(self, request_id: str) -> None:
         self._inbox.put(("abort", request_id))
         self._wake.set()
@@ -190,7 +194,8 @@ class AsyncEngine:
                     if stream is not None:
                         stream.put(e)
             elif kind == "abort":
-                self.engine.abort(payload)
+                for out in self.engine.abort(payload):
+                    self._deliver(out)
 
     def _deliver(self, out: RequestOutput) -> None:
         stream = self._streams.get(out.request_id)

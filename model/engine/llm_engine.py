@@ -119,10 +119,12 @@ class LLMEngine:
         self.num_steps += 1
         self.num_prompt_tokens_total += sum(s.num_tokens for s in sched.scheduled if s.seq.num_output_tokens == 0)
         outputs: list[RequestOutput] = []
-        tokens, raw_logprobs = self.sampler(logits, seqs) if seqs else ([], None)
+        tokens, raw_logprobs, failed = self.sampler(logits, seqs) if seqs else ([], None, {})
         now = time.time()
         for i, (seq, token_id) in enumerate(zip(seqs, tokens)):
             try:
+                if i in failed:
+                    raise RuntimeError(f"sampling failed: {failed[i]}")
                 if self.fault_hook is not None:
                     self.fault_hook(seq.request_id)
                 out = self._accept_token(seq, token_id, raw_logprobs[i] if raw_logprobs is not None else None, now)

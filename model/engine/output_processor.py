@@ -76,11 +76,13 @@ class OutputProcessor:
         if k is None or row is None:
             return None
         decode = self.tokenizer.token_to_str if self.tokenizer else str
+        to_bytes = self.tokenizer.token_bytes if self.tokenizer else (lambda i: list(str(i).encode()))
         top: list[tuple[int, str, float]] = []
         if k > 0:
             values, ids = row.topk(k)
             top = [(int(i), decode(int(i)), float(v)) for v, i in zip(values.tolist(), ids.tolist())]
-        return [TokenLogprob(token_id, decode(token_id), float(row[token_id]), top)]
+        return [TokenLogprob(token_id, decode(token_id), float(row[token_id]), top, to_bytes(token_id),
+                             [to_bytes(i) for i, _, _ in top])]
 
     def build(self, seq: Sequence, token_ids: list[int], text: str, finished: bool,
               logprobs: list[TokenLogprob] | None, error: str | None = None) -> RequestOutput:

@@ -23,6 +23,8 @@ class TokenLogprob:
     token: str
     logprob: float
     top_logprobs: list[tuple[int, str, float]] = field(default_factory=list)  # (token_id, token, logprob)
+    bytes: list[int] = field(default_factory=list)  # raw bytes of the token
+    top_bytes: list[list[int]] = field(default_factory=list)  # raw bytes of each top_logprobs entry
 
 
 @dataclass

@@ -25,32 +25,37 @@ class Sampler:
         self.generators.pop(seq.seq_id, None)
 
     @torch.inference_mode()
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], torch.Tensor | None]:
-        """Returns the sampled token per row and, when any row asked for logprobs, raw logprobs (S, V)."""
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]
+                 ) -> tuple[list[int], torch.Tensor | None, dict[int, str]]:
+        """Returns the sampled token per row, raw logprobs (S, V) when any row asked for them, and the
+        rows whose processing failed (row -> error): those rows fail alone, the batch goes on."""
         want_logprobs = any(s.params.logprobs is not None for s in seqs)
         raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
-        logits = self._process(logits, seqs)
-        if all(s.params.greedy for s in seqs):
-            return logits.argmax(dim=-1).tolist(), raw_logprobs
-        tokens = self._sample(logits, seqs)
-        return tokens, raw_logprobs
-
-    def _process(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        failed: dict[int, str] = {}
         for i, seq in enumerate(seqs):
-            p: SamplingParams = seq.params
-            row = logits[i]
-            if p.logit_bias:
-                ids = torch.tensor([int(t) for t in p.logit_bias], device=self.device)
-                row.index_add_(0, ids, torch.tensor(list(p.logit_bias.values()), device=self.device, dtype=row.dtype))
-            if seq.num_output_tokens < p.min_tokens:
-                banned = list(p.stop_token_ids) + ([] if p.ignore_eos else list(self.eos_token_ids))
-                if banned:
-                    row[banned] = float("-inf")
-            if p.needs_penalties:
-                self._penalize(row, seq, p)
-            for processor in p.logits_processors:
-                logits[i] = processor(seq.output_token_ids, logits[i])
-        return logits
+            try:
+                self._process_row(logits, i, seq)
+            except Exception as e:  # noqa: BLE001 - e.g. a grammar processor rejecting its state
+                failed[i] = f"{type(e).__name__}: {e}"
+                logits[i] = 0.0  # keep the row finite; its token is discarded
+        if all(s.params.greedy for s in seqs):
+            return logits.argmax(dim=-1).tolist(), raw_logprobs, failed
+        return self._sample(logits, seqs), raw_logprobs, failed
+
+    def _process_row(self, logits: torch.Tensor, i: int, seq: Sequence) -> None:
+        p: SamplingParams = seq.params
+        row = logits[i]
+        if p.logit_bias:
+            ids = torch.tensor([int(t) for t in p.logit_bias], device=self.device)
+            row.index_add_(0, ids, torch.tensor(list(p.logit_bias.values()), device=self.device, dtype=row.dtype))
+        if seq.num_output_tokens < p.min_tokens:
+            banned = list(p.stop_token_ids) + ([] if p.ignore_eos else list(self.eos_token_ids))
+            if banned:
+                row[banned] = float("-inf")
+        if p.needs_penalties:
+            self._penalize(row, seq, p)
+        for processor in p.logits_processors:
+            logits[i] = processor(seq.output_token_ids, logits[i])
 
     def _penalize(self, row: torch.Tensor, seq: Sequence, p: SamplingParams) -> None:
         if p.repetition_penalty != 1.0:

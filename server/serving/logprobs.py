@@ -12,14 +12,11 @@ def _lp(value: float) -> float:
     return value if value > FLOOR else FLOOR
 
 
-def _bytes(token: str) -> list[int]:
-    return list(token.encode("utf-8"))
-
-
 def chat_logprobs(items: list[TokenLogprob]) -> list[TokenLogprobOut]:
-    return [TokenLogprobOut(token=t.token, logprob=_lp(t.logprob), bytes=_bytes(t.token),
-                            top_logprobs=[TopLogprob(token=s, logprob=_lp(v), bytes=_bytes(s))
-                                          for _, s, v in t.top_logprobs])
+    # bytes come from the tokenizer: a token holding half a UTF-8 character has no faithful text
+    return [TokenLogprobOut(token=t.token, logprob=_lp(t.logprob), bytes=t.bytes,
+                            top_logprobs=[TopLogprob(token=s, logprob=_lp(v), bytes=b)
+                                          for (_, s, v), b in zip(t.top_logprobs, t.top_bytes)])
             for t in items]
 
 

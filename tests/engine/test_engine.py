@@ -232,3 +232,45 @@ def test_default_model_concurrent_greedy_equals_solo_hf_greedy() -> None:
             tokens[out.request_id] += out.token_ids
     for i, (p, n) in enumerate(zip(prompts, lengths)):
         assert tokens[f"d{i}"] == _hf_greedy(hf, p, n), questions[i]
+
+
+def test_a_failing_logits_processor_fails_only_its_request(tiny_dir: str) -> None:
+    engine = _engine(tiny_dir)
+
+    def broken(output_ids, row):
+        raise ValueError("grammar state lost")
+
+    engine.add_request("bad", [5, 6, 7], SamplingParams(max_tokens=4, logits_processors=(broken,)))
+    engine.add_request("good", [5, 6, 7], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
+    finals = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.finished:
+                finals[out.request_id] = out
+    assert finals["bad"].finish_reason == "error" and "grammar state lost" in finals["bad"].error
+    assert finals["good"].finish_reason == "length" and finals["good"].num_output_tokens == 4
+
+
+def test_async_abort_ends_the_waiting_stream(tiny_dir: str) -> None:
+    engine = AsyncEngine.from_model(tiny_dir, EngineConfig(max_num_seqs=4, kv_cache_memory=8 << 20))
+
+    async def scenario() -> list:
+        outs = []
+        async for out in engine.generate("a", [5, 6, 7], SamplingParams(max_tokens=400, ignore_eos=True)):
+            outs.append(out)
+            if len(outs) == 2:
+                await engine.abort("a")
+        return outs
+
+    outs = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert outs[-1].finished and outs[-1].finish_reason == "abort"
+    engine.shutdown()
+
+
+def test_token_bytes_rebuild_text_split_inside_characters() -> None:
+    from model import Tokenizer, resolve_model_dir
+
+    tok = Tokenizer(resolve_model_dir("default"))
+    text = "模型 🎉 ok"
+    ids = tok.encode(text)
+    assert bytes(b for i in ids for b in tok.token_bytes(i)).decode("utf-8") == text
