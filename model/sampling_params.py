@@ -56,7 +56,9 @@ class SamplingParams:
         _check("n", 1 <= self.n <= MAX_N, f"n must be between 1 and {MAX_N}, got {self.n}")
         _check("temperature", 0.0 <= self.temperature <= 2.0, f"temperature must be in [0, 2], got {self.temperature}")
         _check("top_p", 0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}")
-        _check("top_k", self.top_k >= 0, f"top_k must be -1, 0 (off) or positive, got {self.top_k}")
+        # the upper bound keeps top_k inside the sampler's int64 tensor: 2**63 killed the engine loop
+        _check("top_k", 0 <= self.top_k < 2 ** 63, f"top_k must be -1, 0 (off) or a positive 64-bit integer, "
+               f"got {self.top_k}")
         _check("min_p", 0.0 <= self.min_p <= 1.0, f"min_p must be in [0, 1], got {self.min_p}")
         _check("repetition_penalty", 0.0 < self.repetition_penalty <= 10.0,
                f"repetition_penalty must be in (0, 10], got {self.repetition_penalty}")
