@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", action="append", help="accepted Bearer key; repeat for several")
     p.add_argument("--api-key-file", help="file with one accepted key per line")
     p.add_argument("--metrics-auth", action=B, help="require an API key on /metrics too")
+    p.add_argument("--cors-origin", dest="cors_origins", action="append",
+                   help="allow browser calls from this origin (repeat for several); default: CORS off")
     p.add_argument("--max-model-len", type=int, help="context length served (prompt + output)")
     p.add_argument("--max-num-seqs", type=int, help="sequences decoded together")
     p.add_argument("--max-num-batched-tokens", type=int, help="tokens per engine step")
@@ -88,8 +90,9 @@ def serve(settings: "Settings") -> int:
     app = build_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
                             timeout_graceful_shutdown=5, lifespan="on")
-    DrainingServer(config, app.state.glm).run()
-    return 0
+    server = DrainingServer(config, app.state.glm)
+    server.run()
+    return server.exit_code  # 0 after a drain; ENGINE_DEAD_EXIT_CODE if the engine loop died
 
 
 if __name__ == "__main__":

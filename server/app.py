@@ -4,7 +4,8 @@
 
 Routers: /v1 (OpenAI API, API-key protected), task endpoints from server/routes/tasks.py when that
 module exists (same protection), /health and /ready (open), /metrics (open unless --metrics-auth),
-OpenAPI at /docs, and the web page (clients/web) at /.
+OpenAPI at /docs, and the web page (clients/web) at /. CORS headers only for --cors-origin origins;
+the test-only fault routes (server/faults.py) only with GLMSERVE_TEST_FAULTS=1.
 """
 from __future__ import annotations
 
@@ -17,16 +18,19 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 from fastapi import APIRouter, Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import Response
 
 from model import AsyncEngine
+from server import faults
 from server.auth import APIKeyChecker
 from server.errors import install_error_handlers
 from server.metrics import ServerMetrics
 from server.middleware import RequestMiddleware
 from server.routes import health, openai
 from server.selftest import run_self_test
+from server.serving.admission import CLAMP_HEADER
 from server.settings import Settings
 from server.state import VERSION, ServerState
 
@@ -79,8 +83,15 @@ def create_app(settings: Settings, engine: AsyncEngine) -> FastAPI:
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    if faults.enabled():  # test-only fault injection, off unless GLMSERVE_TEST_FAULTS=1
+        app.include_router(faults.router)
     web_dir = settings.resolved_web_dir()
     if web_dir:
         app.mount("/", StaticFiles(directory=web_dir, html=True), name="web")
     app.add_middleware(RequestMiddleware, state=state)
+    if settings.cors_origins:  # off unless configured (the web page at / is same-origin); outermost, so
+        # preflights need no API key and 413/429/503 answers carry the headers too
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+                           expose_headers=["X-Request-ID", "Retry-After", CLAMP_HEADER])
     return app

@@ -2,6 +2,10 @@
 new /v1 requests to 503, lets running requests and streams finish for up to --drain-timeout seconds,
 aborts what is left (those streams end with an error event and [DONE]), then exits with status 0.
 A second signal stops at once.
+
+If the engine loop dies, the process cannot serve again: in-flight requests end at once with an
+engine_dead error (the last SSE event of a stream), the same drain runs, and the process exits with
+ENGINE_DEAD_EXIT_CODE so the orchestrator (Docker restart policy, Kubernetes) starts a fresh one.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from server.state import ServerState
 
 log = logging.getLogger("glmserve.server")
 ABORT_GRACE_S = 1.0  # after aborting, time for streams to send their error event before they are cut
+ENGINE_DEAD_EXIT_CODE = 3
 
 
 class DrainingServer(uvicorn.Server):
@@ -26,6 +31,7 @@ class DrainingServer(uvicorn.Server):
         self.state = state
         self._drain_requested = False
         self._drain_task: asyncio.Task | None = None
+        self.exit_code = 0
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Not recorded in _captured_signals on purpose: uvicorn re-raises those after shutdown, and the
@@ -39,9 +45,19 @@ class DrainingServer(uvicorn.Server):
         self._drain_requested = True
 
     async def on_tick(self, counter: int) -> bool:
+        if not self._drain_requested and not self.state.engine.is_alive:
+            self._engine_died()
         if self._drain_requested and self._drain_task is None:
             self._drain_task = asyncio.create_task(self.drain())
         return await super().on_tick(counter)
+
+    def _engine_died(self) -> None:
+        """on_tick (every 0.1 s) found the loop thread dead: fail what is in flight, then drain and exit."""
+        log.critical("engine loop died: ending in-flight requests and exiting with %d", ENGINE_DEAD_EXIT_CODE)
+        self.exit_code = ENGINE_DEAD_EXIT_CODE
+        # streams normally get EngineDeadError from the engine; this also covers one added as it died
+        self.state.cut_all(APIError(503, "the engine loop died; the server is restarting", code="engine_dead"))
+        self._drain_requested = True
 
     async def drain(self) -> None:
         state = self.state

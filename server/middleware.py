@@ -1,6 +1,7 @@
 """The outermost layer (pure ASGI, so streams pass through untouched): X-Request-ID, the request body
-limit (413), 503 for new work while draining, in-flight counting for the drain, HTTP metrics and the
-one structured log line per request, written when the last byte of the response has gone out."""
+limit (413) and its Unicode check (400, server/body_checks.py), 503 for new work while draining,
+in-flight counting for the drain, HTTP metrics and the one structured log line per request, written
+when the last byte of the response has gone out."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.body_checks import has_lone_surrogate
 from server.errors import APIError
 from server.logs import log_request
 from server.state import ServerState
@@ -93,7 +95,11 @@ class RequestMiddleware:
                 return receive, _too_large(limit)
             if not message.get("more_body", False):
                 break
-        pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+        body = b"".join(chunks)
+        if has_lone_surrogate(body):
+            return receive, APIError(400, "the request body contains an unpaired surrogate escape "
+                                     "(\\uD800-\\uDFFF): strings must be valid Unicode", code="invalid_unicode")
+        pending = [{"type": "http.request", "body": body, "more_body": False}]
 
         async def replay() -> Message:
             return pending.pop() if pending else await receive()

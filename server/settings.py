@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     api_key: Annotated[list[str], NoDecode] = Field(default_factory=list)
     api_key_file: str | None = None
     metrics_auth: bool = False  # require an API key on /metrics too
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: no CORS headers at all
     # behaviour
     drain_timeout: float = Field(30.0, ge=0)
     timings: bool = True  # the `timings` object on responses and final chunks
@@ -59,10 +60,11 @@ class Settings(BaseSettings):
     log_level: str = "info"
     web_dir: str | None = None  # None = clients/web next to the package, when present
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "cors_origins", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
-        # GLMSERVE_API_KEY="k1,k2" names several keys; a flag repeated gives a list already.
+        # GLMSERVE_API_KEY="k1,k2" names several keys (GLMSERVE_CORS_ORIGINS several origins);
+        # a flag repeated gives a list already.
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value

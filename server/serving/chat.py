@@ -23,7 +23,15 @@ from server.state import ServerState
 
 
 # ---- the endpoint -----------------------------------------------------------------------------------
+# names the template call passes itself: one in chat_template_kwargs made the call a TypeError (a 500)
+RESERVED_TEMPLATE_KWARGS = frozenset({"self", "messages", "tools", "add_generation_prompt", "bos_token", "eos_token"})
+
+
 def encode_messages(state: ServerState, body: ChatCompletionRequest, plan: ToolPlan) -> list[int]:
+    clash = RESERVED_TEMPLATE_KWARGS.intersection(body.chat_template_kwargs or {})
+    if clash:
+        raise bad_request(f"chat_template_kwargs may not set {', '.join(sorted(clash))}",
+                          param="chat_template_kwargs")
     tools = body.template_tools() if plan.renders_tools else None
     try:
         return tool_template(state).encode(body.template_messages(), tools, body.add_generation_prompt,
