@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     dtype: str = "auto"
     device: str = "auto"
     enforce_eager: bool = False
+    cache_dir: str | None = None  # where dequantized GGUF weights are cached (default ~/.cache/glmserve)
     # admission
     max_queue: int = Field(256, ge=1)  # requests admitted but not yet producing tokens
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
