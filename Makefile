@@ -37,13 +37,15 @@ clean:
 	rm -rf $(VENV) .pytest_cache
 
 # System tools the client and deploy tests drive: Debian's chromium (Playwright cannot download a
-# browser here), promtool, docker-compose (v1 checks a compose file without an engine) and nginx.
+# browser here) with a small CJK font for its screenshots, promtool, docker-compose (v1 checks a
+# compose file without an engine) and nginx.
 # Installed only where missing and only as root (sudo on CI); a CI run without them fails here,
 # elsewhere their tests skip with a reason.
-TEST_TOOLS := /usr/bin/chromium:chromium /usr/bin/promtool:prometheus /usr/bin/docker-compose:docker-compose /usr/sbin/nginx:nginx-light
+TEST_TOOLS := /usr/bin/chromium:chromium /usr/bin/promtool:prometheus /usr/bin/docker-compose:docker-compose \
+	/usr/sbin/nginx:nginx-light /usr/share/fonts/truetype/wqy/wqy-microhei.ttc:fonts-wqy-microhei
 
 test-tools:
-	@missing=""; for pair in $(TEST_TOOLS); do bin=$${pair%%:*}; [ -x "$$bin" ] || missing="$$missing $${pair##*:}"; done; \
+	@missing=""; for pair in $(TEST_TOOLS); do bin=$${pair%%:*}; [ -e "$$bin" ] || missing="$$missing $${pair##*:}"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = "0" ]; then sudo=""; elif [ "$${CI:-}" = "true" ] && command -v sudo >/dev/null; then sudo="sudo"; \
 	else echo "test-tools: not root, not installing$$missing: their tests will skip"; exit 0; fi; \

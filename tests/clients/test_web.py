@@ -98,3 +98,15 @@ def test_api_key_is_kept_in_local_storage_only(page, live_server: SubprocessServ
     assert page.input_value("#api-key") == "sk-test-local"
     page.fill("#api-key", "")
     page.dispatch_event("#api-key", "change")
+
+
+def test_translate_tab_streams_a_translation(page) -> None:
+    page.click("[data-tab=translate]")
+    assert page.is_hidden("#panel-chat") and page.is_visible("#panel-translate")
+    page.fill("#tr-input", "你好，世界。")  # short: the server caps a translation at ~2x the source tokens
+    page.fill("#tr-target", "en")
+    page.click("#tr-run")
+    page.wait_for_function("document.getElementById('tr-status').textContent !== '…'", timeout=150_000)
+    assert page.text_content("#tr-status") == "done"
+    assert page.text_content("#tr-output").strip()
+    page.screenshot(path=str(ARTIFACTS / "web-translate.png"), full_page=True)
