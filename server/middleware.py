@@ -1,5 +1,5 @@
 """The outermost layer (pure ASGI, so streams pass through untouched): X-Request-ID, the request body
-limit (413) and its Unicode check (400, server/body_checks.py), 503 for new work while draining,
+limit (413) and its JSON checks (400, server/body_checks.py), 503 for new work while draining,
 in-flight counting for the drain, HTTP metrics and the one structured log line per request, written
 when the last byte of the response has gone out."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.body_checks import has_lone_surrogate
+from server.body_checks import json_body_problem
 from server.errors import APIError
 from server.logs import log_request
 from server.state import ServerState
@@ -96,9 +96,9 @@ class RequestMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        if has_lone_surrogate(body):
-            return receive, APIError(400, "the request body contains an unpaired surrogate escape "
-                                     "(\\uD800-\\uDFFF): strings must be valid Unicode", code="invalid_unicode")
+        problem = json_body_problem(body)
+        if problem is not None:
+            return receive, APIError(400, problem[1], code=problem[0])
         pending = [{"type": "http.request", "body": body, "more_body": False}]
 
         async def replay() -> Message:

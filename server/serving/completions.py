@@ -21,6 +21,11 @@ from server.serving.respond import RequestContext, begin_request, finish_json, s
 from server.state import ServerState
 
 
+# Each prompt is its own engine request but the whole batch holds one --max-queue slot: this bounds
+# what one request can put on the engine and into its response (2000 prompts x n=16 were accepted).
+MAX_CHOICES_PER_REQUEST = 256
+
+
 @dataclass
 class PreparedPrompt:
     token_ids: list[int]
@@ -48,6 +53,10 @@ async def create_completion(state: ServerState, request: Request, body: Completi
     if body.echo and body.logprobs is not None:
         raise bad_request("echo together with logprobs needs prompt logprobs, which this server does not "
                           "compute", param="echo", code="unsupported_parameter")
+    num_choices = len(body.prompts()) * body.n
+    if num_choices > MAX_CHOICES_PER_REQUEST:
+        raise bad_request(f"this request asks for {num_choices} choices (prompts x n); at most "
+                          f"{MAX_CHOICES_PER_REQUEST} are allowed", param="prompt", code="too_many_choices")
     prompts = prepare_prompts(state, body)
     budgets = [plan_max_tokens(state, len(p.token_ids), body.max_tokens, "max_tokens", "prompt") for p in prompts]
     params = [sampling_params(state, body.to_sampling_params, b.max_tokens, {"top_logprobs": "logprobs"})
