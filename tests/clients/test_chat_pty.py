@@ -33,7 +33,7 @@ def transcript(child: pexpect.spawn) -> str:
 
 @pytest.fixture(scope="module")
 def chat(live_server: SubprocessServer):
-    child = spawn_chat(live_server.base_url, "--max-tokens", "8", "--temperature", "0")
+    child = spawn_chat(live_server.base_url, "--max-tokens", "4", "--temperature", "0")
     yield child
     child.close(force=True)
 

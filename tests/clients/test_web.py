@@ -62,7 +62,7 @@ def test_chat_streams_and_stop_aborts_on_the_server(page, live_server: Subproces
 
 
 def test_a_follow_up_answer_completes_with_ttft(page) -> None:
-    page.fill("#max-tokens", "8")
+    page.fill("#max-tokens", "4")
     page.fill("#temperature", "0")
     page.fill("#prompt", "你好！")
     page.click("#send")
