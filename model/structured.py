@@ -11,6 +11,7 @@ token bitmask, mask the logits row) lives in model/engine/guided.py.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from model.tokenizer import Tokenizer
 
 MAX_CACHED_GRAMMARS = 256
 MAX_SCHEMA_CHARS = 64_000  # bigger schemas are refused: compiling them could stall the server
+_XGRAMMAR_LOG_PREFIX = re.compile(r"\[[0-9:]+\] \S+:\d+: ")  # "[15:45:18] /project/cpp/x.cc:5082: "
 
 
 class StructuredOutputError(ValueError):
@@ -128,7 +130,11 @@ class StructuredOutputs:
         except StructuredOutputError:
             raise
         except Exception as e:  # xgrammar raises RuntimeError/ValueError subclasses for unsupported schemas
-            raise StructuredOutputError(param, f"cannot compile the schema into a grammar: {e}") from e
+            reason = _XGRAMMAR_LOG_PREFIX.sub("", str(e)).strip()
+            raise StructuredOutputError(param, f"cannot compile the schema into a grammar: {reason}") from e
+        if self._xgr.GrammarMatcher(compiled).is_completed():
+            # a grammar that accepts only the empty string (e.g. "anyOf": []): no JSON can satisfy it
+            raise StructuredOutputError(param, "the schema admits no value")
         with self._lock:
             self._cache[key] = compiled
             while len(self._cache) > MAX_CACHED_GRAMMARS:
