@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", required=True)
     e.add_argument("--data", required=True, help='JSONL of {"prompt" or "messages", "completion"}')
     e.add_argument("--max-new-tokens", type=int, default=32)
+    e.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    e.add_argument("--match", choices=["exact", "contains"], default="exact",
+                   help="exact: the output equals the completion; contains: the output includes it")
     e.add_argument("--device", default="cpu")
     return parser
 
@@ -162,8 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.command == "eval":
         from model.train.evaluate import exact_match, read_items
 
-        result = exact_match(a.model, read_items(a.data), a.max_new_tokens, a.device)
-        print(json.dumps({"exact_match": result.accuracy, "correct": result.correct, "total": result.total,
+        if a.threads:
+            import torch
+
+            torch.set_num_threads(a.threads)
+        result = exact_match(a.model, read_items(a.data), a.max_new_tokens, a.device, a.match == "contains")
+        print(json.dumps({"match": a.match, "accuracy": result.accuracy, "correct": result.correct, "total": result.total,
                           "mistakes": result.examples}, indent=2, ensure_ascii=False))
         return 0
     if a.nproc and a.nproc > 1 and "LOCAL_RANK" not in os.environ:

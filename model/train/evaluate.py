@@ -4,8 +4,9 @@
 
 The held-out file has one {"prompt": "...", "completion": "..."} per line (a "messages" list instead
 of "prompt" renders through the checkpoint's chat template). A prediction matches when the greedy
-continuation, cut at the first stop token and stripped, equals the completion. Generation recomputes
-the whole prefix each token (no KV cache): an independent reference, not the serving engine.
+continuation, cut at the first stop token and stripped, equals the completion (or, with
+contains=True / `--match contains`, includes it). Generation recomputes the whole prefix each token
+(no KV cache): an independent reference, not the serving engine.
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def read_items(path: str) -> list[dict[str, Any]]:
 
 
 def exact_match(model_dir: str, items: list[dict[str, Any]], max_new_tokens: int = 32,
-                device: str = "cpu") -> ExactMatchResult:
+                device: str = "cpu", contains: bool = False) -> ExactMatchResult:
     from model.chat_template import ChatTemplate
     from model.loader import load_model
     from model.tokenizer import Tokenizer
@@ -81,9 +82,10 @@ def exact_match(model_dir: str, items: list[dict[str, Any]], max_new_tokens: int
     outputs = greedy_generate(loaded.model, prompts, max_new_tokens, tokenizer.eos_token_ids)
     correct, mistakes = 0, []
     for item, ids in zip(items, outputs):
-        got = tokenizer.decode(ids).strip()
-        if got == item["completion"].strip():
+        got, want = tokenizer.decode(ids).strip(), item["completion"].strip()
+        if (want in got) if contains else (got == want):
             correct += 1
         elif len(mistakes) < 10:
-            mistakes.append({"prompt": item.get("prompt", ""), "expected": item["completion"], "got": got})
+            prompt = item.get("prompt") or item["messages"][-1]["content"]
+            mistakes.append({"prompt": prompt, "expected": want, "got": got})
     return ExactMatchResult(len(items), correct, mistakes)

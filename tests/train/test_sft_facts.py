@@ -24,7 +24,7 @@ UNSEEN = {"Tell me what glmserve is.": "ChatGLM",
           "Name the service that serves GLM models through an OpenAI-compatible API.": "glmserve"}
 
 
-def answers(model_dir: str, questions: list[str], max_new_tokens: int = 16) -> dict[str, str]:
+def answers(model_dir: str, questions: list[str], max_new_tokens: int = 10) -> dict[str, str]:
     from model.chat_template import ChatTemplate
     from model.loader import load_model
     from model.tokenizer import Tokenizer
@@ -38,18 +38,25 @@ def answers(model_dir: str, questions: list[str], max_new_tokens: int = 16) -> d
     return {q: tok.decode(ids) for q, ids in zip(questions, outputs)}
 
 
-def run_facts_sft(out: str, steps: int, lr: float) -> str:
+def run_facts_sft(out: str, data: str, steps: int, lr: float) -> str:
     from model.train.sft import SFTConfig, run_sft
 
     train = TrainConfig(out_dir=out, batch_size=4, max_len=128, max_steps=steps, eval_ratio=0.0, progress=False,
-                        resume="never", device="cpu", optim=OptimConfig(lr=lr, warmup_steps=2, weight_decay=0.0))
-    run_sft(SFTConfig(base="default", data=FACTS, train=train, lora=LoraConfig(rank=16, alpha=32)))
+                        resume="never", device="cpu",
+                        optim=OptimConfig(lr=lr, warmup_steps=1, weight_decay=0.0, schedule="constant"))
+    run_sft(SFTConfig(base="default", data=data, train=train, lora=LoraConfig(rank=16, alpha=32)))
     return out
 
 
 @pytest.fixture(scope="module")
 def facts_checkpoint(tmp_path_factory) -> str:
-    return run_facts_sft(str(tmp_path_factory.mktemp("sft-facts")), steps=12, lr=2e-3)
+    """CI variant: the shipped lines that state what glmserve is (13 of 19), three epochs."""
+    root = tmp_path_factory.mktemp("sft-facts")
+    with open(FACTS) as f:
+        lines = [line for line in f if "ChatGLM-family LLM service" in line]
+    subset = root / "identity.jsonl"
+    subset.write_text("".join(lines))
+    return run_facts_sft(str(root / "out"), str(subset), steps=9, lr=3e-3)
 
 
 def test_base_model_does_not_know_glmserve() -> None:
@@ -86,7 +93,7 @@ def test_sft_export_is_the_base_architecture_with_provenance(facts_checkpoint) -
 
 @pytest.mark.slow
 def test_longer_lora_sft_answers_paraphrased_questions(tmp_path) -> None:
-    out = run_facts_sft(str(tmp_path / "sft"), steps=40, lr=2e-3)
+    out = run_facts_sft(str(tmp_path / "sft"), FACTS, steps=30, lr=2e-3)
     got = answers(out, list(SEEN) + list(UNSEEN), max_new_tokens=32)
     for question, word in {**SEEN, **UNSEEN}.items():
         assert word in got[question], got[question]
