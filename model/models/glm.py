@@ -1,23 +1,16 @@
 """GLM checkpoints: HF `glm` (GLM-4-9b layout: fused gate_up_proj, QKV bias, partial interleaved
 rotary), HF `glm4` (adds sandwich norms around attention and MLP), and the legacy ChatGLM2/3 remote-code
 layout (`transformer.encoder.layers`, fused `query_key_value`, `dense_h_to_4h`)."""
+from model.models.llama import HF_DECODER_RULES
 from model.models.weight_map import Rule, WeightMap
 
 _L = "model.layers.{i}."
 _T = "layers.{i}."
 
-GLM_RULES = [
-    Rule("model.embed_tokens.weight", "embed_tokens.weight"),
-    *[Rule(f"{_L}self_attn.{s}_proj.{p}", f"{_T}attn.qkv_proj.{p}", s) for s in "qkv" for p in ("weight", "bias")],
-    Rule(f"{_L}self_attn.o_proj.weight", f"{_T}attn.o_proj.weight"),
+GLM_RULES = HF_DECODER_RULES + [
     Rule(f"{_L}mlp.gate_up_proj.weight", f"{_T}mlp.gate_up_proj.weight"),
-    Rule(f"{_L}mlp.down_proj.weight", f"{_T}mlp.down_proj.weight"),
-    Rule(f"{_L}input_layernorm.weight", f"{_T}input_norm.weight"),
-    Rule(f"{_L}post_attention_layernorm.weight", f"{_T}post_attn_norm.weight"),
     Rule(f"{_L}post_self_attn_layernorm.weight", f"{_T}post_self_attn_norm.weight"),
     Rule(f"{_L}post_mlp_layernorm.weight", f"{_T}post_mlp_norm.weight"),
-    Rule("model.norm.weight", "norm.weight"),
-    Rule("lm_head.weight", "lm_head.weight"),
 ]
 
 _C = "transformer.encoder.layers.{i}."
