@@ -63,6 +63,7 @@ class StructuredOutputs:
         info = xgr.TokenizerInfo.from_huggingface(tokenizer.hf, vocab_size=vocab_size,
                                                   stop_token_ids=list(self.stop_token_ids))
         self._compiler = xgr.GrammarCompiler(info, max_threads=max_threads)
+        self._allowed = _without_control_characters(info, vocab_size)
         self._cache: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -97,7 +98,8 @@ class StructuredOutputs:
         """A fresh logits processor for one request (its n choices share it; see guided.py)."""
         from model.engine.guided import GrammarLogitsProcessor
 
-        return GrammarLogitsProcessor(compiled, self.stop_token_ids, self.vocab_size, num_choices=n)
+        return GrammarLogitsProcessor(compiled, self.stop_token_ids, self.vocab_size, num_choices=n,
+                                      allowed=self._allowed)
 
     def compile_any_of(self, parts: list[tuple[str, Any]], param: str = "response_format") -> Any:
         """Union of several specs: ("json_schema", (schema, strict)) and ("tool_calls", shapes) items.
@@ -155,6 +157,22 @@ class StructuredOutputs:
             args = self._json_grammar(shape.parameters or {"type": "object"}, strict=True)
         parts = [_literal(xgr, shape.begin), args] + ([_literal(xgr, shape.end)] if shape.end else [])
         return xgr.Grammar.concat(*[p for p in parts if p is not None])
+
+
+def _without_control_characters(info: Any, vocab_size: int) -> Any:
+    """A token bitmask (1, ceil(V / 32)) int32 clearing every token that holds a control character other
+    than "\n". xgrammar 0.2 writes a length-bounded JSON string as `[^"\\\r\n]{m,n}`, which lets raw
+    U+0000..U+001F through, and no JSON parser accepts those; no format here needs one outside its
+    literal newlines. Special tokens (the stop tokens among them) stay allowed."""
+    import torch
+
+    special = set(info.special_token_ids) | set(info.stop_token_ids)
+    allowed = torch.ones(-(-vocab_size // 32) * 32, dtype=torch.int64)
+    for token_id, text in enumerate(info.decoded_vocab[:vocab_size]):
+        if token_id not in special and any(b < 0x20 and b != 0x0A for b in text):
+            allowed[token_id] = 0
+    words = (allowed.view(-1, 32) << torch.arange(32)).sum(dim=1)  # bit i of word w = token 32 w + i
+    return ((words + 2 ** 31) % 2 ** 32 - 2 ** 31).to(torch.int32).unsqueeze(0)  # wrap into int32
 
 
 def _literal(xgr: Any, text: str) -> Any:

@@ -28,7 +28,9 @@ class GrammarLogitsProcessor:
     tokens remain. A token the grammar rejects (possible only when other processing left no allowed
     token finite) disables masking for that sequence: the server then validates and reports text."""
 
-    def __init__(self, compiled: Any, stop_token_ids: tuple[int, ...], vocab_size: int, num_choices: int = 1) -> None:
+    def __init__(self, compiled: Any, stop_token_ids: tuple[int, ...], vocab_size: int, num_choices: int = 1,
+                 allowed: torch.Tensor | None = None) -> None:
+        """`allowed`: a token bitmask ANDed into every mask (tokens no grammar here may produce)."""
         import xgrammar as xgr
 
         self._xgr = xgr
@@ -41,12 +43,15 @@ class GrammarLogitsProcessor:
         self._pool: list[_Tracked] = []  # least recently used first
         self._dead: list[list[int]] = []  # prefixes the grammar rejected
         self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)  # (1, ceil(V / 32)) int32
+        self._allowed = allowed
 
     def __call__(self, output_token_ids: list[int], logits_row: torch.Tensor) -> torch.Tensor:
         tracked = self._matcher_for(output_token_ids)
         if tracked is None:
             return logits_row
         tracked.matcher.fill_next_token_bitmask(self._bitmask)
+        if self._allowed is not None:
+            self._bitmask &= self._allowed
         bitmask = self._bitmask if logits_row.device.type == "cpu" else self._bitmask.to(logits_row.device)
         width = min(self._vocab_size, logits_row.shape[-1])
         self._xgr.apply_token_bitmask_inplace(logits_row.unsqueeze(0), bitmask, vocab_size=width)

@@ -23,12 +23,14 @@ def outputs(default_tokenizer) -> StructuredOutputs:
     return StructuredOutputs.for_tokenizer(default_tokenizer, default_tokenizer.vocab_size)
 
 
-def _decode_random(processor, eos: tuple[int, ...], seed: int, max_tokens: int = 200) -> list[int]:
+def _decode_random(processor, eos: tuple[int, ...], seed: int, max_tokens: int = 200, vocab_size: int = 49152,
+                   bias: torch.Tensor | None = None) -> list[int]:
     """Samples from random logits through the processor until a stop token (a model-free decode loop)."""
     gen = torch.Generator().manual_seed(seed)
     out: list[int] = []
     while len(out) < max_tokens:
-        row = processor(list(out), torch.randn(49152, generator=gen) * 3)
+        logits = torch.randn(vocab_size, generator=gen) * 3 + (bias if bias is not None else 0)
+        row = processor(list(out), logits)
         token = int(torch.multinomial(torch.softmax(row, -1), 1, generator=gen))
         if token in eos:
             return out
@@ -41,6 +43,27 @@ def test_random_logits_always_give_schema_valid_json(outputs: StructuredOutputs,
     processor = outputs.processor(outputs.json_schema(SCHEMA))
     ids = _decode_random(processor, default_tokenizer.eos_token_ids, seed)
     jsonschema.validate(json.loads(default_tokenizer.decode(ids)), SCHEMA)
+
+
+def test_bounded_strings_never_hold_raw_control_characters(glm_tokenizer_dir: str) -> None:
+    """xgrammar's length-bounded strings admit raw U+0000..U+001F; the processor must not. A byte-level
+    vocabulary of 400 tokens, logits pushed towards the control bytes, makes them likely."""
+    from model import Tokenizer
+
+    tokenizer = Tokenizer(glm_tokenizer_dir)
+    outputs = StructuredOutputs.for_tokenizer(tokenizer, tokenizer.vocab_size)
+    control = [i for i in range(tokenizer.vocab_size)
+               if any(ord(c) < 32 and c != "\n" for c in tokenizer.decode([i], skip_special_tokens=False))]
+    assert control
+    bias = torch.zeros(tokenizer.vocab_size)
+    bias[control] = 8.0
+    schema = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 12},
+                                               "b": {"type": "string", "minLength": 3, "maxLength": 6}},
+              "required": ["a", "b"]}
+    for seed in range(5):
+        processor = outputs.processor(outputs.json_schema(schema))
+        ids = _decode_random(processor, tokenizer.eos_token_ids, seed, vocab_size=tokenizer.vocab_size, bias=bias)
+        jsonschema.validate(json.loads(tokenizer.decode(ids)), schema)
 
 
 def test_choices_sharing_one_processor_diverge_independently(outputs: StructuredOutputs, default_tokenizer) -> None:
