@@ -50,3 +50,26 @@ def test_two_processes_equal_one_with_double_accumulation(mode, one_process_curv
     assert losses[-1] < losses[0]  # and it is actually training
     with open(tmp_path / "training_args.json") as f:
         assert json.load(f)["world_size"] == 2
+
+
+def test_lora_sft_under_fsdp_equals_one_process(tiny_llama_dir, tmp_path) -> None:
+    """SFT with adapters on a tied-embedding Llama: frozen and trainable parameters share FSDP units."""
+    from model.train.config import LoraConfig
+    from model.train.sft import SFTConfig, run_sft
+    from tests.train.test_sft_facts import FACTS
+
+    flags = ["--base", tiny_llama_dir, "--data", FACTS, "--lora-rank", "4", "--max-steps", "3", "--lr", "1e-3",
+             "--eval-ratio", "0.1", "--max-len", "96", "--device", "cpu", "--no-progress"]
+    single = tmp_path / "single"
+    cfg = train_config(single, batch_size=2, grad_accum=2, max_steps=3, max_len=96, eval_ratio=0.1,
+                       optim_lr=1e-3, optim_warmup_steps=None)
+    run_sft(SFTConfig(base=tiny_llama_dir, data=FACTS, train=cfg, lora=LoraConfig(rank=4)))
+    cmd = [sys.executable, "-m", "model.train", "sft", "--nproc", "2", "--fsdp", "--out", str(tmp_path / "fsdp"),
+           "--batch-size", "2", "--grad-accum", "1", *flags]
+    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses, eval_loss = _losses(str(tmp_path / "fsdp"))
+    ref_losses, ref_eval = _losses(str(single))
+    assert losses == pytest.approx(ref_losses, rel=1e-4) and eval_loss == pytest.approx(ref_eval, rel=1e-4)
+    with open(tmp_path / "fsdp" / "config.json") as f:
+        assert json.load(f)["tie_word_embeddings"] is True  # exported in the base's layout
