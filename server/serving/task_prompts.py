@@ -31,6 +31,7 @@ class PromptSet:
     translate_instruction: str  # {source} {target}
     glossary_intro: str
     text_label: str
+    translate_layout: str       # {instruction} {source} {target} {text}: the user turn of a translation
 
     def _user(self, instruction: str, text: str) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = [{"role": "system", "content": self.system}] if self.system else []
@@ -55,7 +56,9 @@ class PromptSet:
         if glossary:
             terms = "\n".join(f"- {src} -> {dst}" for src, dst in glossary.items())
             instruction += f"\n{self.glossary_intro}\n{terms}"
-        return self._user(instruction, text)
+        messages: list[dict[str, Any]] = [{"role": "system", "content": self.system}] if self.system else []
+        content = self.translate_layout.format(instruction=instruction, source=source, target=target, text=text)
+        return messages + [{"role": "user", "content": content}]
 
 
 DEFAULT_PROMPTS = PromptSet(
@@ -70,10 +73,12 @@ DEFAULT_PROMPTS = PromptSet(
             "headline": "Write only a short headline on one line, without a final period."},
     length_words="Use at most {n} words.",
     length_chars="Use at most {n} characters.",
-    translate_instruction="Translate the text below from {source} into {target}. Reply with the "
-                          "translation only, keeping the meaning, tone and line breaks.",
+    translate_instruction="Translate this {source} text into {target}. Reply with the translation only.",
     glossary_intro="Translate these terms exactly as given:",
     text_label="Text:",
+    # "Chinese: ... / English:" makes small English-centric models answer in the target language
+    # (measured on SmolLM2-135M: the plain instruction got the Chinese source copied back)
+    translate_layout="{instruction}\n\n{source}: {text}\n{target}:",
 )
 
 GLM_PROMPTS = PromptSet(
@@ -89,6 +94,7 @@ GLM_PROMPTS = PromptSet(
     translate_instruction="请把下面的文本从{source}翻译成{target}。只输出译文，保持原意、语气和换行。",
     glossary_intro="以下术语必须按给定译法翻译：",
     text_label="文本：",
+    translate_layout="{instruction}\n\n{text}",
 )
 
 # language names as the GLM prompts write them

@@ -124,7 +124,7 @@ class Translator:
         if piece.source:
             ids = render(self.runner.state.engine, self._messages(piece.source))
             max_tokens = 2 * self.runner.count_tokens(piece.source) + 16
-            cleaner = PieceCleaner()
+            cleaner = PieceCleaner(piece.source)
             async with contextlib.aclosing(self.runner.stream(ids, max_tokens)) as deltas:
                 async for delta in deltas:
                     queue.put_nowait(cleaner.feed(delta))

@@ -12,15 +12,20 @@ import unicodedata
 
 _LABEL = re.compile(r"^\s*[*#]*\s*(?:translation|translated text|译文|翻译)\s*[*]*\s*[:：]\s*[*]*\s*", re.IGNORECASE)
 _LABEL_WINDOW = 32  # characters held back at the start until the label question is settled
+_OPEN_QUOTES = "\"“«「『'"
+_CLOSE_QUOTES = "\"”»」』'"
 
 
 class PieceCleaner:
-    """Strips a leading "Translation:" label and surrounding whitespace, and ends the piece at a blank
-    line: a piece is at most one paragraph, so a blank line starts the model's own commentary.
-    Text is released as soon as it cannot change any more, so the stream and the whole agree."""
+    """Strips a leading "Translation:" label, quotes around the whole answer (unless the source is
+    quoted too) and surrounding whitespace, and ends the piece at a blank line: a piece is at most one
+    paragraph, so a blank line starts the model's own commentary. Text is released as soon as it
+    cannot change any more, so the stream and the whole agree."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: str = "") -> None:
         self.done = False
+        self._may_unquote = not source.lstrip()[:1] or source.lstrip()[0] not in _OPEN_QUOTES
+        self._quoted = False
         self._head = ""        # start of the output, until the label is settled
         self._started = False
         self._held = ""        # trailing whitespace, sent only if more text follows
@@ -37,14 +42,21 @@ class PieceCleaner:
             self._head += delta
             if len(self._head.lstrip()) < _LABEL_WINDOW and "\n" not in self._head.lstrip():
                 return ""
-            delta, self._head = _LABEL.sub("", self._head, count=1).lstrip(), ""
+            delta, self._head = self._strip_head(self._head), ""
             self._started = bool(delta)
         return self._emit(delta)
+
+    def _strip_head(self, head: str) -> str:
+        head = _LABEL.sub("", head, count=1).lstrip()
+        if self._may_unquote and head[:1] and head[0] in _OPEN_QUOTES:
+            self._quoted = True
+            head = head[1:].lstrip()
+        return head
 
     def finish(self) -> str:
         out = ""
         if not self._started and not self.done:
-            out = self._emit(_LABEL.sub("", self._head, count=1).strip())
+            out = self._emit(self._strip_head(self._head).rstrip())
         self.done = True
         self._held = ""
         return out
@@ -57,6 +69,8 @@ class PieceCleaner:
             text = text[:blank.start()]
             self.done = True
         body = text.rstrip()
+        if self._quoted and body[-1:] and body[-1] in _CLOSE_QUOTES:
+            body = body[:-1]  # held back: it closes the quotes around the answer if nothing follows
         if not self.done:
             self._held = text[len(body):]
         if body:
@@ -70,10 +84,11 @@ def _norm(text: str) -> str:
 
 
 def _contains(haystack: str, needle: str) -> bool:
-    """Case-insensitive; whole words for Latin terms ("art" is not in "start"), substrings for CJK."""
+    """Case-insensitive; whole words for Latin terms ("art" is not in "start", but a plural -s/-es
+    counts: "graphics cards" honours "graphics card"), substrings for CJK."""
     h, n = _norm(haystack), _norm(needle)
     if re.fullmatch(r"[\w\s\-'.]+", n) and n.isascii():
-        return re.search(rf"(?<!\w){re.escape(n)}(?!\w)", h) is not None
+        return re.search(rf"(?<!\w){re.escape(n)}(?:e?s)?(?!\w)", h) is not None
     return n in h
 
 

@@ -1,0 +1,56 @@
+"""POST /v1/summarize against a live server over a random tiny model with a 512-token context."""
+from __future__ import annotations
+
+from openai import OpenAI
+
+from server.serving.length_control import count_length
+from tests.tasks.conftest import VARIED, post, stream, streamed_text
+
+
+def document(num_paragraphs: int) -> str:
+    return "\n\n".join(f"Paragraph {i} reports on the council meeting. The vote on item {i} passed by seven to two. "
+                       f"Residents asked questions about cost number {i}." for i in range(num_paragraphs))
+
+
+def test_short_text_is_one_chunk_with_the_documented_shape(task_client: OpenAI) -> None:
+    out = post(task_client, "/summarize", {"text": "The council approved three new libraries.", "max_length": 20, **VARIED})
+    assert set(out) == {"id", "object", "created", "model", "summary", "usage", "num_chunks", "timings"}
+    assert out["object"] == "summary" and out["model"] == "tiny" and out["id"].startswith("sum-")
+    assert out["num_chunks"] == 1
+    assert out["usage"]["total_tokens"] == out["usage"]["prompt_tokens"] + out["usage"]["completion_tokens"]
+    assert 0 < count_length(out["summary"], "words") <= 20
+
+
+def test_text_longer_than_the_context_is_map_reduced(task_client: OpenAI, tiny_task_server) -> None:
+    text = document(40)
+    tokenizer = tiny_task_server.engine.tokenizer
+    assert len(tokenizer.encode(text)) > 2 * 512  # two contexts' worth and more
+    out = post(task_client, "/summarize", {"text": text, "max_length": 30, **VARIED})
+    assert out["num_chunks"] >= 4
+    # every chunk went through the model: the prompts together hold at least the whole text
+    assert out["usage"]["prompt_tokens"] > len(tokenizer.encode(text))
+    assert 0 < count_length(out["summary"], "words") <= 30
+
+
+def test_stream_equals_non_stream_at_temperature_zero(task_client: OpenAI) -> None:
+    body = {"text": document(12), "max_length": 25, **VARIED}
+    whole = post(task_client, "/summarize", body)
+    events = stream(task_client, "/summarize", body)
+    assert all(e["object"] == "summary.chunk" and e["id"] == events[0]["id"] for e in events)
+    assert whole["summary"].strip()
+    assert streamed_text(events) == whole["summary"]
+    last = events[-1]
+    assert last["delta"] == "" and last["finish_reason"] == "stop"
+    assert last["num_chunks"] == whole["num_chunks"] > 1
+    assert last["usage"]["completion_tokens"] > 0
+
+
+def test_headline_style_is_one_line(task_client: OpenAI) -> None:
+    out = post(task_client, "/summarize", {"text": document(2), "style": "headline", "max_length": 12, **VARIED})
+    assert "\n" not in out["summary"]
+    assert 0 < count_length(out["summary"], "words") <= 12
+
+
+def test_chars_unit_for_chinese_output(task_client: OpenAI) -> None:
+    out = post(task_client, "/summarize", {"text": "市议会周二投票通过扩建公共图书馆系统的方案。" * 3, "max_length": 30, **VARIED})
+    assert 0 < count_length(out["summary"], "chars") <= 30  # Chinese input: the unit defaults to chars
