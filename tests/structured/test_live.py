@@ -118,6 +118,22 @@ def test_streamed_tool_round_trip(client: OpenAI) -> None:
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
 
 
+def test_tools_on_auto_with_a_json_schema_give_a_valid_call_or_valid_json(client: OpenAI) -> None:
+    prompt, schema = CASES[1]
+    reply = client.chat.completions.create(model="default", messages=[{"role": "user", "content": prompt}],
+                                           tools=TOOLS, response_format=_schema_format(schema), max_tokens=64,
+                                           temperature=0)
+    choice = reply.choices[0]
+    if choice.message.tool_calls:  # the grammar allows either a call of a declared tool ...
+        call = choice.message.tool_calls[0].function
+        tool = {t["function"]["name"]: t["function"] for t in TOOLS}[call.name]
+        jsonschema.validate(json.loads(call.arguments), tool["parameters"])
+        assert choice.finish_reason == "tool_calls"
+    else:  # ... or the JSON reply
+        jsonschema.validate(json.loads(choice.message.content), schema)
+        assert choice.finish_reason == "stop"
+
+
 def test_call_cut_short_comes_back_as_text(client: OpenAI) -> None:
     for stream in (False, True):
         kwargs = dict(model="default", messages=ASK_WEATHER, tools=TOOLS, tool_choice="required", max_tokens=64,
