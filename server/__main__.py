@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from server.settings import Settings
 
 B = argparse.BooleanOptionalAction
+MAX_HEADER_BYTES = 64 * 1024  # request line + headers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,8 +90,11 @@ def serve(settings: "Settings") -> int:
     from server.lifecycle import DrainingServer
 
     app = build_app(settings)
+    # h11, not httptools: httptools has no limit on header size, so one unauthenticated client could
+    # make the process hold hundreds of MiB of header bytes; h11 answers 400 past MAX_HEADER_BYTES.
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=5, lifespan="on")
+                            timeout_graceful_shutdown=5, lifespan="on", http="h11",
+                            h11_max_incomplete_event_size=MAX_HEADER_BYTES)
     server = DrainingServer(config, app.state.glm)
     server.run()
     return server.exit_code  # 0 after a drain; ENGINE_DEAD_EXIT_CODE if the engine loop died
