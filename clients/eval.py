@@ -159,7 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    report = evaluate(args.task, args)
+    try:
+        report = evaluate(args.task, args)
+    except (OSError, json.JSONDecodeError) as e:
+        print(f"glmserve eval: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(report, ensure_ascii=False, indent=2))
     return 1 if report["errors"] == report["items"] else 0
 
