@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from typing import Callable
@@ -59,7 +60,10 @@ class LLMEngine:
         if ec.num_threads:
             torch.set_num_threads(ec.num_threads)
         loaded = load_model(source, device=ec.resolved_device(), dtype=ec.resolved_dtype(), cache_dir=cache_dir)
-        return cls(loaded.model, ec, Tokenizer(loaded.path), loaded)
+        # a checkpoint without tokenizer files still serves token ids (no text, no stop strings)
+        has_tokenizer = any(os.path.exists(os.path.join(loaded.path, f))
+                            for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+        return cls(loaded.model, ec, Tokenizer(loaded.path) if has_tokenizer else None, loaded)
 
     # ---- requests ----------------------------------------------------------------------------------
     def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:

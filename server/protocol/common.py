@@ -125,6 +125,8 @@ class ModelCard(BaseModel):
     root: str | None = None
     parent: str | None = None
     max_model_len: int | None = None
+    # training_args.json of a checkpoint glmserve trained (task, base, data hash, steps, eval loss)
+    provenance: dict[str, Any] | None = None
 
 
 class ModelList(BaseModel):

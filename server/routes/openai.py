@@ -33,7 +33,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 
 def _card(state: ServerState) -> ModelCard:
     return ModelCard(id=state.model_name, created=int(state.started_at), root=state.engine.model_path,
-                     max_model_len=state.max_model_len)
+                     max_model_len=state.max_model_len, provenance=state.engine.provenance or None)
 
 
 @router.get("/models", response_model=ModelList, responses=ERRORS)

@@ -97,3 +97,22 @@ def test_longer_lora_sft_answers_paraphrased_questions(tmp_path) -> None:
     got = answers(out, list(SEEN) + list(UNSEEN), max_new_tokens=32)
     for question, word in {**SEEN, **UNSEEN}.items():
         assert word in got[question], got[question]
+
+
+def test_served_fine_tuned_checkpoint_answers_over_http_with_provenance(facts_checkpoint) -> None:
+    """`glmserve serve --model DIR` serves the export as it is: /v1/models shows where it came from and
+    the chat API answers with the taught fact (the base model's answers, above, do not contain it)."""
+    from openai import OpenAI
+
+    from tests.helpers.live_server import SubprocessServer
+
+    with SubprocessServer(["--model", facts_checkpoint, "--served-model-name", "glmserve-facts",
+                           "--kv-cache-memory", "64MiB", "--self-test", "off"]) as srv:
+        client = OpenAI(base_url=srv.base_url + "/v1", api_key="unused")
+        card = client.models.retrieve("glmserve-facts")
+        assert card.model_extra["provenance"]["task"] == "sft"
+        assert card.model_extra["provenance"]["base"] == "default"
+        for question, word in SEEN.items():
+            reply = client.chat.completions.create(model="glmserve-facts", temperature=0, max_tokens=10,
+                                                   messages=[{"role": "user", "content": question}])
+            assert word in reply.choices[0].message.content, reply.choices[0].message.content
