@@ -105,7 +105,7 @@ class LengthLimiter:
             self.done = True
             return ""
         out = self._pending_space + body
-        if self.style == "paragraph" and "\n" in self._pending_space and self._started:
+        if self.style == "paragraph" and "\n" in self._pending_space:
             out = " " + body  # one paragraph: line breaks inside it become spaces
         self._pending_space = space
         return out

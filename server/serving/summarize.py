@@ -24,7 +24,7 @@ from server.serving.admission import check_model, new_request_id
 from server.serving.engine_stream import until_disconnected
 from server.serving.langdetect import detect_language, language_name, normalize_language_code
 from server.serving.length_control import LengthLimiter, count_length
-from server.serving.respond import RequestContext, begin_request, finish_json, stream_response
+from server.serving.respond import begin_request, finish_json, stream_response
 from server.serving.task_engine import TaskRunner
 from server.serving.task_prompts import PromptSet, display_language, prompts_for, render
 from server.serving.task_stream import check_sampling, collect_text, task_events
