@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 
 REPLACEMENT_CHAR = "\ufffd"
@@ -19,6 +20,7 @@ class Tokenizer:
 
         self.model_dir = model_dir
         self.hf = AutoTokenizer.from_pretrained(model_dir)
+        self._encode_lock = threading.Lock()
         self.eos_token_ids = _eos_token_ids(model_dir, self.hf)
         self.chat_template: str | None = getattr(self.hf, "chat_template", None)
         self.special_token_strings: list[str] = sorted(
@@ -38,8 +40,13 @@ class Tokenizer:
         return self.hf.eos_token
 
     def encode(self, text: str, allow_special: bool = False) -> list[int]:
-        """Plain text never becomes control tokens unless allow_special (template text) says so."""
-        return self.hf.encode(text, add_special_tokens=False, split_special_tokens=not allow_special)
+        """Plain text never becomes control tokens unless allow_special (template text) says so.
+
+        Thread-safe: transformers implements split_special_tokens by setting a flag on the shared Rust
+        tokenizer and then encoding, so two threads (the event loop and a to_thread chunker) could
+        each encode under the other's flag; user text then became control tokens."""
+        with self._encode_lock:
+            return self.hf.encode(text, add_special_tokens=False, split_special_tokens=not allow_special)
 
     def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.hf.decode(token_ids, skip_special_tokens=skip_special_tokens)
