@@ -17,6 +17,10 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 # One torch thread per server: on 2 cores shared with the load generator (and other jobs), two
 # spinning OpenMP threads made a tiny-model decode step ~30x slower (110 ms vs 3 ms).
 SERVER_ENV = {"OMP_NUM_THREADS": "1"}
+# oneDNN's primitive cache and ideep's LRU cache keep one entry per distinct input shape of the packed
+# linears (model/engine/cpu_packing.py), up to 1024 each: under varied prompt lengths RSS climbs by
+# hundreds of MiB before they fill (docs/RELIABILITY.md). Capped, RSS over time shows leaks only.
+SHAPE_CACHES_CAPPED = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1", "LRU_CACHE_CAPACITY": "1"}
 
 
 def tiny_args(model_dir: str, *flags: str) -> list[str]:
