@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from tests.helpers.live_server import SubprocessServer
-from tests.reliability.support import AUTH, SERVER_ENV, openai_error, parse_sse, rss_bytes, tiny_args, user, \
-    wait_engine_idle
+from tests.reliability.support import AUTH, SERVER_ENV, SHAPE_CACHES_CAPPED, openai_error, parse_sse, rss_bytes, \
+    tiny_args, user, wait_engine_idle
 
 NUM_CLIENTS = 300
 MAX_QUEUE = 64
@@ -73,7 +73,7 @@ async def burst(base_url: str) -> list[Outcome]:
 @pytest.fixture(scope="module")
 def queue_server(tiny_llama_dir: str) -> SubprocessServer:
     args = tiny_args(tiny_llama_dir, "--max-queue", str(MAX_QUEUE), "--max-model-len", "128")
-    with SubprocessServer(args, env=SERVER_ENV) as srv:
+    with SubprocessServer(args, env={**SERVER_ENV, **SHAPE_CACHES_CAPPED}) as srv:  # RSS shows leaks, not caches
         yield srv
 
 
@@ -108,3 +108,18 @@ async def burst_warmup(base_url: str) -> None:
     """A few requests first, so the baseline RSS includes what the first requests allocate once."""
     async with httpx.AsyncClient(base_url=base_url, headers=AUTH, timeout=120) as client:
         await asyncio.gather(*(one_stream(client, i) for i in range(8)))
+
+
+@pytest.mark.slow
+def test_repeated_overload_waves_leave_no_memory_behind(queue_server: SubprocessServer) -> None:
+    """Ten bursts in a row: each ends idle, and RSS after the last is within 5% of after the first."""
+    base = queue_server.base_url
+    after: list[int] = []
+    for _ in range(10):
+        outcomes = asyncio.run(burst(base))
+        assert all(o.status in (200, 429) for o in outcomes)
+        assert all(o.done and o.error is None for o in outcomes if o.status == 200)
+        wait_engine_idle(base)
+        after.append(rss_bytes(queue_server.proc.pid))
+    print("RSS after each wave (MiB):", [round(b / 2**20) for b in after])
+    assert (after[-1] - after[0]) / after[0] < 0.05
