@@ -64,9 +64,9 @@ class Sampler:
             vals = row[seen]
             row[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
         if (p.presence_penalty or p.frequency_penalty) and seq.num_output_tokens:
-            out = torch.tensor(seq.output_token_ids, device=self.device)
-            counts = torch.bincount(out, minlength=row.shape[0]).to(row.dtype)
-            row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(row.dtype)
+            # touch only the tokens that occurred: a dense (vocab,) update per row per step costs more
+            ids, counts = torch.unique(torch.tensor(seq.output_token_ids, device=self.device), return_counts=True)
+            row[ids] -= p.frequency_penalty * counts.to(row.dtype) + p.presence_penalty
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
         temps = torch.tensor([s.params.temperature or 1.0 for s in seqs], device=self.device).unsqueeze(1)

@@ -1,0 +1,42 @@
+"""Sampler logits processing on hand-made rows (exact values, no model)."""
+from __future__ import annotations
+
+import torch
+
+from model.engine.sampler import Sampler
+from model.engine.sequence import Sequence
+from model.sampling_params import SamplingParams
+
+
+def _seq(prompt: list[int], output: list[int], **params) -> Sequence:
+    seq = Sequence("r", prompt, SamplingParams(**params))
+    seq.token_ids += output
+    return seq
+
+
+def test_presence_and_frequency_penalties_follow_openai() -> None:
+    logits = torch.zeros(1, 16)
+    Sampler((2,), torch.device("cpu"))(logits, [_seq([1, 3], [5, 5, 9], temperature=0, presence_penalty=0.5,
+                                                      frequency_penalty=0.7)])
+    assert abs(logits[0, 5].item() + 1.9) < 1e-6 and abs(logits[0, 9].item() + 1.2) < 1e-6 and logits[0, 3].item() == 0.0
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_logits() -> None:
+    logits = torch.tensor([[2.0, -2.0, 2.0, 1.0]])
+    Sampler((), torch.device("cpu"))(logits, [_seq([0], [1], temperature=0, repetition_penalty=2.0)])
+    assert logits[0].tolist() == [1.0, -4.0, 2.0, 1.0]
+
+
+def test_min_tokens_masks_eos_and_logit_bias_steers_greedy() -> None:
+    logits = torch.tensor([[0.0, 0.0, 5.0, 1.0]])
+    tokens, _, failed = Sampler((2,), torch.device("cpu"))(
+        logits, [_seq([0], [], temperature=0, min_tokens=1, logit_bias={1: 3.0})])
+    assert tokens == [1] and not failed
+
+
+def test_top_k_one_is_greedy_whatever_the_temperature() -> None:
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
+    expected = logits.argmax(-1).tolist()
+    seqs = [_seq([0], [], temperature=1.5, top_k=1) for _ in range(4)]
+    tokens, _, _ = Sampler((), torch.device("cpu"))(logits.clone(), seqs)
+    assert tokens == expected
