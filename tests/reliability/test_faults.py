@@ -152,6 +152,9 @@ def test_dead_engine_loop_ends_the_process_with_exit_code_3(tiny_llama_dir: str)
         waiting = Background(lambda: httpx.post(srv.base_url + "/v1/chat/completions", json=longer, headers=AUTH,
                                                 timeout=60))
         wait_for(lambda: httpx.get(srv.base_url + "/ready").json()["engine"]["num_running"] == 4)
+        # a client behind a local proxy is not loopback (uvicorn trusts X-Forwarded-For from 127.0.0.1)
+        remote = httpx.post(srv.base_url + "/_test/faults/kill-engine", headers={"X-Forwarded-For": "203.0.113.7"})
+        assert assert_openai_error(remote, 403)["code"] == "forbidden"
         killed = httpx.post(srv.base_url + "/_test/faults/kill-engine")
         assert killed.status_code == 200, killed.text
         for s in streams:

@@ -2,8 +2,9 @@
 operation. Whatever it sends, the answer is never a 5xx, every error body (and every error event of a
 stream) has the OpenAI shape, and the server is healthy and idle afterwards.
 
-    .venv/bin/python -m pytest tests/reliability/test_fuzz.py -q
-    GLMSERVE_FUZZ_EXAMPLES=2000 .venv/bin/python -m pytest tests/reliability/test_fuzz.py -q -m slow
+    .venv/bin/python -m pytest tests/reliability/test_fuzz.py -q -s      # CI: ~785 cases, fixed seed
+    .venv/bin/python -m pytest tests/reliability/test_fuzz.py -q -s -m slow     # 5x as many, random seed
+    GLMSERVE_FUZZ_SCALE=20 .venv/bin/python -m pytest tests/reliability/test_fuzz.py -q -s -m slow
 """
 from __future__ import annotations
 
@@ -57,18 +58,19 @@ def check_response(label: str, resp: Any) -> None:
             assert openai_error(event)["type"] != "server_error", where
 
 
-def fuzz_operation(base_url: str, operation: Any, mode: GenerationMode, examples: int) -> int:
+def fuzz_operation(base_url: str, operation: Any, mode: GenerationMode, examples: int, derandomize: bool) -> int:
     """Runs up to `examples` generated cases of one operation; returns how many were sent."""
     session = requests.Session()  # keep-alive: one connection for all cases
     sent = 0
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=examples, deadline=None, database=None, derandomize=os.environ.get("GLMSERVE_FUZZ_RANDOM") != "1",
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=derandomize,
               phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
     def run(case: Any) -> None:
         nonlocal sent
         if operation.path in GENERATING:
-            cap_max_tokens(case.body)
+            if operation.path in ("/v1/chat/completions", "/v1/completions"):  # tasks have no max_tokens
+                cap_max_tokens(case.body)
             if mode == GenerationMode.POSITIVE and isinstance(case.body, dict) and "model" in case.body:
                 case.body["model"] = "tiny"  # a random name stops at the 404 and tests nothing else
         resp = case.call(base_url=base_url, session=session, headers=AUTH, timeout=60)
@@ -83,7 +85,7 @@ def fuzz_operation(base_url: str, operation: Any, mode: GenerationMode, examples
     return sent
 
 
-def fuzz_all(base_url: str, scale: float) -> dict[str, int]:
+def fuzz_all(base_url: str, scale: float, derandomize: bool) -> dict[str, int]:
     schema = schemathesis.openapi.from_url(base_url + "/openapi.json")
     sent: dict[str, int] = {}
     for result in schema.get_all_operations():
@@ -91,12 +93,12 @@ def fuzz_all(base_url: str, scale: float) -> dict[str, int]:
         label = f"{operation.method.upper()} {operation.path}"
         examples = int(CI_EXAMPLES.get(label, OTHER_EXAMPLES) * scale)
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            sent[f"{label} {mode}"] = fuzz_operation(base_url, operation, mode, examples)
+            sent[f"{label} {mode}"] = fuzz_operation(base_url, operation, mode, examples, derandomize)
     return sent
 
 
 def test_fuzzed_requests_get_no_5xx_and_openai_errors(rel_server) -> None:
-    sent = fuzz_all(rel_server.base_url, scale=1.0)
+    sent = fuzz_all(rel_server.base_url, scale=1.0, derandomize=True)  # CI: the same cases every run
     total = sum(sent.values())
     print(f"schemathesis sent {total} cases: {sent}; statuses {STATUSES}")
     assert total >= 500, sent
@@ -106,8 +108,7 @@ def test_fuzzed_requests_get_no_5xx_and_openai_errors(rel_server) -> None:
 
 @pytest.mark.slow
 def test_fuzzed_requests_long_run(rel_server) -> None:
-    scale = int(os.environ.get("GLMSERVE_FUZZ_EXAMPLES", "2000")) / sum(CI_EXAMPLES.values())
-    sent = fuzz_all(rel_server.base_url, scale=scale)
-    print(f"schemathesis sent {sum(sent.values())} cases: {sent}")
+    sent = fuzz_all(rel_server.base_url, scale=float(os.environ.get("GLMSERVE_FUZZ_SCALE", "5")), derandomize=False)
+    print(f"schemathesis sent {sum(sent.values())} cases: {sent}; statuses {STATUSES}")
     wait_engine_idle(rel_server.base_url)
     assert "Traceback" not in rel_server.logs()
