@@ -45,7 +45,8 @@ BAD: dict[str, tuple[str, str | bytes, int, str | None, str | None]] = {
     "temperature_negative": (CHAT, json.dumps({**OK, "temperature": -0.1}), 400, "temperature", "invalid_value"),
     "temperature_nan": (CHAT, json.dumps({**OK, "temperature": float("nan")}), 400, "temperature", "invalid_value"),
     "top_p_zero": (CHAT, json.dumps({**OK, "top_p": 0}), 400, "top_p", "invalid_value"),
-    "top_k_beyond_int64": (CHAT, json.dumps({**OK, "top_k": 2 ** 63}), 400, "top_k", "invalid_value"),  # killed the loop
+    # top_k = 2**63 used to kill the engine loop
+    "top_k_beyond_int64": (CHAT, json.dumps({**OK, "top_k": 2 ** 63}), 400, "top_k", "invalid_value"),
     "n_too_large": (CHAT, json.dumps({**OK, "n": 1000}), 400, "n", "invalid_value"),
     "invalid_utf8": (CHAT, b'{"messages": [{"role": "user", "content": "\xff\xfe\xc3("}]}', 400, None, None),
     "lone_surrogate_content": (CHAT, '{"messages": [{"role": "user", "content": "a\\ud800b"}], "max_tokens": 2}',
