@@ -30,6 +30,16 @@ def one_process_curve(glm_tokenizer, reverse_data, tmp_path_factory):
     return _losses(str(out))
 
 
+def _run_torchrun(cmd: list[str]) -> subprocess.CompletedProcess:
+    """Runs a 2-process job; one retry if it stalls. A gloo rendezvous on a loaded 2-core machine has
+    been seen to hang once in a full suite run (a job takes ~8 s when it works), and a hang says
+    nothing about the loss curves this file checks; a second stall fails the test."""
+    try:
+        return subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+
+
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_processes_equal_one_with_double_accumulation(mode, one_process_curve, glm_tokenizer, reverse_data,
                                                           tmp_path) -> None:
@@ -40,7 +50,7 @@ def test_two_processes_equal_one_with_double_accumulation(mode, one_process_curv
            "--warmup-steps", "1", "--eval-ratio", "0.05", "--device", "cpu", "--no-progress", *overrides]
     if mode == "fsdp":
         cmd.append("--fsdp")
-    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    proc = _run_torchrun(cmd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses, eval_loss = _losses(str(tmp_path))
     ref_losses, ref_eval = one_process_curve
@@ -66,7 +76,7 @@ def test_lora_sft_under_fsdp_equals_one_process(tiny_llama_dir, tmp_path) -> Non
     run_sft(SFTConfig(base=tiny_llama_dir, data=FACTS, train=cfg, lora=LoraConfig(rank=4)))
     cmd = [sys.executable, "-m", "model.train", "sft", "--nproc", "2", "--fsdp", "--out", str(tmp_path / "fsdp"),
            "--batch-size", "2", "--grad-accum", "1", *flags]
-    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    proc = _run_torchrun(cmd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses, eval_loss = _losses(str(tmp_path / "fsdp"))
     ref_losses, ref_eval = _losses(str(single))
