@@ -40,3 +40,16 @@ def test_top_k_one_is_greedy_whatever_the_temperature() -> None:
     seqs = [_seq([0], [], temperature=1.5, top_k=1) for _ in range(4)]
     tokens, _, _ = Sampler((), torch.device("cpu"))(logits.clone(), seqs)
     assert tokens == expected
+
+
+def test_packed_linear_equals_linear_for_every_row_count() -> None:
+    from model.engine.cpu_packing import PackedLinear, bucket_rows
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(32, 48)
+    packed = PackedLinear(linear)
+    with torch.no_grad():
+        for rows in (1, 5, 9, 17, 40):
+            x = torch.randn(rows, 32)
+            torch.testing.assert_close(packed(x), linear(x), rtol=1e-4, atol=1e-4)
+    assert len({bucket_rows(n) for n in range(1, 513)}) <= 40
