@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--enforce-eager", action=B, help="no CUDA graphs / compiled decode")
+    p.add_argument("--num-threads", type=int,
+                   help="torch threads for the engine; 1 is faster when other processes share the cores")
     p.add_argument("--cache-dir", help="cache for dequantized GGUF weights (default: ~/.cache/glmserve)")
     p.add_argument("--drain-timeout", type=float, help="seconds running requests get after SIGTERM")
     p.add_argument("--timings", action=B, help="the `timings` object on responses (--no-timings: off)")
@@ -79,7 +81,8 @@ def build_app(settings: "Settings") -> "FastAPI":
     engine_config = EngineConfig(max_num_seqs=settings.max_num_seqs,
                                  max_num_batched_tokens=settings.max_num_batched_tokens,
                                  kv_cache_memory=settings.kv_cache_memory, max_model_len=settings.max_model_len,
-                                 device=settings.device, dtype=settings.dtype, enforce_eager=settings.enforce_eager)
+                                 device=settings.device, dtype=settings.dtype, enforce_eager=settings.enforce_eager,
+                                 num_threads=settings.num_threads)
     logging.getLogger("glmserve.server").info("loading model", extra={"fields": {"model": settings.model}})
     return create_app(settings, AsyncEngine.from_model(settings.model, engine_config, cache_dir=settings.cache_dir))
 

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     dtype: str = "auto"
     device: str = "auto"
     enforce_eager: bool = False
+    num_threads: int | None = Field(None, ge=1)  # torch threads for the engine (default: torch's choice)
     cache_dir: str | None = None  # where dequantized GGUF weights are cached (default ~/.cache/glmserve)
     # admission
     max_queue: int = Field(256, ge=1)  # requests admitted but not yet producing tokens
