@@ -11,7 +11,6 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from jinja2 import StrictUndefined  # noqa: F401  (kept for callers that want strict rendering)
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 

@@ -7,7 +7,7 @@ preset (`PRESETS`). Anything the network cannot run is refused here, by name.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -254,9 +254,6 @@ class EngineConfig:
         if self.dtype == "auto":
             return torch.bfloat16 if self.resolved_device().startswith("cuda") else torch.float32
         return names[self.dtype]
-
-    def with_updates(self, **kwargs: Any) -> "EngineConfig":
-        return replace(self, **kwargs)
 
 
 def default_cache_dir() -> str:

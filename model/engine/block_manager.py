@@ -136,11 +136,9 @@ class BlockManager:
             block = self.blocks[block_id]
             block.ref_count -= 1
             if block.ref_count == 0:
+                self.free[block_id] = None
                 if block.block_hash is None:
-                    self.free[block_id] = None
                     self.free.move_to_end(block_id, last=False)  # uncached blocks are reused first
-                else:
-                    self.free[block_id] = None
         seq.block_table = []
         seq.block_hashes = []
         seq.num_computed_tokens = 0

@@ -118,7 +118,6 @@ class ModelRunner:
                   for s in decodes]
         meta.decode_block_tables = self._tensor(tables)
         lens = self._tensor(context_lens)
-        meta.decode_context_lens = lens
         ar = torch.arange(max_blocks * bs, device=self.device)
         meta.decode_mask = (ar.unsqueeze(0) < lens.unsqueeze(1)).view(len(decodes), 1, 1, -1)
 

@@ -42,7 +42,7 @@ class OutputProcessor:
     def check_finish(self, seq: Sequence, token_id: int) -> str | None:
         """finish_reason implied by the token just appended, before text is looked at."""
         p = seq.params
-        if seq.num_output_tokens > p.min_tokens or seq.num_output_tokens == p.min_tokens:
+        if seq.num_output_tokens >= p.min_tokens:
             if not p.ignore_eos and token_id in self.eos_token_ids:
                 seq.stop_reason = None
                 return "stop"

@@ -69,11 +69,6 @@ class Sequence:
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
 
-    @property
-    def in_prefill(self) -> bool:
-        """More than the last sampled token is still to be computed (prompt, or recompute after preemption)."""
-        return self.num_uncomputed_tokens > 1 or self.num_output_tokens == 0
-
     def append_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)
 

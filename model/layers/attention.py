@@ -28,7 +28,6 @@ class AttentionMetadata:
     prefills: list[PrefillSegment] = field(default_factory=list)
     decode_start: int = 0  # decode tokens are rows [decode_start, T)
     decode_block_tables: torch.Tensor | None = None  # (B, max_blocks) int64, padded with 0
-    decode_context_lens: torch.Tensor | None = None  # (B,) int64
     decode_mask: torch.Tensor | None = None  # (B, 1, 1, max_blocks * block_size) bool
 
     @property
