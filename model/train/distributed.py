@@ -9,6 +9,8 @@ see the whole computation, the output projection included.
 from __future__ import annotations
 
 import os
+import sys
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator
@@ -52,9 +54,21 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank, local_rank, world, dev)
 
 
-def shutdown_distributed() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown_distributed(succeeded: bool = True) -> None:
+    """Leaves the process group; every rank calls it once at the end of a run.
+
+    The barrier is the last collective, so the process group's destructor (run later, holding the GIL,
+    when DDP's Reducer is freed) finds gloo's worker threads idle; it holds no Python tensor, so freeing
+    it needs no GIL (see all_reduce_sum). After a failure the peers may be gone: sleeping instead still
+    lets finished collectives be freed without waiting on anyone.
+    """
+    if not dist.is_initialized():
+        return
+    if succeeded:
+        dist.barrier()
+    else:
+        time.sleep(0.2)
+    dist.destroy_process_group()
 
 
 class TokenLoss(nn.Module):
@@ -106,7 +120,16 @@ def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     if not info.distributed:
         return values
     t = torch.tensor(values, dtype=torch.float64, device=info.device)
+    python_refs = sys.getrefcount(t)
     dist.all_reduce(t)
+    if dist.get_backend() == "gloo":
+        # Gloo frees a finished collective on its worker thread, and dropping a tensor Python knows
+        # needs the GIL there; the process group's destructor joins that thread while holding the GIL,
+        # so a collective still being freed at exit hangs the process. While C++ holds the tensor it
+        # holds a Python reference too: wait (GIL released) until that reference is gone.
+        deadline = time.monotonic() + 1.0
+        while sys.getrefcount(t) > python_refs and time.monotonic() < deadline:
+            time.sleep(0.0002)
     return t.tolist()
 
 

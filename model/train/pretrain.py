@@ -107,7 +107,10 @@ def run_pretrain(cfg: PretrainConfig, info: DistInfo | None = None) -> TrainResu
                                  eval_data=cfg.eval_data)
             export_checkpoint(cfg.train.out_dir, merged, hf_tok, args, stop_ids=list(model_cfg.eos_token_ids))
             log.info("exported %s", cfg.train.out_dir)
-        return result
-    finally:
+    except BaseException:
         if owns_group:
-            shutdown_distributed()
+            shutdown_distributed(succeeded=False)
+        raise
+    if owns_group:
+        shutdown_distributed()  # rank 1 waits here until rank 0 has written the checkpoint
+    return result

@@ -86,7 +86,10 @@ def run_sft(cfg: SFTConfig, info: DistInfo | None = None) -> TrainResult:
                                  trainable_params=trainable, total_params=total)
             export_checkpoint(cfg.train.out_dir, merged, tokenizer.hf, args, base_dir=loaded.path)
             log.info("exported %s", cfg.train.out_dir)
-        return result
-    finally:
+    except BaseException:
         if owns_group:
-            shutdown_distributed()
+            shutdown_distributed(succeeded=False)
+        raise
+    if owns_group:
+        shutdown_distributed()  # rank 1 waits here until rank 0 has written the checkpoint
+    return result
