@@ -53,16 +53,26 @@ def bad_request(message: str, param: str | None = None, code: str | None = "inva
     return APIError(400, message, param=param, code=code)
 
 
+# pydantic error types that mean the body as a whole is not a JSON object of the right shape
+_BODY_SHAPE_ERRORS = {"json_invalid", "missing", "model_attributes_type", "model_type", "dict_type"}
+
+
+def _is_body_shape_error(error: dict[str, Any]) -> bool:
+    return error.get("type") == "json_invalid" or (tuple(error.get("loc", ())) == ("body",)
+                                                    and error.get("type") in _BODY_SHAPE_ERRORS)
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:
         return "invalid request", None
     first = errors[0]
-    if tuple(first.get("loc", ())) == ("body",) or first.get("type") == "json_invalid":
+    if _is_body_shape_error(first):
         return "the request body must be a JSON object: " + str(first.get("msg", "")), None
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
     param = ".".join(loc) or None
-    msg = first.get("msg", "invalid value")
+    # a model-level check (e.g. "top_logprobs requires logprobs") arrives as "Value error, <our message>"
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     return (f"{param}: {msg}" if param else msg), param
 
 
@@ -75,8 +85,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
-        body_level = any(e.get("type") == "json_invalid" or tuple(e.get("loc", ())) == ("body",) for e in exc.errors())
-        code = "invalid_json" if body_level else "invalid_value"
+        code = "invalid_json" if any(_is_body_shape_error(e) for e in exc.errors()) else "invalid_value"
         return await _api_error(request, APIError(400, message, param=param, code=code))
 
     @app.exception_handler(StarletteHTTPException)

@@ -28,6 +28,9 @@ def nested(depth: int) -> str:
 BAD: dict[str, tuple[str, str | bytes, int, str | None, str | None]] = {
     "malformed_json": (CHAT, '{"messages": [{"role": "user", "content": "hi"}', 400, None, "invalid_json"),
     "body_not_an_object": (CHAT, "[1, 2]", 400, None, "invalid_json"),
+    "stream_options_without_stream": (CHAT, json.dumps({**OK, "stream_options": {"include_usage": True}}), 400,
+                                      None, "invalid_value"),
+    "top_logprobs_without_logprobs": (CHAT, json.dumps({**OK, "top_logprobs": 2}), 400, None, "invalid_value"),
     "messages_not_a_list": (CHAT, json.dumps({"messages": "hi"}), 400, "messages", "invalid_value"),
     "max_tokens_a_string": (CHAT, json.dumps({**OK, "max_tokens": "ten"}), 400, "max_tokens", "invalid_value"),
     "temperature_a_list": (CHAT, json.dumps({**OK, "temperature": [1]}), 400, "temperature", "invalid_value"),
@@ -93,6 +96,9 @@ def test_bad_request_is_a_clear_4xx_and_server_stays_healthy(rel_server, name: s
         assert err["param"] == param, err
     if code is not None:
         assert err["code"] == code, err
+    assert not err["message"].startswith("Value error"), err  # our own words, not pydantic's wrapper
+    if code == "invalid_value":
+        assert "JSON object" not in err["message"], err
     assert time.monotonic() - started < 20, "refusing bad input must be quick"
     assert_healthy(rel_server.base_url)
 
