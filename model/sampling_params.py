@@ -38,6 +38,7 @@ class SamplingParams:
     min_tokens: int = 0
     ignore_eos: bool = False
     logprobs: int | None = None  # None = off; k >= 0 = the chosen token's logprob plus top k
+    prompt_logprobs: int | None = None  # the same for every prompt token after the first (vLLM's field)
     logit_bias: dict[int, float] | None = None
     skip_special_tokens: bool = True
     logits_processors: tuple[LogitsProcessor, ...] = field(default=(), compare=False, hash=False)
@@ -76,6 +77,9 @@ class SamplingParams:
         if self.logprobs is not None:
             _check("top_logprobs", 0 <= self.logprobs <= MAX_TOP_LOGPROBS,
                    f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {self.logprobs}")
+        if self.prompt_logprobs is not None:
+            _check("prompt_logprobs", 0 <= self.prompt_logprobs <= MAX_TOP_LOGPROBS,
+                   f"prompt_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {self.prompt_logprobs}")
         if self.seed is not None:
             _check("seed", -(2 ** 63) <= self.seed < 2 ** 64, "seed must fit in 64 bits")
         for token_id, bias in (self.logit_bias or {}).items():

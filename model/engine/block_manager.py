@@ -55,8 +55,9 @@ class BlockManager:
 
     def _cached_prefix(self, seq: Sequence) -> list[int]:
         """Block ids of the longest cached run of full blocks at the start of seq's tokens. The last
-        token is never taken from the cache: its logits must be computed."""
-        if not self.enable_prefix_caching:
+        token is never taken from the cache: its logits must be computed. Nor is anything for a sequence
+        that still needs prompt logprobs: cached blocks hold K/V, not the logits that score the prompt."""
+        if not self.enable_prefix_caching or seq.needs_prompt_logprobs:
             return []
         hits: list[int] = []
         prev: bytes | None = None

@@ -115,9 +115,11 @@ class LLMEngine:
         sched = self.scheduler.schedule()
         if sched.is_empty:
             return []
-        logits, sampling = self.runner.run(sched.scheduled)
+        step = self.runner.run(sched.scheduled)
         self.scheduler.after_step(sched)
-        return self._postprocess(sched, logits, [s.seq for s in sampling])
+        for scores in step.prompt_scores:
+            self.outputs.record_prompt_scores(scores)
+        return self._postprocess(sched, step.logits, [s.seq for s in step.sampling])
 
     def _postprocess(self, sched: SchedulerOutput, logits: torch.Tensor, seqs: list[Sequence]) -> list[RequestOutput]:
         self.num_steps += 1
@@ -142,8 +144,10 @@ class LLMEngine:
         return outputs
 
     def _accept_token(self, seq: Sequence, token_id: int, logprob_row, now: float) -> RequestOutput | None:
+        prompt_logprobs = None
         if seq.first_token_time is None:
             seq.first_token_time = seq.prefill_done_time = now
+            prompt_logprobs = seq.prompt_logprobs
             self._admit_children(seq)
         seq.append_token(token_id)
         finish = self.outputs.check_finish(seq, token_id)
@@ -154,11 +158,12 @@ class LLMEngine:
             self.scheduler.finish(seq, finish)
             self._release(seq)
             self._forget_if_done(seq.request_id)
-        return self.outputs.build(seq, [token_id], text, finish is not None, logprobs)
+        return self.outputs.build(seq, [token_id], text, finish is not None, logprobs, prompt_logprobs=prompt_logprobs)
 
     def _admit_children(self, parent: Sequence) -> None:
         # The parent's prompt blocks are now in the prefix cache: the other choices reuse them.
         for child in self.deferred_children.pop(parent.request_id, []):
+            child.prompt_logprobs = parent.prompt_logprobs  # the same prompt, scored once
             self.scheduler.add(child, front=True)
 
     def _fail(self, seq: Sequence, message: str) -> RequestOutput:
@@ -210,6 +215,7 @@ class LLMEngine:
                     prev.num_output_tokens, prev.stop_reason = out.num_output_tokens, out.stop_reason
                     if out.logprobs:
                         prev.logprobs = (prev.logprobs or []) + out.logprobs
+                    prev.prompt_logprobs = prev.prompt_logprobs or out.prompt_logprobs
                 else:
                     merged[key] = out
         return [[merged[(f"offline-{i}", j)] for j in range(params.n)] for i in range(len(ids))]

@@ -7,18 +7,41 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, field
 
 import torch
 
 from model.config import EngineConfig, ModelConfig
 from model.engine.cpu_packing import mkldnn_available, pack_linears
 from model.engine.scheduler import ScheduledSeq
+from model.engine.sequence import Sequence
 from model.layers.attention import AttentionMetadata, PrefillSegment
 from model.models.decoder import CausalLM
 
 log = logging.getLogger("glmserve.engine")
 
 CPU_DEFAULT_KV_CACHE_BYTES = 1 << 30
+PROMPT_LOGPROB_ROWS = 256  # vocabulary projections per piece when scoring a prompt: bounds the logits memory
+
+
+@dataclass
+class PromptScores:
+    """Log-probabilities of consecutive prompt tokens of one sequence, from this step's prefill chunk."""
+
+    seq: Sequence
+    first_position: int  # prompt position of the first token scored (>= 1)
+    token_ids: list[int]
+    logprobs: list[float]
+    ranks: list[int]  # 1 = the most likely token
+    top_ids: list[list[int]]
+    top_logprobs: list[list[float]]
+
+
+@dataclass
+class StepOutput:
+    logits: torch.Tensor  # fp32 (S, vocab) for the sampling sequences, in order
+    sampling: list[ScheduledSeq]
+    prompt_scores: list[PromptScores] = field(default_factory=list)
 
 
 def kv_bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -75,13 +98,14 @@ class ModelRunner:
         return int(num)
 
     @torch.inference_mode()
-    def run(self, scheduled: list[ScheduledSeq]) -> tuple[torch.Tensor, list[ScheduledSeq]]:
-        """One forward pass. Returns fp32 logits (S, vocab) for the sampling sequences, in order."""
+    def run(self, scheduled: list[ScheduledSeq]) -> StepOutput:
+        """One forward pass: logits for the rows that sample, and prompt scores where asked for."""
         # one new token with everything before it cached is a decode, whatever the phase
         prefills = [s for s in scheduled if s.num_tokens > 1]
         decodes = [s for s in scheduled if s.num_tokens == 1]
         ordered = prefills + decodes
         input_ids, positions, slots, logits_rows = [], [], [], []
+        scored: list[tuple[Sequence, int, int, int]] = []  # (seq, first row, first position scored, count)
         segments: list[PrefillSegment] = []
         row = 0
         bs = self.block_size
@@ -95,6 +119,12 @@ class ModelRunner:
             slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
             if item.num_tokens > 1:
                 segments.append(PrefillSegment(row, item.num_tokens, end, self._tensor(table)))
+            if seq.needs_prompt_logprobs:
+                # the logits at position q score prompt token q + 1; skip what an earlier pass scored
+                first = max(start, len(seq.prompt_logprobs) - 1)
+                last = min(end, seq.num_prompt_tokens - 1)
+                if first < last:
+                    scored.append((seq, row + first - start, first + 1, last - first))
             row += item.num_tokens
             if item.samples:
                 logits_rows.append(row - 1)
@@ -103,12 +133,35 @@ class ModelRunner:
         if decodes:
             self._decode_metadata(meta, decodes)
         hidden = self.model(self._tensor(input_ids), self._tensor(positions), meta)
+        scores = [self._score_prompt(hidden, *job) for job in scored]
         sampling = [s for s in ordered if s.samples]
         if not sampling:
-            return torch.empty(0, self.config.vocab_size), []
+            return StepOutput(torch.empty(0, self.config.vocab_size), [], scores)
         # (S, hidden) -> (S, vocab): only the rows that sample pay for the vocabulary projection
         logits = self.model.compute_logits(hidden[self._tensor(logits_rows)]).float()
-        return logits, sampling
+        return StepOutput(logits, sampling, scores)
+
+    def _score_prompt(self, hidden: torch.Tensor, seq: Sequence, first_row: int, first_position: int,
+                      count: int) -> PromptScores:
+        """Logprobs of prompt tokens first_position .. first_position + count - 1, each from the row before
+        it (the last target may be the first token of the next chunk)."""
+        k = seq.params.prompt_logprobs or 0
+        targets = seq.token_ids[first_position:first_position + count]
+        out = PromptScores(seq, first_position, targets, [], [], [], [])
+        for lo in range(0, count, PROMPT_LOGPROB_ROWS):
+            hi = min(count, lo + PROMPT_LOGPROB_ROWS)
+            logprobs = torch.log_softmax(self.model.compute_logits(hidden[first_row + lo:first_row + hi]).float(), -1)
+            chosen = logprobs.gather(1, self._tensor(targets[lo:hi]).unsqueeze(1))
+            out.logprobs += chosen.squeeze(1).tolist()
+            out.ranks += ((logprobs > chosen).sum(dim=1) + 1).tolist()
+            if k:
+                values, ids = logprobs.topk(k, dim=-1)
+                out.top_logprobs += values.tolist()
+                out.top_ids += ids.tolist()
+            else:
+                out.top_logprobs += [[] for _ in range(hi - lo)]
+                out.top_ids += [[] for _ in range(hi - lo)]
+        return out
 
     def _decode_metadata(self, meta: AttentionMetadata, decodes: list[ScheduledSeq]) -> None:
         bs = self.block_size

@@ -6,9 +6,14 @@ from dataclasses import dataclass
 
 import torch
 
+from typing import TYPE_CHECKING
+
 from model.engine.outputs import RequestMetrics, RequestOutput, TokenLogprob
 from model.engine.sequence import Sequence
 from model.tokenizer import IncrementalDetokenizer, StopStringMatcher, Tokenizer
+
+if TYPE_CHECKING:
+    from model.engine.model_runner import PromptScores
 
 
 @dataclass
@@ -84,12 +89,27 @@ class OutputProcessor:
         return [TokenLogprob(token_id, decode(token_id), float(row[token_id]), top, to_bytes(token_id),
                              [to_bytes(i) for i, _, _ in top])]
 
+    def record_prompt_scores(self, scores: "PromptScores") -> None:
+        """Appends a chunk's prompt-token logprobs to its sequence, in prompt order."""
+        seq = scores.seq
+        if seq.prompt_logprobs is None or scores.first_position != len(seq.prompt_logprobs):
+            return  # already scored (a recompute after preemption covers the same positions)
+        decode = self.tokenizer.token_to_str if self.tokenizer else str
+        to_bytes = self.tokenizer.token_bytes if self.tokenizer else (lambda i: list(str(i).encode()))
+        for token_id, logprob, rank, top_ids, top_values in zip(scores.token_ids, scores.logprobs, scores.ranks,
+                                                                scores.top_ids, scores.top_logprobs):
+            top = [(i, decode(i), v) for i, v in zip(top_ids, top_values)]
+            seq.prompt_logprobs.append(TokenLogprob(token_id, decode(token_id), logprob, top, to_bytes(token_id),
+                                                    [to_bytes(i) for i in top_ids], rank))
+
     def build(self, seq: Sequence, token_ids: list[int], text: str, finished: bool,
-              logprobs: list[TokenLogprob] | None, error: str | None = None) -> RequestOutput:
+              logprobs: list[TokenLogprob] | None, error: str | None = None,
+              prompt_logprobs: list[TokenLogprob | None] | None = None) -> RequestOutput:
         metrics = RequestMetrics(seq.arrival_time, seq.first_scheduled_time, seq.first_token_time,
                                  seq.finished_time, seq.prefill_done_time)
         return RequestOutput(
             request_id=seq.request_id, index=seq.index, token_ids=token_ids, text_delta=text, finished=finished,
             finish_reason=seq.finish_reason if finished else None, num_prompt_tokens=seq.num_prompt_tokens,
             num_cached_tokens=seq.num_cached_tokens, num_output_tokens=seq.num_output_tokens,
-            stop_reason=seq.stop_reason if finished else None, logprobs=logprobs, metrics=metrics, error=error)
+            stop_reason=seq.stop_reason if finished else None, logprobs=logprobs, metrics=metrics, error=error,
+            prompt_logprobs=prompt_logprobs)

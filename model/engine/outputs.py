@@ -25,6 +25,7 @@ class TokenLogprob:
     top_logprobs: list[tuple[int, str, float]] = field(default_factory=list)  # (token_id, token, logprob)
     bytes: list[int] = field(default_factory=list)  # raw bytes of the token
     top_bytes: list[list[int]] = field(default_factory=list)  # raw bytes of each top_logprobs entry
+    rank: int | None = None  # 1 = the most likely token (reported for prompt tokens)
 
 
 @dataclass
@@ -51,6 +52,8 @@ class RequestOutput:
     num_output_tokens: int
     stop_reason: str | int | None = None  # the matched stop string or stop token id
     logprobs: list[TokenLogprob] | None = None
+    # with SamplingParams.prompt_logprobs, on a choice's first output: one entry per prompt token (None first)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
     metrics: RequestMetrics | None = None
     error: str | None = None
 

@@ -40,10 +40,14 @@ class Sequence:
     finished_time: float | None = None
     num_preemptions: int = 0
     admitted_once: bool = False
+    # per prompt position: None for the first token, then TokenLogprob (only with params.prompt_logprobs)
+    prompt_logprobs: list | None = None
 
     def __post_init__(self) -> None:
         if not self.token_ids:
             self.token_ids = list(self.prompt_token_ids)
+        if self.params.prompt_logprobs is not None and self.prompt_logprobs is None:
+            self.prompt_logprobs = [None]  # nothing scores the first token
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -64,6 +68,11 @@ class Sequence:
     @property
     def num_uncomputed_tokens(self) -> int:
         return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def needs_prompt_logprobs(self) -> bool:
+        """Prompt logprobs were asked for and some prompt position has none yet."""
+        return self.prompt_logprobs is not None and len(self.prompt_logprobs) < self.num_prompt_tokens
 
     @property
     def is_finished(self) -> bool:

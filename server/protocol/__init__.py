@@ -5,13 +5,13 @@
 from server.protocol.chat import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
                                   ChatCompletionRequest, ChatMessage, ChoiceLogprobs, ResponseFormat, Tool,
                                   TokenLogprobOut, TopLogprob)
-from server.protocol.common import (ErrorInfo, ErrorResponse, ModelCard, ModelList, SamplingFields, StreamOptions,
-                                    Timings, Usage)
+from server.protocol.common import (ErrorInfo, ErrorResponse, ModelCard, ModelList, PromptLogprob, SamplingFields,
+                                    StreamOptions, Timings, Usage)
 from server.protocol.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 
 __all__ = [
     "AssistantMessage", "ChatChoice", "ChatChunkChoice", "ChatCompletion", "ChatCompletionChunk",
     "ChatCompletionRequest", "ChatMessage", "ChoiceLogprobs", "ResponseFormat", "Tool", "TokenLogprobOut",
-    "TopLogprob", "ErrorInfo", "ErrorResponse", "ModelCard", "ModelList", "SamplingFields", "StreamOptions",
+    "TopLogprob", "ErrorInfo", "ErrorResponse", "ModelCard", "ModelList", "PromptLogprob", "SamplingFields", "StreamOptions",
     "Timings", "Usage", "Completion", "CompletionChoice", "CompletionLogprobs", "CompletionRequest",
 ]

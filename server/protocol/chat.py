@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from model import SamplingParams, SamplingParamsError
-from server.protocol.common import SamplingFields, Timings, Usage
+from server.protocol.common import PromptLogprob, SamplingFields, Timings, Usage
 
 
 class ContentPart(BaseModel):
@@ -80,6 +80,8 @@ class ChatCompletionRequest(SamplingFields):
     def _top_logprobs_needs_logprobs(self) -> "ChatCompletionRequest":
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
+        if self.prompt_logprobs is not None and self.stream:
+            raise ValueError("prompt_logprobs is not supported with stream=true on chat completions")
         return self
 
     @property
@@ -142,6 +144,7 @@ class ChatCompletion(BaseModel):
     usage: Usage
     system_fingerprint: str | None = None
     service_tier: str | None = None
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None  # vLLM's field, when asked for
     timings: Timings | None = None
 
 

@@ -38,6 +38,7 @@ class SamplingFields(BaseModel):
     min_tokens: int = 0
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
+    prompt_logprobs: int | None = None  # score the prompt: its tokens' logprobs plus this many alternatives
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
 
@@ -71,7 +72,7 @@ class SamplingFields(BaseModel):
             seed=self.seed, stop=tuple(self.stop or ()), stop_token_ids=tuple(self.stop_token_ids or ()),
             include_stop_str_in_output=self.include_stop_str_in_output, max_tokens=max_tokens,
             min_tokens=self.min_tokens, ignore_eos=self.ignore_eos, logprobs=logprobs, logit_bias=bias,
-            skip_special_tokens=self.skip_special_tokens)
+            skip_special_tokens=self.skip_special_tokens, prompt_logprobs=self.prompt_logprobs)
         optional = dict(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
                         repetition_penalty=self.repetition_penalty)
         kwargs.update({k: v for k, v in optional.items() if v is not None})
@@ -79,6 +80,14 @@ class SamplingFields(BaseModel):
 
     def build_sampling_params(self, max_tokens: int, logprobs: int | None, **extra: Any) -> SamplingParams:
         return SamplingParams(**self.sampling_kwargs(max_tokens, logprobs), **extra)
+
+
+class PromptLogprob(BaseModel):
+    """One entry of vLLM's `prompt_logprobs`: per prompt token, token id -> this."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str
 
 
 class PromptTokensDetails(BaseModel):

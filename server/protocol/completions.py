@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
 from model import SamplingParams
-from server.protocol.common import SamplingFields, Timings, Usage
+from server.protocol.common import PromptLogprob, SamplingFields, Timings, Usage
 
 
 class CompletionRequest(SamplingFields):
@@ -45,8 +46,16 @@ class CompletionRequest(SamplingFields):
     def max_tokens_param(self) -> str:
         return "max_tokens"
 
+    @property
+    def echo_logprobs(self) -> bool:
+        """OpenAI's way to score a prompt: echo it with logprobs (lm-eval-harness's loglikelihood)."""
+        return self.echo and self.logprobs is not None
+
     def to_sampling_params(self, max_tokens: int, **extra: Any) -> SamplingParams:
-        return self.build_sampling_params(max_tokens, self.logprobs, **extra)
+        params = self.build_sampling_params(max_tokens, self.logprobs, **extra)
+        if self.echo_logprobs:  # the prompt must be scored with at least `logprobs` alternatives
+            params = replace(params, prompt_logprobs=max(self.prompt_logprobs or 0, self.logprobs or 0))
+        return params
 
 
 class CompletionLogprobs(BaseModel):
@@ -62,6 +71,7 @@ class CompletionChoice(BaseModel):
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: str | int | None = None
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None  # vLLM's field, when asked for
 
 
 class Completion(BaseModel):

@@ -16,7 +16,7 @@ from server.errors import bad_request
 from server.protocol import (AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionRequest, ChoiceLogprobs)
 from server.serving.admission import check_model, clamp_headers, new_request_id, plan_max_tokens, sampling_params
 from server.serving.engine_stream import run_engine, until_disconnected
-from server.serving.logprobs import chat_logprobs
+from server.serving.logprobs import chat_logprobs, vllm_prompt_logprobs
 from server.serving.respond import RequestContext, begin_request, finish_json, stream_response
 from server.serving.structured import ToolPlan, apply_plan, plan_tools, structured_output_processors, tool_template
 from server.state import ServerState
@@ -76,8 +76,11 @@ async def collect_chat(state: ServerState, body: ChatCompletionRequest, ctx: Req
                        outputs: AsyncIterator[RequestOutput], plan: ToolPlan | None = None) -> ChatCompletion:
     plan = plan or ToolPlan()
     accs = [_ChoiceAcc() for _ in range(body.n)]
+    prompt_logprobs = None
     async for out in outputs:
         acc = accs[out.index]
+        if out.prompt_logprobs is not None and prompt_logprobs is None:
+            prompt_logprobs = vllm_prompt_logprobs(out.prompt_logprobs)
         acc.text.append(out.text_delta)
         if body.logprobs and out.logprobs:
             acc.logprobs += out.logprobs
@@ -93,6 +96,7 @@ async def collect_chat(state: ServerState, body: ChatCompletionRequest, ctx: Req
             finish_reason=finish, stop_reason=acc.stop_reason))
     return ChatCompletion(id=ctx.request_id, created=ctx.created, model=state.model_name, choices=choices,
                           usage=ctx.trace.usage(), system_fingerprint=state.system_fingerprint,
+                          prompt_logprobs=prompt_logprobs,
                           timings=ctx.trace.timings() if state.settings.timings else None)
 
 

@@ -16,7 +16,7 @@ from server.errors import bad_request
 from server.protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from server.serving.admission import check_model, clamp_headers, new_request_id, plan_max_tokens, sampling_params
 from server.serving.engine_stream import merge, run_engine, until_disconnected
-from server.serving.logprobs import append_completion_logprobs
+from server.serving.logprobs import append_completion_logprobs, append_echo_logprobs, vllm_prompt_logprobs
 from server.serving.respond import RequestContext, begin_request, finish_json, stream_response
 from server.state import ServerState
 
@@ -30,6 +30,8 @@ MAX_CHOICES_PER_REQUEST = 256
 class PreparedPrompt:
     token_ids: list[int]
     text: str  # for echo
+    first_token: str = ""  # the first token's text, for echo with logprobs (nothing scores it)
+    token_offsets: list[int] = field(default_factory=list)  # where each token's text starts in `text`
 
 
 def prepare_prompts(state: ServerState, body: CompletionRequest) -> list[PreparedPrompt]:
@@ -44,15 +46,25 @@ def prepare_prompts(state: ServerState, body: CompletionRequest) -> list[Prepare
             if any(t < 0 or t >= vocab for t in prompt):
                 raise bad_request(f"prompt token ids must be in [0, {vocab})", param="prompt", code="invalid_prompt")
             ids, text = list(prompt), (tokenizer.decode(list(prompt)) if body.echo else "")
-        prepared.append(PreparedPrompt(ids, text))
+        if body.echo_logprobs and ids:
+            prepared.append(PreparedPrompt(ids, text, tokenizer.token_to_str(ids[0]), _token_offsets(tokenizer, ids)))
+        else:
+            prepared.append(PreparedPrompt(ids, text))
     return prepared
+
+
+def _token_offsets(tokenizer, ids: list[int]) -> list[int]:
+    """Character offset of each token in the decoded text; a token inside a multi-byte character
+    starts where that character does."""
+    detok, length, offsets = tokenizer.detokenizer(skip_special_tokens=False), 0, []
+    for token_id in ids:
+        offsets.append(length)
+        length += len(detok.add(token_id))
+    return offsets
 
 
 async def create_completion(state: ServerState, request: Request, body: CompletionRequest) -> Response:
     check_model(state, body.model)
-    if body.echo and body.logprobs is not None:
-        raise bad_request("echo together with logprobs needs prompt logprobs, which this server does not "
-                          "compute", param="echo", code="unsupported_parameter")
     num_choices = len(body.prompts()) * body.n
     if num_choices > MAX_CHOICES_PER_REQUEST:
         raise bad_request(f"this request asks for {num_choices} choices (prompts x n); at most "
@@ -85,6 +97,7 @@ class _ChoiceAcc:
     logprobs: CompletionLogprobs = field(default_factory=CompletionLogprobs)
     finish_reason: str | None = None
     stop_reason: str | int | None = None
+    prompt_logprobs: list | None = None
 
 
 def _echo(prompts: list[PreparedPrompt], n: int) -> list[str]:
@@ -97,18 +110,31 @@ async def collect_completion(state: ServerState, body: CompletionRequest, ctx: R
     echoes = _echo(prompts, body.n) if body.echo else [""] * (len(prompts) * body.n)
     accs = [_ChoiceAcc(text=[e], offset=len(e)) for e in echoes]
     async for out in outputs:
-        acc = accs[numbering[out.request_id] + out.index]
+        index = numbering[out.request_id] + out.index
+        acc = accs[index]
+        if out.prompt_logprobs is not None:
+            acc.prompt_logprobs = out.prompt_logprobs
+            if body.echo_logprobs:  # the first output: the prompt's tokens come before the generated ones
+                prompt = prompts[index // body.n]
+                append_echo_logprobs(acc.logprobs, prompt.first_token, out.prompt_logprobs, prompt.token_offsets,
+                                     body.logprobs or 0)
         if body.logprobs is not None and out.logprobs:
             acc.offset = append_completion_logprobs(acc.logprobs, out.logprobs, acc.offset)
         acc.text.append(out.text_delta)
         if out.finished:
             acc.finish_reason, acc.stop_reason = out.finish_reason, out.stop_reason
     choices = [CompletionChoice(index=i, text="".join(a.text), finish_reason=a.finish_reason, stop_reason=a.stop_reason,
-                                logprobs=a.logprobs if body.logprobs is not None else None)
+                                logprobs=a.logprobs if body.logprobs is not None else None,
+                                prompt_logprobs=_vllm_prompt_logprobs(body, a.prompt_logprobs))
                for i, a in enumerate(accs)]
     return Completion(id=ctx.request_id, created=ctx.created, model=state.model_name, choices=choices,
                       usage=ctx.trace.usage(), system_fingerprint=state.system_fingerprint,
                       timings=ctx.trace.timings() if state.settings.timings else None)
+
+
+def _vllm_prompt_logprobs(body: CompletionRequest, scored: list | None) -> list | None:
+    """vLLM's `prompt_logprobs` field, only when the request named it (echo alone scores silently)."""
+    return vllm_prompt_logprobs(scored) if body.prompt_logprobs is not None and scored is not None else None
 
 
 async def completion_chunks(state: ServerState, body: CompletionRequest, ctx: RequestContext,
@@ -119,21 +145,30 @@ async def completion_chunks(state: ServerState, body: CompletionRequest, ctx: Re
                             "model": state.model_name, "system_fingerprint": state.system_fingerprint}
     if body.include_usage:
         base["usage"] = None
-    offsets = [0] * (len(prompts) * body.n)
-    if body.echo:
-        for i, echo in enumerate(_echo(prompts, body.n)):
-            offsets[i] = len(echo)
+    echoes = _echo(prompts, body.n) if body.echo else [""] * (len(prompts) * body.n)
+    offsets = [len(e) for e in echoes]
+    if body.echo and not body.echo_logprobs:  # with logprobs the echo waits for the prompt's scores
+        for i, echo in enumerate(echoes):
             yield {**base, "choices": [{"index": i, "text": echo, "logprobs": None, "finish_reason": None}]}
     async for out in outputs:
         index = numbering[out.request_id] + out.index
-        logprobs = None
+        text, acc = out.text_delta, CompletionLogprobs()
+        extra: dict[str, Any] = {}
+        if out.prompt_logprobs is not None:
+            scored = _vllm_prompt_logprobs(body, out.prompt_logprobs)
+            if scored is not None:
+                extra["prompt_logprobs"] = [e and {k: v.model_dump() for k, v in e.items()} for e in scored]
+            if body.echo_logprobs:
+                prompt = prompts[index // body.n]
+                append_echo_logprobs(acc, prompt.first_token, out.prompt_logprobs, prompt.token_offsets,
+                                     body.logprobs or 0)
+                text = echoes[index] + text
         if body.logprobs is not None and out.logprobs:
-            acc = CompletionLogprobs()
             offsets[index] = append_completion_logprobs(acc, out.logprobs, offsets[index])
-            logprobs = acc.model_dump()
-        if out.text_delta or logprobs:
-            yield {**base, "choices": [{"index": index, "text": out.text_delta, "logprobs": logprobs,
-                                        "finish_reason": None}]}
+        logprobs = acc.model_dump() if acc.tokens else None
+        if text or logprobs or extra:
+            yield {**base, "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": None,
+                                        **extra}]}
         if out.finished:
             final = {**base, "choices": [{"index": index, "text": "", "logprobs": None,
                                           "finish_reason": out.finish_reason, "stop_reason": out.stop_reason}]}

@@ -169,9 +169,55 @@ def test_logprobs_report_the_chosen_token_and_top_alternatives(tiny_dir: str, hf
     assert first.top_logprobs[0][0] == first.token_id
 
 
+def _hf_prompt_logprobs(hf, prompt: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.log_softmax(hf(torch.tensor([prompt])).logits[0].float(), -1)
+
+
+@pytest.mark.parametrize("chunk", [32, 512])
+def test_prompt_logprobs_equal_hf_across_chunks_cache_and_choices(tiny_dir: str, hf_tiny, chunk: int) -> None:
+    """Every prompt token after the first is scored by the row before it, chunked or not; a prompt whose
+    prefix is already cached is scored in full anyway, and n choices share one scoring."""
+    engine = _engine(tiny_dir, max_num_batched_tokens=chunk)
+    prompt = _prompts(1, seed=21)[0] + _prompts(1, seed=22)[0]  # > 100 tokens: several 32-token chunks
+    ref = _hf_prompt_logprobs(hf_tiny, prompt)
+    engine.generate([prompt], SamplingParams(temperature=0, max_tokens=2))  # warms the prefix cache
+    params = SamplingParams(temperature=0, max_tokens=2, prompt_logprobs=3, n=2)
+    choices = engine.generate([prompt], params)[0]
+    for out in choices:
+        scored = out.prompt_logprobs
+        assert len(scored) == len(prompt) and scored[0] is None
+        for pos in range(1, len(prompt)):
+            entry = scored[pos]
+            assert entry.token_id == prompt[pos]
+            assert abs(entry.logprob - ref[pos - 1, prompt[pos]].item()) < 1e-3, pos
+            assert entry.rank == int((ref[pos - 1] > ref[pos - 1, prompt[pos]]).sum()) + 1
+            top_ids = ref[pos - 1].topk(3).indices.tolist()
+            assert [t for t, _, _ in entry.top_logprobs] == top_ids and len(entry.top_bytes) == 3
+    assert choices[0].num_cached_tokens == 0  # scoring needs the logits, which a cache hit would skip
+    # without prompt_logprobs the same prompt is served from the cache again, and nothing is reported
+    plain = engine.generate([prompt], SamplingParams(temperature=0, max_tokens=2))[0][0]
+    assert plain.prompt_logprobs is None and plain.num_cached_tokens > 0
+
+
+def test_prompt_logprobs_survive_preemption(tiny_dir: str, hf_tiny) -> None:
+    """Preempted sequences are recomputed; each prompt is still scored once, in order, and correctly."""
+    engine = _engine(tiny_dir, max_num_seqs=4, max_num_batched_tokens=16,
+                     kv_cache_memory=12 * _block_bytes(load_model(tiny_dir).config))
+    prompts = [p[:40] + [5] * max(0, 40 - len(p)) for p in _prompts(4, seed=31)]
+    outs = engine.generate(prompts, SamplingParams(temperature=0, max_tokens=40, min_tokens=40, prompt_logprobs=0))
+    assert engine.scheduler.num_preemptions > 0
+    for p, o in zip(prompts, outs):
+        ref = _hf_prompt_logprobs(hf_tiny, p)
+        got = o[0].prompt_logprobs
+        assert got[0] is None and [e.token_id for e in got[1:]] == p[1:]
+        assert max(abs(e.logprob - ref[pos - 1, p[pos]].item()) for pos, e in enumerate(got) if e) < 1e-3
+        assert all(e.top_logprobs == [] for e in got[1:])
+
+
 def test_invalid_sampling_values_name_the_field() -> None:
     for kwargs, field in [({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"),
-                          ({"max_tokens": 0}, "max_tokens"), ({"logprobs": 99}, "top_logprobs"),
+                          ({"max_tokens": 0}, "max_tokens"), ({"logprobs": 99}, "top_logprobs"), ({"prompt_logprobs": 21}, "prompt_logprobs"),
                           ({"presence_penalty": 3}, "presence_penalty"), ({"n": 0}, "n")]:
         with pytest.raises(SamplingParamsError) as err:
             SamplingParams(**kwargs)

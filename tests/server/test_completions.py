@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from openai import BadRequestError, OpenAI
+
+from tests.server.conftest import KEY
+from tests.server.sse_util import post_stream
 
 
 def test_text_completion_carries_every_field(client: OpenAI) -> None:
@@ -27,7 +31,8 @@ def test_logprobs_int_gives_parallel_arrays(client: OpenAI) -> None:
                                      extra_body={"ignore_eos": True})
     lp = resp.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 4
-    assert all(len(top) <= 2 and lp.tokens[i] in top for i, top in enumerate(lp.top_logprobs))
+    # top 2 plus the chosen token when it is not among them (OpenAI: "up to logprobs+1 elements")
+    assert all(2 <= len(top) <= 3 and lp.tokens[i] in top for i, top in enumerate(lp.top_logprobs))
     assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[0] == 0
     assert "".join(lp.tokens) == resp.choices[0].text
 
@@ -36,6 +41,69 @@ def test_echo_prepends_the_prompt(client: OpenAI) -> None:
     plain = client.completions.create(model="tiny", prompt="Echo this", max_tokens=3, temperature=0)
     echoed = client.completions.create(model="tiny", prompt="Echo this", max_tokens=3, temperature=0, echo=True)
     assert echoed.choices[0].text == "Echo this" + plain.choices[0].text
+
+
+@pytest.fixture(scope="module")
+def hf_tiny(tiny_llama_dir: str):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+
+
+def _reference_scores(hf, ids: list[int]) -> list[float]:
+    """log P(token i | tokens < i) for i >= 1, from transformers."""
+    with torch.no_grad():
+        logprobs = torch.log_softmax(hf(torch.tensor([ids])).logits[0].float(), -1)
+    return [logprobs[i - 1, ids[i]].item() for i in range(1, len(ids))]
+
+
+PROMPT = "The quick brown fox jumps over the lazy dog. 你好，世界"
+
+
+def test_echo_with_logprobs_scores_the_prompt(client: OpenAI, tiny_server, hf_tiny) -> None:
+    """lm-eval-harness's loglikelihood request: echo the prompt with logprobs and read its tokens' scores."""
+    ids = tiny_server.engine.tokenizer.encode(PROMPT)
+    resp = client.completions.create(model="tiny", prompt=PROMPT, echo=True, logprobs=1, max_tokens=1,
+                                     temperature=0, extra_body={"ignore_eos": True})
+    choice = resp.choices[0]
+    lp = choice.logprobs
+    assert choice.text.startswith(PROMPT) and len(lp.tokens) == len(ids) + 1
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None and lp.text_offset[0] == 0
+    assert lp.token_logprobs[1:len(ids)] == pytest.approx(_reference_scores(hf_tiny, ids), abs=1e-3)
+    assert all(lp.tokens[i] in lp.top_logprobs[i] and len(lp.top_logprobs[i]) <= 2 for i in range(1, len(ids)))
+    assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[len(ids)] == len(PROMPT)
+    assert choice.prompt_logprobs is None  # vLLM's field only when asked for by name
+
+    # the same, streamed: the echo arrives with its scores, then the generated token
+    events = post_stream(tiny_server.base_url, "/v1/completions",
+                         {"model": "tiny", "prompt": PROMPT, "echo": True, "logprobs": 1, "max_tokens": 1,
+                          "temperature": 0, "ignore_eos": True}, KEY).events
+    streamed = [c for e in events for c in e["choices"] if c.get("logprobs")]
+    assert "".join(c["text"] for c in streamed) == choice.text
+    assert [t for c in streamed for t in c["logprobs"]["token_logprobs"]] == lp.token_logprobs
+
+
+def test_prompt_logprobs_in_vllm_format(client: OpenAI, tiny_server, hf_tiny) -> None:
+    ids = tiny_server.engine.tokenizer.encode(PROMPT)
+    raw = client.completions.with_raw_response.create(model="tiny", prompt=PROMPT, max_tokens=2, temperature=0,
+                                                      extra_body={"prompt_logprobs": 2}).http_response.json()
+    scored = raw["choices"][0]["prompt_logprobs"]
+    assert len(scored) == len(ids) and scored[0] is None
+    reference = _reference_scores(hf_tiny, ids)
+    for pos in range(1, len(ids)):
+        entry = scored[pos]
+        assert entry[str(ids[pos])]["logprob"] == pytest.approx(reference[pos - 1], abs=1e-3)
+        ranks = sorted(v["rank"] for v in entry.values())
+        assert {1, 2} <= set(ranks) and 2 <= len(entry) <= 3
+    chat = client.chat.completions.with_raw_response.create(
+        model="tiny", messages=[{"role": "user", "content": PROMPT}], max_tokens=2,
+        extra_body={"prompt_logprobs": 0}).http_response.json()
+    prompt_len = chat["usage"]["prompt_tokens"]
+    assert len(chat["prompt_logprobs"]) == prompt_len and chat["prompt_logprobs"][0] is None
+    assert all(len(e) == 1 and next(iter(e.values()))["rank"] >= 1 for e in chat["prompt_logprobs"][1:])
+    with pytest.raises(BadRequestError):
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}], stream=True,
+                                       extra_body={"prompt_logprobs": 0})
 
 
 def test_batched_prompts_number_choices_prompt_major(client: OpenAI) -> None:
@@ -56,7 +124,7 @@ def test_token_id_prompt_equals_text_prompt(client: OpenAI, tiny_server) -> None
 
 
 @pytest.mark.parametrize("kwargs,param", [
-    ({"best_of": 3, "n": 1}, None), ({"suffix": "end"}, None), ({"echo": True, "logprobs": 1}, "echo"),
+    ({"best_of": 3, "n": 1}, None), ({"suffix": "end"}, None), ({"extra_body": {"prompt_logprobs": 21}}, "prompt_logprobs"),
     ({"prompt": [10 ** 8]}, "prompt"), ({"prompt": []}, None), ({"logprobs": 50}, "logprobs"),
 ])
 def test_unsupported_or_invalid_completion_options_are_400(client: OpenAI, kwargs: dict, param: str | None) -> None:
