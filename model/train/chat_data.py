@@ -18,6 +18,10 @@ import logging
 from typing import Any
 
 from model.chat_template import ChatTemplate, ChatTemplateError
+from model.tool_template import ToolTemplate
+
+# ToolTemplate in training: tool calls are rendered in the family's format, as the server prompts them
+Template = ChatTemplate | ToolTemplate
 from model.train.data import IGNORE_INDEX, DataError, TokenDataset
 
 log = logging.getLogger("glmserve.train")
@@ -61,7 +65,7 @@ def normalize_conversation(obj: Any) -> tuple[list[dict[str, Any]], list[dict[st
     return messages, tools or None
 
 
-def encode_conversation(template: ChatTemplate, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+def encode_conversation(template: Template, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
                         stop_ids: set[int], eos_id: int) -> tuple[list[int], list[int]]:
     """(input_ids, labels) with labels = IGNORE_INDEX everywhere except assistant turns."""
     ids = template.encode(messages, tools, add_generation_prompt=False)
@@ -85,7 +89,7 @@ def encode_conversation(template: ChatTemplate, messages: list[dict[str, Any]], 
     return ids, labels
 
 
-def load_chat_jsonl(path: str, template: ChatTemplate, stop_ids: set[int], eos_id: int, pad_id: int,
+def load_chat_jsonl(path: str, template: Template, stop_ids: set[int], eos_id: int, pad_id: int,
                     max_len: int, skip_bad_lines: bool = False) -> TokenDataset:
     """Every conversation of a chat JSONL file, truncated to max_len tokens.
 

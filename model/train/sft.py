@@ -57,6 +57,7 @@ def run_sft(cfg: SFTConfig, info: DistInfo | None = None) -> TrainResult:
     from model.chat_template import ChatTemplate
     from model.loader import load_model
     from model.tokenizer import Tokenizer
+    from model.tool_template import ToolTemplate
 
     data_files_exist([cfg.data] + ([cfg.eval_data] if cfg.eval_data else []))
     owns_group = info is None
@@ -64,7 +65,8 @@ def run_sft(cfg: SFTConfig, info: DistInfo | None = None) -> TrainResult:
     try:
         loaded = load_model(cfg.base, device="cpu", dtype=torch.float32)  # fp32 master weights
         tokenizer = Tokenizer(loaded.path)
-        train_set, eval_set = _datasets(cfg, tokenizer, ChatTemplate(tokenizer))
+        # tools, tool calls and tool results render exactly as the server will prompt the fine-tuned model
+        train_set, eval_set = _datasets(cfg, tokenizer, ToolTemplate(ChatTemplate(tokenizer)))
         model = loaded.model.train()
         if cfg.lora.enabled:
             torch.manual_seed(cfg.train.seed)  # every rank draws the same adapter initialization

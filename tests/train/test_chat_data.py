@@ -84,6 +84,43 @@ def test_observation_role_renders_as_glm_observation(glm_tokenizer, tmp_path) ->
     assert "<|observation|>\nsunny<|assistant|>\nIt is sunny." in text
 
 
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+TOOL_CONVERSATION = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+        "name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
+    {"role": "assistant", "content": "It is sunny in Paris."}]
+
+
+@pytest.mark.parametrize("family", ["glm", "default"])
+def test_tool_calls_train_in_the_format_the_server_prompts(family, glm_tokenizer, tmp_path) -> None:
+    """An OpenAI tool-call conversation: the call turn is a target in the family's format (GLM-4's
+    `name\n{json}`, Hermes' `<tool_call>`), and every prompt prefix is what the server would send."""
+    from model.chat_template import ChatTemplate
+    from model.loader import resolve_model_dir
+    from model.tokenizer import Tokenizer
+    from model.tool_template import ToolTemplate
+
+    model_dir = glm_tokenizer if family == "glm" else resolve_model_dir("default")
+    tok = Tokenizer(model_dir)
+    bridge = ToolTemplate(ChatTemplate(tok))
+    path = _write(tmp_path / "tools.jsonl", [{"messages": TOOL_CONVERSATION, "tools": [WEATHER_TOOL]}])
+    ds = load_chat_jsonl(path, bridge, set(tok.eos_token_ids), tok.hf.eos_token_id, tok.hf.eos_token_id, 1024)
+    ids, labels = ds.input_ids[0].tolist(), ds.labels[0].tolist()
+    spans = [tok.decode(s, skip_special_tokens=False) for s in _target_spans(labels)]
+    served_prompt = bridge.encode(TOOL_CONVERSATION[:1], [WEATHER_TOOL])  # what the server sends for turn 1
+    assert ids[:len(served_prompt)] == served_prompt and labels[len(served_prompt) - 1] == IGNORE_INDEX
+    if family == "glm":
+        assert spans[0].startswith('get_weather\n{"city": "Paris"}') and "<|observation|>" in spans[0]
+    else:
+        assert spans[0].startswith('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}')
+        assert spans[0].endswith("<|im_end|>\n")
+    # GLM's assistant turn opens with "\n" after <|assistant|> (the model writes it), ChatML's after the header
+    assert spans[1].lstrip("\n").startswith("It is sunny in Paris.") and "sunny, 21 C" not in "".join(spans)
+
+
 def test_bad_lines_are_reported_with_line_numbers(glm_tokenizer, tmp_path) -> None:
     lines = [{"messages": CONVERSATION}, "{not json", {"messages": [{"role": "user", "content": "hi"}]},
              {"messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]},
