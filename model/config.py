@@ -194,19 +194,32 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset_config(name: str, vocab_size: int, **overrides: Any) -> ModelConfig:
+# what --model-override may change in a preset: its shape and the GLM architecture switches; the
+# vocabulary and special token ids always come from the tokenizer
+PRESET_OVERRIDES = {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                    "num_key_value_heads", "max_position_embeddings", "head_dim", "rms_norm_eps", "attention_bias",
+                    "tie_word_embeddings", "rope_theta", "partial_rotary_factor"}
+
+
+def check_preset_overrides(overrides: dict[str, Any]) -> None:
+    unknown = sorted(set(overrides) - PRESET_OVERRIDES)
+    if unknown:
+        raise ValueError(f"cannot override {unknown} in a preset; allowed: {sorted(PRESET_OVERRIDES)}")
+
+
+def preset_config(name: str, vocab_size: int, eos_token_ids: tuple[int, ...] = (), pad_token_id: int | None = None,
+                  bos_token_id: int | None = None, **overrides: Any) -> ModelConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    check_preset_overrides(overrides)
     p = {**PRESETS[name], **overrides}
-    return ModelConfig(
-        model_type="glm",
-        vocab_size=vocab_size,
-        head_dim=p["hidden_size"] // p["num_attention_heads"],
-        rms_norm_eps=1e-5,
-        rope=RopeConfig(theta=10000.0, partial_rotary_factor=0.5, interleaved=True),
-        attention_bias=True,
-        **p,
-    )
+    rope = RopeConfig(theta=float(p.pop("rope_theta", 10000.0)),
+                      partial_rotary_factor=float(p.pop("partial_rotary_factor", 0.5)), interleaved=True)
+    p.setdefault("head_dim", p["hidden_size"] // p["num_attention_heads"])
+    p.setdefault("rms_norm_eps", 1e-5)
+    p.setdefault("attention_bias", True)
+    return ModelConfig(model_type="glm", vocab_size=vocab_size, rope=rope, eos_token_ids=tuple(eos_token_ids),
+                       pad_token_id=pad_token_id, bos_token_id=bos_token_id, **p)
 
 
 @dataclass

@@ -69,8 +69,8 @@ class TrainConfig:
     epochs: float = 1.0
     max_steps: int | None = None  # overrides epochs when set
     eval_ratio: float = 0.05  # held-out fraction when no separate eval file is given
-    eval_every: int = 0  # 0: only at the end
-    save_every: int = 0  # 0: only at the end
+    eval_every: int = 0  # 0: only at the end (the end is always evaluated)
+    save_every: int = 0  # resumable checkpoint every N steps and at the last step; 0: none (the export is always written)
     keep_checkpoints: int = 2
     log_every: int = 1
     seed: int = 0

@@ -9,8 +9,11 @@ On resume the log is cut back to the checkpoint's step, so the curve continues w
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
+
+log = logging.getLogger("glmserve.train")
 
 
 class MetricsLogger:
@@ -52,8 +55,12 @@ class MetricsLogger:
         return read_metrics(self.path)
 
     def plot(self) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        try:
             plot_loss_curve(self.records(), self.png_path)
+        except ImportError as e:  # a missing plotting library must never cost the trained model its export
+            log.warning("loss curve not drawn (%s); metrics.jsonl has every value", e)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from model.config import ModelConfig, preset_config
+from model.config import ModelConfig, check_preset_overrides, preset_config
 from model.models.registry import build_model
 from model.train.config import TrainConfig
 from model.train.data import TokenDataset, data_files_exist, file_sha256, pack_documents
@@ -59,6 +59,7 @@ def init_weights(model: nn.Module, std: float) -> None:
 
 def model_config_for(cfg: PretrainConfig, hf_tokenizer) -> ModelConfig:
     overrides = dict(cfg.model_overrides)
+    check_preset_overrides(overrides)  # before the tokenizer's vocab_size and token ids are added
     model_cfg = preset_config(cfg.preset, vocab_size=len(hf_tokenizer), eos_token_ids=tuple(stop_token_ids(hf_tokenizer)),
                               pad_token_id=hf_tokenizer.pad_token_id, bos_token_id=hf_tokenizer.bos_token_id,
                               **overrides)
@@ -94,8 +95,7 @@ def run_pretrain(cfg: PretrainConfig, info: DistInfo | None = None) -> TrainResu
         init_weights(model, cfg.init_std)
         log.info("model: %s %.2fM params", cfg.preset, sum(p.numel() for p in model.parameters()) / 1e6)
         data_hash = file_sha256(cfg.data)
-        fingerprint = {"data_sha256": data_hash, "model": model_cfg.to_dict(), "global_batch":
-                       cfg.train.batch_size * cfg.train.grad_accum * info.world_size, "task": "pretrain"}
+        fingerprint = {"data_sha256": data_hash, "model": model_cfg.to_dict(), "task": "pretrain"}
         trainer = Trainer(model, train_set, eval_set, cfg.train, info, fingerprint)
         result = trainer.train()
         state = trainer.full_state_dict()

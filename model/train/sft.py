@@ -74,8 +74,7 @@ def run_sft(cfg: SFTConfig, info: DistInfo | None = None) -> TrainResult:
         trainable, total = count_parameters(model)
         log.info("base %s: %.1fM params, %.2fM trainable", cfg.base, total / 1e6, trainable / 1e6)
         data_hash = file_sha256([cfg.data])
-        fingerprint = {"data_sha256": data_hash, "base": loaded.path, "lora": asdict(cfg.lora), "task": "sft",
-                       "global_batch": cfg.train.batch_size * cfg.train.grad_accum * info.world_size}
+        fingerprint = {"data_sha256": data_hash, "base": loaded.path, "lora": asdict(cfg.lora), "task": "sft"}
         trainer = Trainer(model, train_set, eval_set, cfg.train, info, fingerprint)
         result = trainer.train()
         state = trainer.full_state_dict()

@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -23,7 +23,7 @@ from model.train.config import TrainConfig
 from model.train.data import BatchPlan, TokenDataset, eval_batches
 from model.train.distributed import DistInfo, all_reduce_sum, gradient_sync, wrap_for_training
 from model.train.metrics import MetricsLogger
-from model.train.schedule import build_optimizer, build_scheduler
+from model.train.schedule import build_optimizer, build_scheduler, sync_lr
 
 log = logging.getLogger("glmserve.train")
 
@@ -43,7 +43,10 @@ class TrainResult:
 class Trainer:
     def __init__(self, model: CausalLM, train_set: TokenDataset, eval_set: TokenDataset | None,
                  cfg: TrainConfig, info: DistInfo, fingerprint: dict[str, Any]) -> None:
-        self.cfg, self.info, self.fingerprint = cfg, info, fingerprint
+        self.cfg, self.info = cfg, info
+        # what must match for a checkpoint to be resumed: the caller's (data, model, task) and the loop's
+        self.fingerprint = {**fingerprint, "global_batch": cfg.batch_size * cfg.grad_accum * info.world_size,
+                            "max_len": cfg.max_len, "seed": cfg.seed, "optim": asdict(cfg.optim)}
         self.train_set, self.eval_set = train_set, eval_set
         self.model = model.to(info.device)
         self.model.gradient_checkpointing = cfg.gradient_checkpointing
@@ -114,6 +117,7 @@ class Trainer:
             changed = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))
             raise ValueError(f"checkpoint {path} belongs to a different run (differs in {changed}); "
                              "use --resume never or another --out")
+        sync_lr(self.scheduler)  # --max-steps may have changed the schedule's length since the save
         log.info("resumed from %s at step %d", path, state["step"])
         return int(state["step"])
 
@@ -143,7 +147,7 @@ class Trainer:
                                 "epoch": round(self.plan.epoch_at(done), 4)})
                 if cfg.eval_every and done % cfg.eval_every == 0 and done < self.total_steps:
                     self._log_eval(logger, done)
-                if cfg.save_every and done % cfg.save_every == 0:
+                if cfg.save_every and (done % cfg.save_every == 0 or done == self.total_steps):
                     self.save(done)
                     logger.plot()
             final = self._log_eval(logger, self.total_steps)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from model.config import preset_config
+from model.config import check_preset_overrides, preset_config
 from model.models.registry import build_model
 from model.train.data import IGNORE_INDEX, TokenDataset
 from model.train.distributed import DistInfo
@@ -78,3 +78,41 @@ def test_loss_is_the_mean_over_target_tokens(tmp_path) -> None:
     loss, grad_norm, tokens = trainer.train_step(0)
     assert loss == pytest.approx(total / count, rel=1e-5)
     assert tokens == sum(len(ds.input_ids[i]) for i in indices) and grad_norm > 0
+
+
+def _resumable_run(tmp_path, max_steps: int, **optim) -> list[dict]:
+    torch.manual_seed(0)
+    model = build_model(preset_config("glm-tiny", 64, **TINY_GLM))
+    optim = {"optim_lr": 3e-3, "optim_warmup_steps": 1, "optim_schedule": "linear", **optim}
+    cfg = train_config(tmp_path / "run", max_steps=max_steps, save_every=2, resume="auto", **optim)
+    Trainer(model, _dataset(True), None, cfg, SINGLE, {"task": "test"}).train()
+    with open(tmp_path / "run" / "metrics.jsonl") as f:
+        return [r for r in map(json.loads, f) if "lr" in r]
+
+
+def test_resume_refuses_a_changed_learning_rate_and_follows_a_longer_schedule(tmp_path) -> None:
+    """A finished 3-step run (a checkpoint at its last step, not only every 2) is continued to 6 steps:
+    the resumed steps use the 6-step schedule, not the lr the optimizer was saved with. A different
+    --lr is a different run and is refused by name."""
+    from model.train.checkpoint import latest_checkpoint
+    from model.train.schedule import lr_factor
+
+    _resumable_run(tmp_path, 3)
+    assert latest_checkpoint(str(tmp_path / "run")).endswith("step-00000003")
+    with pytest.raises(ValueError, match="optim"):
+        _resumable_run(tmp_path, 6, optim_lr=1e-3)
+    records = _resumable_run(tmp_path, 6)
+    cfg = train_config(tmp_path, optim_lr=3e-3, optim_warmup_steps=1, optim_schedule="linear").optim
+    resumed = [r for r in records if r["step"] > 3]
+    assert [r["step"] for r in resumed] == [4, 5, 6]
+    for r in resumed:  # lr logged at step s was used for that step, i.e. the factor at s - 1
+        assert r["lr"] == pytest.approx(3e-3 * lr_factor(r["step"] - 1, cfg, 6), rel=1e-9)
+
+
+def test_preset_overrides_are_checked_by_name() -> None:
+    cfg = preset_config("glm-tiny", 64, rope_theta=500000.0, head_dim=16, attention_bias=False)
+    assert cfg.rope.theta == 500000.0 and cfg.head_dim == 16 and not cfg.attention_bias
+    with pytest.raises(ValueError, match="model_type"):
+        preset_config("glm-tiny", 64, model_type="llama")
+    with pytest.raises(ValueError, match="vocab_size"):  # what --model-override would pass to pretraining
+        check_preset_overrides({"vocab_size": 10})
