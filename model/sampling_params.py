@@ -34,7 +34,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     include_stop_str_in_output: bool = False
-    max_tokens: int = 16
+    max_tokens: int = 16  # 0 with prompt_logprobs: score the prompt, generate nothing
     min_tokens: int = 0
     ignore_eos: bool = False
     logprobs: int | None = None  # None = off; k >= 0 = the chosen token's logprob plus top k
@@ -67,7 +67,9 @@ class SamplingParams:
                f"presence_penalty must be in [-2, 2], got {self.presence_penalty}")
         _check("frequency_penalty", -2.0 <= self.frequency_penalty <= 2.0,
                f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}")
-        _check("max_tokens", self.max_tokens >= 1, f"max_tokens must be at least 1, got {self.max_tokens}")
+        scoring_only = self.max_tokens == 0 and self.prompt_logprobs is not None
+        _check("max_tokens", self.max_tokens >= 1 or scoring_only,
+               f"max_tokens must be at least 1 (0 only to score a prompt with prompt_logprobs), got {self.max_tokens}")
         _check("min_tokens", 0 <= self.min_tokens <= self.max_tokens,
                f"min_tokens must be in [0, max_tokens={self.max_tokens}], got {self.min_tokens}")
         _check("stop", len(self.stop) <= MAX_STOP_STRINGS, f"at most {MAX_STOP_STRINGS} stop strings are allowed")

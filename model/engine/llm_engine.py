@@ -149,15 +149,17 @@ class LLMEngine:
             seq.first_token_time = seq.prefill_done_time = now
             prompt_logprobs = seq.prompt_logprobs
             self._admit_children(seq)
+        if seq.params.max_tokens == 0:  # scoring only: the prompt is scored, nothing is generated
+            seq.finish_reason = "length"
+            self._finish(seq, "length")
+            return self.outputs.build(seq, [], "", True, None, prompt_logprobs=prompt_logprobs)
         seq.append_token(token_id)
         finish = self.outputs.check_finish(seq, token_id)
         text, finish = self.outputs.text_for(seq, token_id, finish)
         logprobs = self.outputs.logprobs_for(seq, token_id, logprob_row)
         if finish is not None:
             seq.finish_reason = finish
-            self.scheduler.finish(seq, finish)
-            self._release(seq)
-            self._forget_if_done(seq.request_id)
+            self._finish(seq, finish)
         return self.outputs.build(seq, [token_id], text, finish is not None, logprobs, prompt_logprobs=prompt_logprobs)
 
     def _admit_children(self, parent: Sequence) -> None:
@@ -166,11 +168,14 @@ class LLMEngine:
             child.prompt_logprobs = parent.prompt_logprobs  # the same prompt, scored once
             self.scheduler.add(child, front=True)
 
-    def _fail(self, seq: Sequence, message: str) -> RequestOutput:
-        seq.finish_reason = "error"
-        self.scheduler.finish(seq, "error")
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        self.scheduler.finish(seq, reason)
         self._release(seq)
         self._forget_if_done(seq.request_id)
+
+    def _fail(self, seq: Sequence, message: str) -> RequestOutput:
+        seq.finish_reason = "error"
+        self._finish(seq, "error")
         return self.outputs.build(seq, [], "", True, None, error=message)
 
     def _release(self, seq: Sequence) -> None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
@@ -52,10 +51,10 @@ class CompletionRequest(SamplingFields):
         return self.echo and self.logprobs is not None
 
     def to_sampling_params(self, max_tokens: int, **extra: Any) -> SamplingParams:
-        params = self.build_sampling_params(max_tokens, self.logprobs, **extra)
+        kwargs = self.sampling_kwargs(max_tokens, self.logprobs)
         if self.echo_logprobs:  # the prompt must be scored with at least `logprobs` alternatives
-            params = replace(params, prompt_logprobs=max(self.prompt_logprobs or 0, self.logprobs or 0))
-        return params
+            kwargs["prompt_logprobs"] = max(self.prompt_logprobs or 0, self.logprobs or 0)
+        return SamplingParams(**kwargs, **extra)
 
 
 class CompletionLogprobs(BaseModel):

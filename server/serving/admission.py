@@ -31,9 +31,10 @@ class TokenBudget:
 
 
 def plan_max_tokens(state: ServerState, num_prompt_tokens: int, requested: int | None, param: str,
-                    prompt_param: str) -> TokenBudget:
+                    prompt_param: str, allow_zero: bool = False) -> TokenBudget:
     """The prompt must leave room for one token; max_tokens may not exceed the context on its own;
-    a max_tokens that only overflows together with the prompt is clamped to what fits."""
+    a max_tokens that only overflows together with the prompt is clamped to what fits. `allow_zero`:
+    a request that only scores its prompt may ask for no tokens."""
     limit = state.context_limit
     if num_prompt_tokens == 0:
         raise bad_request("the prompt is empty", param=prompt_param, code="invalid_prompt")
@@ -45,8 +46,12 @@ def plan_max_tokens(state: ServerState, num_prompt_tokens: int, requested: int |
     room = limit - num_prompt_tokens
     if requested is None:
         return TokenBudget(room)
+    if requested == 0 and allow_zero:
+        return TokenBudget(0)
     if requested < 1:
-        raise bad_request(f"{param} must be at least 1, got {requested}", param=param)
+        raise bad_request(f"{param} must be at least 1, got {requested}" +
+                          (" (0 is allowed with echo and logprobs, or prompt_logprobs)" if param == "max_tokens"
+                           and prompt_param == "prompt" else ""), param=param)
     if requested > state.max_model_len:
         raise APIError(400, f"{param}={requested} is larger than this model's maximum context length of "
                        f"{state.max_model_len} tokens.", param=param, code="context_length_exceeded")

@@ -70,7 +70,9 @@ async def create_completion(state: ServerState, request: Request, body: Completi
         raise bad_request(f"this request asks for {num_choices} choices (prompts x n); at most "
                           f"{MAX_CHOICES_PER_REQUEST} are allowed", param="prompt", code="too_many_choices")
     prompts = prepare_prompts(state, body)
-    budgets = [plan_max_tokens(state, len(p.token_ids), body.max_tokens, "max_tokens", "prompt") for p in prompts]
+    scores_prompt = body.echo_logprobs or body.prompt_logprobs is not None
+    budgets = [plan_max_tokens(state, len(p.token_ids), body.max_tokens, "max_tokens", "prompt", scores_prompt)
+               for p in prompts]
     params = [sampling_params(state, body.to_sampling_params, b.max_tokens, {"top_logprobs": "logprobs"})
               for b in budgets]
     ctx = begin_request(state, request, new_request_id("cmpl"), body.stream,

@@ -200,6 +200,18 @@ def test_prompt_logprobs_equal_hf_across_chunks_cache_and_choices(tiny_dir: str,
     assert plain.prompt_logprobs is None and plain.num_cached_tokens > 0
 
 
+def test_max_tokens_zero_scores_the_prompt_and_frees_its_blocks(tiny_dir: str, hf_tiny) -> None:
+    engine = _engine(tiny_dir)
+    prompt = _prompts(1, seed=41)[0]
+    [out] = engine.generate([prompt], SamplingParams(max_tokens=0, prompt_logprobs=0))[0]
+    assert out.finished and out.finish_reason == "length" and out.token_ids == [] and out.num_output_tokens == 0
+    ref = _hf_prompt_logprobs(hf_tiny, prompt)
+    assert max(abs(e.logprob - ref[pos - 1, prompt[pos]].item()) for pos, e in enumerate(out.prompt_logprobs) if e) < 1e-3
+    assert not engine.has_unfinished() and engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+    with pytest.raises(SamplingParamsError):
+        SamplingParams(max_tokens=0)  # 0 only to score a prompt
+
+
 def test_prompt_logprobs_survive_preemption(tiny_dir: str, hf_tiny) -> None:
     """Preempted sequences are recomputed; each prompt is still scored once, in order, and correctly."""
     engine = _engine(tiny_dir, max_num_seqs=4, max_num_batched_tokens=16,

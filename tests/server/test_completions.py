@@ -83,6 +83,20 @@ def test_echo_with_logprobs_scores_the_prompt(client: OpenAI, tiny_server, hf_ti
     assert [t for c in streamed for t in c["logprobs"]["token_logprobs"]] == lp.token_logprobs
 
 
+def test_max_tokens_zero_only_scores_the_prompt(client: OpenAI, tiny_server, hf_tiny) -> None:
+    """`max_tokens: 0` with echo and logprobs: the prompt's scores and nothing generated (a common
+    perplexity-scoring request); without a scoring request 0 stays an error."""
+    ids = tiny_server.engine.tokenizer.encode(PROMPT)
+    resp = client.completions.create(model="tiny", prompt=[PROMPT, "Second"], echo=True, logprobs=0, max_tokens=0)
+    first = resp.choices[0]
+    assert first.text == PROMPT and first.finish_reason == "length" and len(first.logprobs.tokens) == len(ids)
+    assert first.logprobs.token_logprobs[1:] == pytest.approx(_reference_scores(hf_tiny, ids), abs=1e-3)
+    assert resp.choices[1].text == "Second" and resp.usage.completion_tokens == 0
+    with pytest.raises(BadRequestError) as err:
+        client.completions.create(model="tiny", prompt=PROMPT, max_tokens=0)
+    assert err.value.body["param"] == "max_tokens" and "echo" in err.value.body["message"]
+
+
 def test_prompt_logprobs_in_vllm_format(client: OpenAI, tiny_server, hf_tiny) -> None:
     ids = tiny_server.engine.tokenizer.encode(PROMPT)
     raw = client.completions.with_raw_response.create(model="tiny", prompt=PROMPT, max_tokens=2, temperature=0,
