@@ -21,7 +21,7 @@ from model.models.decoder import CausalLM
 log = logging.getLogger("glmserve.engine")
 
 CPU_DEFAULT_KV_CACHE_BYTES = 1 << 30
-PROMPT_LOGPROB_ROWS = 256  # vocabulary projections per piece when scoring a prompt: bounds the logits memory
+PROMPT_LOGPROB_ROWS = 64  # rows per vocabulary projection when scoring a prompt: a (64, vocab) piece stays in cache
 
 
 @dataclass
@@ -150,13 +150,15 @@ class ModelRunner:
         out = PromptScores(seq, first_position, targets, [], [], [], [])
         for lo in range(0, count, PROMPT_LOGPROB_ROWS):
             hi = min(count, lo + PROMPT_LOGPROB_ROWS)
-            logprobs = torch.log_softmax(self.model.compute_logits(hidden[first_row + lo:first_row + hi]).float(), -1)
-            chosen = logprobs.gather(1, self._tensor(targets[lo:hi]).unsqueeze(1))
-            out.logprobs += chosen.squeeze(1).tolist()
-            out.ranks += ((logprobs > chosen).sum(dim=1) + 1).tolist()
+            logits = self.model.compute_logits(hidden[first_row + lo:first_row + hi]).float()
+            # logprob = logit - logsumexp: one pass over the logits, no (rows, vocab) log_softmax tensor
+            norm = torch.logsumexp(logits, dim=-1, keepdim=True)
+            chosen = logits.gather(1, self._tensor(targets[lo:hi]).unsqueeze(1))
+            out.logprobs += (chosen - norm).squeeze(1).tolist()
+            out.ranks += ((logits > chosen).sum(dim=1) + 1).tolist()
             if k:
-                values, ids = logprobs.topk(k, dim=-1)
-                out.top_logprobs += values.tolist()
+                values, ids = logits.topk(k, dim=-1)
+                out.top_logprobs += (values - norm).tolist()
                 out.top_ids += ids.tolist()
             else:
                 out.top_logprobs += [[] for _ in range(hi - lo)]
