@@ -67,6 +67,37 @@ def test_two_processes_equal_one_with_double_accumulation(mode, one_process_curv
         assert json.load(f)["world_size"] == 2
 
 
+def test_two_node_rendezvous_follows_the_same_curve(one_process_curve, glm_tokenizer, reverse_data, tmp_path) -> None:
+    """The documented multi-node command (one torchrun per node, c10d rendezvous on node 0's address),
+    with both "nodes" on loopback: two agents, one worker each, the same curve as one process."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    overrides = [arg for k, v in TINY_GLM.items() for arg in ("--model-override", f"{k}={v}")]
+    procs = []
+    for node in range(2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
+               "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+               "--rdzv-id", "glmserve-test", "-m", "model.train", "pretrain", "--preset", "glm-tiny",
+               "--tokenizer", glm_tokenizer, "--data", reverse_data[0], "--out", str(tmp_path), "--max-len", "32",
+               "--batch-size", "2", "--grad-accum", "1", "--max-steps", str(STEPS), "--lr", "3e-3",
+               "--warmup-steps", "1", "--eval-ratio", "0.05", "--device", "cpu", "--no-progress", *overrides]
+        procs.append(subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, start_new_session=True))
+    try:
+        results = [(p.communicate(timeout=180)[0], p.returncode) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    assert all(rc == 0 for _, rc in results), "\n".join(out[-2000:] for out, _ in results)
+    losses, eval_loss = _losses(str(tmp_path))
+    assert losses == pytest.approx(one_process_curve[0], rel=1e-4)
+    assert eval_loss == pytest.approx(one_process_curve[1], rel=1e-4)
+
+
 def test_lora_sft_under_fsdp_equals_one_process(tiny_llama_dir, tmp_path) -> None:
     """SFT with adapters on a tied-embedding Llama: frozen and trainable parameters share FSDP units."""
     from model.train.config import LoraConfig
