@@ -31,6 +31,14 @@ def one_process_curve(glm_tokenizer, reverse_data, tmp_path_factory):
     return _losses(str(out))
 
 
+def _pretrain_flags(tokenizer: str, data: str, out) -> list[str]:
+    """The single-process curve's run (batch 2, no accumulation per process: 2 processes = 1 x 2)."""
+    overrides = [arg for k, v in TINY_GLM.items() for arg in ("--model-override", f"{k}={v}")]
+    return ["--preset", "glm-tiny", "--tokenizer", tokenizer, "--data", data, "--out", str(out), "--max-len", "32",
+            "--batch-size", "2", "--grad-accum", "1", "--max-steps", str(STEPS), "--lr", "3e-3", "--warmup-steps",
+            "1", "--eval-ratio", "0.05", "--device", "cpu", "--no-progress", *overrides]
+
+
 def _run_torchrun(cmd: list[str]) -> subprocess.CompletedProcess:
     """Runs a 2-process job (~8 s here) in its own process group, so that a hang kills torchrun's
     workers too instead of leaving them orphaned."""
@@ -48,11 +56,8 @@ def _run_torchrun(cmd: list[str]) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_processes_equal_one_with_double_accumulation(mode, one_process_curve, glm_tokenizer, reverse_data,
                                                           tmp_path) -> None:
-    overrides = [arg for k, v in TINY_GLM.items() for arg in ("--model-override", f"{k}={v}")]
-    cmd = [sys.executable, "-m", "model.train", "pretrain", "--nproc", "2", "--preset", "glm-tiny",
-           "--tokenizer", glm_tokenizer, "--data", reverse_data[0], "--out", str(tmp_path), "--max-len", "32",
-           "--batch-size", "2", "--grad-accum", "1", "--max-steps", str(STEPS), "--lr", "3e-3",
-           "--warmup-steps", "1", "--eval-ratio", "0.05", "--device", "cpu", "--no-progress", *overrides]
+    cmd = [sys.executable, "-m", "model.train", "pretrain", "--nproc", "2",
+           *_pretrain_flags(glm_tokenizer, reverse_data[0], tmp_path)]
     if mode == "fsdp":
         cmd.append("--fsdp")
     proc = _run_torchrun(cmd)
@@ -75,15 +80,12 @@ def test_two_node_rendezvous_follows_the_same_curve(one_process_curve, glm_token
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    overrides = [arg for k, v in TINY_GLM.items() for arg in ("--model-override", f"{k}={v}")]
     procs = []
     for node in range(2):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
                "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
-               "--rdzv-id", "glmserve-test", "-m", "model.train", "pretrain", "--preset", "glm-tiny",
-               "--tokenizer", glm_tokenizer, "--data", reverse_data[0], "--out", str(tmp_path), "--max-len", "32",
-               "--batch-size", "2", "--grad-accum", "1", "--max-steps", str(STEPS), "--lr", "3e-3",
-               "--warmup-steps", "1", "--eval-ratio", "0.05", "--device", "cpu", "--no-progress", *overrides]
+               "--rdzv-id", "glmserve-test", "-m", "model.train", "pretrain",
+               *_pretrain_flags(glm_tokenizer, reverse_data[0], tmp_path)]
         procs.append(subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True, start_new_session=True))
     try:
