@@ -227,6 +227,19 @@ def test_prompt_logprobs_survive_preemption(tiny_dir: str, hf_tiny) -> None:
         assert all(e.top_logprobs == [] for e in got[1:])
 
 
+def test_bf16_on_cpu_scores_its_tokens_like_fp32_hf(tiny_dir: str, hf_tiny) -> None:
+    """bf16 serving on CPU (its own decode attention path): 4 concurrent requests, and the logprob the
+    engine reports for every generated token is within bf16 rounding of fp32 transformers' on the same
+    sequence."""
+    engine = _engine(tiny_dir, dtype="bfloat16")
+    prompts = _prompts(4, seed=51)
+    outs = engine.generate(prompts, SamplingParams(temperature=0, max_tokens=12, min_tokens=12, logprobs=0))
+    for prompt, [out] in zip(prompts, outs):
+        ref = _hf_prompt_logprobs(hf_tiny, prompt + out.token_ids)
+        for i, (token, entry) in enumerate(zip(out.token_ids, out.logprobs)):
+            assert abs(entry.logprob - ref[len(prompt) + i - 1, token].item()) < 0.1, (i, entry.logprob)
+
+
 def test_invalid_sampling_values_name_the_field() -> None:
     for kwargs, field in [({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"),
                           ({"max_tokens": 0}, "max_tokens"), ({"logprobs": 99}, "top_logprobs"), ({"prompt_logprobs": 21}, "prompt_logprobs"),
