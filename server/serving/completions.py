@@ -24,6 +24,9 @@ from server.state import ServerState
 # Each prompt is its own engine request but the whole batch holds one --max-queue slot: this bounds
 # what one request can put on the engine and into its response (2000 prompts x n=16 were accepted).
 MAX_CHOICES_PER_REQUEST = 256
+# Prompt scores (token + alternatives) one response may carry: each costs ~45 bytes of JSON, and 256
+# prompts x 8,192 tokens x 21 alternatives would build gigabytes from a 4 MB request.
+MAX_PROMPT_SCORES_PER_REQUEST = 1_000_000
 
 
 @dataclass
@@ -70,6 +73,7 @@ async def create_completion(state: ServerState, request: Request, body: Completi
         raise bad_request(f"this request asks for {num_choices} choices (prompts x n); at most "
                           f"{MAX_CHOICES_PER_REQUEST} are allowed", param="prompt", code="too_many_choices")
     prompts = prepare_prompts(state, body)
+    _check_prompt_scores(body, prompts)
     scores_prompt = body.echo_logprobs or body.prompt_logprobs is not None
     budgets = [plan_max_tokens(state, len(p.token_ids), body.max_tokens, "max_tokens", "prompt", scores_prompt)
                for p in prompts]
@@ -90,6 +94,21 @@ async def create_completion(state: ServerState, request: Request, body: Completi
     finally:
         ctx.close()
     return finish_json(state, completion, headers)
+
+
+def _check_prompt_scores(body: CompletionRequest, prompts: list[PreparedPrompt]) -> None:
+    # every choice repeats its prompt's scores, once per format asked for
+    formats = int(body.echo_logprobs) + int(body.prompt_logprobs is not None)
+    if not formats:
+        return
+    top_k = max(body.prompt_logprobs or 0, (body.logprobs or 0) if body.echo_logprobs else 0)
+    entries = sum(len(p.token_ids) for p in prompts) * (top_k + 1) * body.n * formats
+    if entries > MAX_PROMPT_SCORES_PER_REQUEST:
+        raise bad_request(f"scoring these prompts would return {entries} logprob entries (prompt tokens x "
+                          f"(alternatives + 1) x n); at most {MAX_PROMPT_SCORES_PER_REQUEST} are allowed: send "
+                          "fewer or shorter prompts, or ask for fewer alternatives",
+                          param="prompt_logprobs" if body.prompt_logprobs is not None else "logprobs",
+                          code="too_many_logprobs")
 
 
 @dataclass

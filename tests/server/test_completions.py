@@ -97,6 +97,17 @@ def test_max_tokens_zero_only_scores_the_prompt(client: OpenAI, tiny_server, hf_
     assert err.value.body["param"] == "max_tokens" and "echo" in err.value.body["message"]
 
 
+def test_prompt_scores_per_request_are_bounded(client: OpenAI) -> None:
+    """Scores multiply the response (tokens x alternatives x choices): past the cap, a clear 400."""
+    from server.serving.completions import MAX_PROMPT_SCORES_PER_REQUEST
+
+    prompts = ["word " * 1000] * 10  # ~10,000 prompt tokens x 21 entries x n=8 > 1,000,000 (in a 50 KB body)
+    with pytest.raises(BadRequestError) as err:
+        client.completions.create(model="tiny", prompt=prompts, echo=True, logprobs=20, max_tokens=0, n=8)
+    assert err.value.body["code"] == "too_many_logprobs" and err.value.body["param"] == "logprobs"
+    assert str(MAX_PROMPT_SCORES_PER_REQUEST) in err.value.body["message"]
+
+
 def test_prompt_logprobs_in_vllm_format(client: OpenAI, tiny_server, hf_tiny) -> None:
     ids = tiny_server.engine.tokenizer.encode(PROMPT)
     raw = client.completions.with_raw_response.create(model="tiny", prompt=PROMPT, max_tokens=2, temperature=0,
