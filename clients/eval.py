@@ -1,7 +1,9 @@
-"""`glmserve eval`: summarization and translation quality of any served model, over HTTP.
+"""`glmserve eval`: summarization and translation quality of any served model, over HTTP, and
+perplexity of a text (clients/eval_perplexity.py).
 
     glmserve eval summarize --data data/eval/summarize.jsonl [--url http://127.0.0.1:8000] [--out items.jsonl]
     glmserve eval translate --data data/eval/translate.jsonl [--model NAME] [--concurrency 4] [--limit 10]
+    glmserve eval perplexity --data corpus.txt [--window-chars 2000]
 
 Each JSONL line is one item. summarize: {"id", "text", "reference", "language"?, "max_length"?,
 "length_unit"?, "style"?}. translate: {"id", "text", "reference", "target_lang", "source_lang"?,
@@ -25,6 +27,7 @@ from tqdm import tqdm
 
 from clients.api import APIError, api_base, default_api_key, default_url, error_from_body, headers
 from clients.eval_metrics import count_length, rouge_l, sentence_scores, translation_scores
+from clients.eval_perplexity import evaluate_perplexity
 
 TASKS = {"summarize": "summary", "translate": "translation"}
 LENGTH_TOLERANCE = 0.2
@@ -143,8 +146,9 @@ def evaluate(task: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glmserve eval", description="Score a served model on an eval set.")
-    p.add_argument("task", choices=sorted(TASKS))
-    p.add_argument("--data", required=True, help="JSONL eval set, e.g. data/eval/summarize.jsonl")
+    p.add_argument("task", choices=sorted(TASKS) + ["perplexity"])
+    p.add_argument("--data", required=True, help="JSONL eval set, e.g. data/eval/summarize.jsonl; for perplexity "
+                                                 "a .txt (documents split by two blank lines) or .jsonl with 'text'")
     p.add_argument("--url", default=default_url(), help="server base URL (env GLMSERVE_URL)")
     p.add_argument("--api-key", default=default_api_key(), help="bearer key (env GLMSERVE_API_KEY)")
     p.add_argument("--model", default=None, help="model name to send (default: the served one)")
@@ -154,18 +158,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for one answer")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--window-chars", type=int, default=2000,
+                   help="perplexity: characters per scored window (each must fit the model's context)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        report = evaluate(args.task, args)
+        report = evaluate_perplexity(args) if args.task == "perplexity" else evaluate(args.task, args)
     except (OSError, json.JSONDecodeError) as e:
         print(f"glmserve eval: {e}", file=sys.stderr)
         return 2
     print(json.dumps(report, ensure_ascii=False, indent=2))
-    return 1 if report["errors"] == report["items"] else 0
+    total = report["windows"] if args.task == "perplexity" else report["items"]
+    return 1 if report["errors"] == total else 0
 
 
 if __name__ == "__main__":

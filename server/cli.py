@@ -4,7 +4,7 @@
     glmserve info [MODEL]                                 load a model, print its config and load time
     glmserve train tokenizer|pretrain|sft ...             training (model/train/__main__.py)
     glmserve chat | bench | summarize | translate ...     HTTP clients (clients/)
-    glmserve eval summarize|translate --data FILE.jsonl   quality evaluation over HTTP (clients/eval.py)
+    glmserve eval summarize|translate|perplexity --data FILE   quality evaluation over HTTP (clients/eval.py)
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ COMMANDS = {
     "bench": ("clients.bench", "load generator for any OpenAI-compatible server"),
     "summarize": ("clients.tasks", "summarize a file through /v1/summarize"),
     "translate": ("clients.tasks", "translate a file through /v1/translate"),
-    "eval": ("clients.eval", "evaluate summarization or translation quality"),
+    "eval": ("clients.eval", "evaluate summarization or translation quality, or perplexity"),
 }
 
 
