@@ -237,6 +237,9 @@ class EngineConfig:
     enforce_eager: bool = False  # disables CUDA graphs / compiled decode
     enable_prefix_caching: bool = True
     num_threads: int | None = None
+    # n-gram speculative decoding for greedy requests: up to this many tokens proposed per step from an
+    # earlier occurrence of the sequence's last tokens (prompt lookup); 0 = off
+    num_speculative_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -245,6 +248,8 @@ class EngineConfig:
             raise ValueError("block_size must be a power of two")
         if self.max_num_batched_tokens < 1:
             raise ValueError("max_num_batched_tokens must be >= 1")
+        if not 0 <= self.num_speculative_tokens <= 16:
+            raise ValueError("num_speculative_tokens must be in [0, 16]")
         if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
             raise ValueError("kv_cache_memory must be positive")
         if not 0 < self.kv_cache_fraction <= 1:

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enforce-eager", action=B, help="no CUDA graphs / compiled decode")
     p.add_argument("--num-threads", type=int,
                    help="torch threads for the engine; 1 is faster when other processes share the cores")
+    p.add_argument("--speculative-tokens", type=int,
+                   help="n-gram speculative decoding for greedy requests: tokens proposed per step (0: off; 4 is "
+                        "a good start on CPU)")
     p.add_argument("--cache-dir", help="cache for dequantized GGUF weights (default: ~/.cache/glmserve)")
     p.add_argument("--drain-timeout", type=float, help="seconds running requests get after SIGTERM")
     p.add_argument("--timings", action=B, help="the `timings` object on responses (--no-timings: off)")
@@ -82,7 +85,8 @@ def build_app(settings: "Settings") -> "FastAPI":
                                  max_num_batched_tokens=settings.max_num_batched_tokens,
                                  kv_cache_memory=settings.kv_cache_memory, max_model_len=settings.max_model_len,
                                  device=settings.device, dtype=settings.dtype, enforce_eager=settings.enforce_eager,
-                                 num_threads=settings.num_threads)
+                                 num_threads=settings.num_threads,
+                                 num_speculative_tokens=settings.speculative_tokens)
     logging.getLogger("glmserve.server").info("loading model", extra={"fields": {"model": settings.model}})
     return create_app(settings, AsyncEngine.from_model(settings.model, engine_config, cache_dir=settings.cache_dir))
 

@@ -59,6 +59,10 @@ class EngineCollector(Collector):
         yield counter("num_preemptions", "Cumulative number of preemptions from the engine.", s.num_preemptions)
         yield counter("prompt_tokens", "Number of prefill tokens processed.", s.prompt_tokens_total)
         yield counter("generation_tokens", "Number of generation tokens processed.", s.generation_tokens_total)
+        yield counter("spec_decode_num_draft_tokens", "Speculative (n-gram) tokens proposed.",
+                      s.spec_draft_tokens_total)
+        yield counter("spec_decode_num_accepted_tokens", "Speculative tokens kept after verification.",
+                      s.spec_accepted_tokens_total)
 
 
 class ServerMetrics:

@@ -16,6 +16,7 @@ import torch
 from model.config import EngineConfig
 from model.engine.block_manager import BlockManager
 from model.engine.model_runner import ModelRunner
+from model.engine.ngram_proposer import can_speculate, propose
 from model.engine.output_processor import OutputProcessor
 from model.engine.outputs import EngineStats, RequestOutput, RequestRejected
 from model.engine.sampler import Sampler
@@ -51,6 +52,8 @@ class LLMEngine:
         self.num_prompt_tokens_total = 0
         self.num_generation_tokens_total = 0
         self.num_steps = 0
+        self.num_draft_tokens = 0  # speculative tokens proposed, and kept after verification
+        self.num_accepted_draft_tokens = 0
         self._recent: deque[tuple[float, int]] = deque(maxlen=64)  # (time, tokens generated in the step)
 
     @classmethod
@@ -112,6 +115,8 @@ class LLMEngine:
 
     # ---- the step ----------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        if self.config.num_speculative_tokens:
+            self._propose_drafts()
         sched = self.scheduler.schedule()
         if sched.is_empty:
             return []
@@ -119,7 +124,59 @@ class LLMEngine:
         self.scheduler.after_step(sched)
         for scores in step.prompt_scores:
             self.outputs.record_prompt_scores(scores)
-        return self._postprocess(sched, step.logits, [s.seq for s in step.sampling])
+        # a drafted sequence brings 1 + num_draft logits rows; the others one row for the sampler
+        plain_rows, plain_seqs, drafted = [], [], []
+        row = 0
+        for item in step.sampling:
+            if item.num_draft:
+                drafted.append((item.seq, step.logits[row:row + 1 + item.num_draft]))
+            else:
+                plain_rows.append(row)
+                plain_seqs.append(item.seq)
+            row += 1 + item.num_draft
+        logits = step.logits[plain_rows] if drafted else step.logits
+        outputs = self._postprocess(sched, logits, plain_seqs)
+        for seq, rows in drafted:
+            outputs += self._accept_drafts(seq, rows)
+        generated = sum(len(out.token_ids) for out in outputs)
+        self.num_generation_tokens_total += generated
+        self._recent.append((time.time(), generated))
+        return outputs
+
+    def _propose_drafts(self) -> None:
+        k = self.config.num_speculative_tokens
+        for seq in self.scheduler.running:
+            seq.draft_token_ids = []
+            if seq.num_uncomputed_tokens == 1 and can_speculate(seq):
+                room = min(k, seq.params.max_tokens - seq.num_output_tokens - 1,
+                           self.max_model_len - seq.num_tokens - 1)
+                seq.draft_token_ids = propose(seq.token_ids, room)
+
+    def _accept_drafts(self, seq: Sequence, logits: torch.Tensor) -> list[RequestOutput]:
+        """Greedy verification: row i is the model's choice after the last token and drafts[:i]; keep
+        drafts while they equal it, then the model's own token at the first difference (or after all).
+        Each kept token goes through the usual finish, stop-string and text checks."""
+        draft, seq.draft_token_ids = seq.draft_token_ids, []
+        outputs: list[RequestOutput] = []
+        now = time.time()
+        try:
+            if self.fault_hook is not None:
+                self.fault_hook(seq.request_id)
+            for i, token_id in enumerate(logits.argmax(dim=-1).tolist()):
+                out = self._accept_token(seq, token_id, None, now)
+                if out is not None:
+                    outputs.append(out)
+                if seq.is_finished or i == len(draft) or token_id != draft[i]:
+                    break
+                seq.num_computed_tokens += 1  # the draft's K/V at this position belongs to the kept token
+                self.num_accepted_draft_tokens += 1
+            self.num_draft_tokens += len(draft)
+            if not seq.is_finished:
+                self.block_manager.register_full_blocks(seq)
+        except Exception as e:  # noqa: BLE001 - one request's failure must not stop the others
+            log.exception("request %s failed in postprocessing", seq.request_id)
+            outputs.append(self._fail(seq, f"{type(e).__name__}: {e}"))
+        return outputs
 
     def _postprocess(self, sched: SchedulerOutput, logits: torch.Tensor, seqs: list[Sequence]) -> list[RequestOutput]:
         self.num_steps += 1
@@ -139,8 +196,6 @@ class LLMEngine:
                 out = self._fail(seq, f"{type(e).__name__}: {e}")
             if out is not None:
                 outputs.append(out)
-        self.num_generation_tokens_total += len(tokens)
-        self._recent.append((now, len(tokens)))
         return outputs
 
     def _accept_token(self, seq: Sequence, token_id: int, logprob_row, now: float) -> RequestOutput | None:
@@ -201,7 +256,8 @@ class LLMEngine:
             kv_cache_usage=bm.usage, prefix_cache_queries=bm.prefix_queries, prefix_cache_hits=bm.prefix_hits,
             num_preemptions=self.scheduler.num_preemptions, prompt_tokens_total=self.num_prompt_tokens_total,
             generation_tokens_total=self.num_generation_tokens_total, generation_throughput=throughput,
-            max_model_len=self.max_model_len, steps_total=self.num_steps)
+            max_model_len=self.max_model_len, steps_total=self.num_steps,
+            spec_draft_tokens_total=self.num_draft_tokens, spec_accepted_tokens_total=self.num_accepted_draft_tokens)
 
     def generate(self, prompts: list[list[int]] | list[str], params: SamplingParams) -> list[list[RequestOutput]]:
         """Offline batch generation: returns, per prompt, one merged RequestOutput per choice."""

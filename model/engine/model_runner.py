@@ -39,7 +39,7 @@ class PromptScores:
 
 @dataclass
 class StepOutput:
-    logits: torch.Tensor  # fp32 (S, vocab) for the sampling sequences, in order
+    logits: torch.Tensor  # fp32 (rows, vocab): per sampling sequence, in order, 1 + its num_draft rows
     sampling: list[ScheduledSeq]
     prompt_scores: list[PromptScores] = field(default_factory=list)
 
@@ -113,7 +113,7 @@ class ModelRunner:
             seq = item.seq
             start = seq.num_computed_tokens
             end = start + item.num_tokens
-            input_ids += seq.token_ids[start:end]
+            input_ids += seq.token_ids[start:end - item.num_draft] + seq.draft_token_ids[:item.num_draft]
             positions += range(start, end)
             table = seq.block_table
             slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
@@ -126,8 +126,8 @@ class ModelRunner:
                 if first < last:
                     scored.append((seq, row + first - start, first + 1, last - first))
             row += item.num_tokens
-            if item.samples:
-                logits_rows.append(row - 1)
+            if item.samples:  # a drafted sequence samples at its last token and at every draft token
+                logits_rows += range(row - 1 - item.num_draft, row)
         meta = AttentionMetadata(slot_mapping=self._tensor(slots), prefills=segments,
                                  decode_start=row - len(decodes))
         if decodes:

@@ -74,3 +74,5 @@ class EngineStats:
     generation_throughput: float  # tokens/s over the last few seconds
     max_model_len: int
     steps_total: int = 0
+    spec_draft_tokens_total: int = 0  # speculative tokens proposed
+    spec_accepted_tokens_total: int = 0  # of those, kept after verification

@@ -21,12 +21,13 @@ from model.engine.sequence import Sequence, SequenceStatus
 @dataclass
 class ScheduledSeq:
     seq: Sequence
-    num_tokens: int  # tokens computed for it this step
+    num_tokens: int  # tokens computed for it this step, its speculative draft included
+    num_draft: int = 0  # the last num_draft of them are seq.draft_token_ids, to be verified
 
     @property
     def samples(self) -> bool:
         """After this step every token is computed, so the step's last logits give the next token."""
-        return self.seq.num_computed_tokens + self.num_tokens == self.seq.num_tokens
+        return self.seq.num_computed_tokens + self.num_tokens - self.num_draft == self.seq.num_tokens
 
 
 @dataclass
@@ -74,7 +75,8 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            num = min(seq.num_uncomputed_tokens, budget)
+            draft = self._fit_draft(seq, budget)
+            num = 1 + draft if draft else min(seq.num_uncomputed_tokens, budget)
             while not bm.can_grow(seq, num):
                 victim = self.running[-1]
                 self._preempt(victim)
@@ -84,10 +86,20 @@ class Scheduler:
             if seq.status is not SequenceStatus.RUNNING:
                 break  # seq itself was preempted: nothing after it is left either
             bm.grow(seq, num)
-            out.scheduled.append(ScheduledSeq(seq, num))
+            out.scheduled.append(ScheduledSeq(seq, num, draft))
             budget -= num
             i += 1
         return budget
+
+    def _fit_draft(self, seq: Sequence, budget: int) -> int:
+        """How many of seq's draft tokens ride along this step: all of them when it is decoding and they
+        fit the token budget and the free blocks (a draft never preempts anyone), else none."""
+        num = len(seq.draft_token_ids)
+        if num and (seq.num_uncomputed_tokens != 1 or budget < 1 + num
+                    or not self.block_manager.can_grow(seq, 1 + num)):
+            seq.draft_token_ids = []
+            return 0
+        return num
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
         bm = self.block_manager
@@ -130,5 +142,6 @@ class Scheduler:
             seq = item.seq
             if seq.status is not SequenceStatus.RUNNING:
                 continue
-            seq.num_computed_tokens += item.num_tokens
+            # draft positions count once verified (LLMEngine._accept_drafts)
+            seq.num_computed_tokens += item.num_tokens - item.num_draft
             self.block_manager.register_full_blocks(seq)

@@ -42,6 +42,7 @@ class Sequence:
     admitted_once: bool = False
     # per prompt position: None for the first token, then TokenLogprob (only with params.prompt_logprobs)
     prompt_logprobs: list | None = None
+    draft_token_ids: list[int] = field(default_factory=list)  # speculative tokens to verify this step
 
     def __post_init__(self) -> None:
         if not self.token_ids:

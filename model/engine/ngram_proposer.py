@@ -1,0 +1,40 @@
+"""Prompt-lookup drafts for speculative decoding (no torch).
+
+If the sequence's last n tokens (n = 3, then 2) occurred earlier in its prompt or output, the tokens
+that followed that occurrence are proposed as the next ones. Summaries, translations with names,
+code edits and quoting answers copy spans of their input, so the drafts are often right; the model
+verifies them all in one forward pass and keeps the longest correct prefix, so the output is exactly
+what decoding one token at a time gives.
+"""
+from __future__ import annotations
+
+from model.engine.sequence import Sequence
+
+NGRAM_SIZES = (3, 2)
+SEARCH_WINDOW = 4096  # tokens looked back: bounds the per-step cost on long contexts
+
+
+def can_speculate(seq: Sequence) -> bool:
+    """Greedy requests whose next token is the plain argmax: nothing rewrites the logits."""
+    p = seq.params
+    return (p.greedy and not p.logits_processors and not p.needs_penalties and not p.logit_bias
+            and p.logprobs is None and seq.num_output_tokens >= p.min_tokens)
+
+
+def propose(token_ids: list[int], max_tokens: int) -> list[int]:
+    """Up to max_tokens tokens that followed the latest earlier occurrence of the longest suffix n-gram."""
+    if max_tokens <= 0:
+        return []
+    start = max(0, len(token_ids) - SEARCH_WINDOW)
+    for n in NGRAM_SIZES:
+        if len(token_ids) - start <= n:
+            continue
+        tail = token_ids[-n:]
+        first = tail[0]
+        # scan backwards for the most recent match that is not the suffix itself
+        for i in range(len(token_ids) - n - 1, start - 1, -1):
+            if token_ids[i] == first and token_ids[i:i + n] == tail:
+                follow = token_ids[i + n:i + n + max_tokens]
+                if follow:
+                    return follow
+    return []

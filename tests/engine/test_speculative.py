@@ -1,0 +1,97 @@
+"""N-gram speculative decoding: the same tokens as decoding one at a time, in fewer steps."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from model import EngineConfig, LLMEngine, SamplingParams
+from model.engine.ngram_proposer import propose
+from tests.helpers.checkpoints import build_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> str:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama", num_hidden_layers=2)
+
+
+def _engine(path: str, k: int, **kw) -> LLMEngine:
+    return LLMEngine.from_model(path, EngineConfig(**{"max_num_seqs": 16, "max_num_batched_tokens": 128,
+                                                      "kv_cache_memory": 16 << 20, "num_speculative_tokens": k,
+                                                      **kw}))
+
+
+def _prompts() -> list[list[int]]:
+    """Half repetitive (drafts will match), half random (drafts rarely exist)."""
+    rng = random.Random(7)
+    out = []
+    for i in range(8):
+        if i % 2 == 0:
+            phrase = [rng.randrange(3, 500) for _ in range(rng.randint(5, 20))]
+            out.append(phrase * rng.randint(2, 4) + [rng.randrange(3, 500) for _ in range(3)])
+        else:
+            out.append([rng.randrange(3, 49000) for _ in range(rng.randint(10, 80))])
+    return out
+
+
+def _run(engine: LLMEngine, prompts: list[list[int]], params: list[SamplingParams]) -> dict[str, list[int]]:
+    for i, (p, sp) in enumerate(zip(prompts, params)):
+        engine.add_request(f"r{i}", p, sp)
+    tokens = {f"r{i}": [] for i in range(len(prompts))}
+    while engine.has_unfinished():
+        for out in engine.step():
+            tokens[out.request_id] += out.token_ids
+    return tokens
+
+
+def test_propose_follows_the_latest_earlier_occurrence() -> None:
+    assert propose([1, 2, 3, 9, 1, 2, 3, 7, 5, 1, 2, 3], 3) == [7, 5, 1]  # the most recent match wins
+    assert propose([4, 5, 6, 4, 5], 4) == [6, 4, 5]  # bigram fallback
+    assert propose([1, 2, 3, 4], 4) == [] and propose([1, 1, 1], 0) == []
+
+
+def test_speculative_greedy_equals_plain_decoding_under_continuous_batching(tiny_dir: str) -> None:
+    """Eight concurrent greedy requests, with max_tokens, a stop token id that may land inside an
+    accepted draft, and min_tokens: every request's tokens equal the plain engine's, fewer steps run,
+    and every block comes back."""
+    prompts = _prompts()
+    params = []
+    for i in range(len(prompts)):
+        kw = {"temperature": 0, "max_tokens": 20 + 7 * i, "ignore_eos": True}
+        if i == 2:
+            kw["stop_token_ids"] = (prompts[i][5],)  # a token of the repeated phrase
+        if i == 4:
+            kw["min_tokens"] = 10
+        params.append(SamplingParams(**kw))
+    plain_engine, spec_engine = _engine(tiny_dir, 0), _engine(tiny_dir, 4)
+    plain, spec = _run(plain_engine, prompts, params), _run(spec_engine, prompts, params)
+    assert spec == plain
+    stats = spec_engine.stats()
+    assert 0 < stats.spec_accepted_tokens_total <= stats.spec_draft_tokens_total
+    assert stats.steps_total < plain_engine.stats().steps_total
+    assert stats.generation_tokens_total == plain_engine.stats().generation_tokens_total
+    assert stats.num_free_blocks == stats.num_total_blocks
+
+
+def test_sampled_and_logprob_requests_never_draft(tiny_dir: str) -> None:
+    prompts = _prompts()[:2]
+    seeded = [SamplingParams(temperature=0.8, seed=11, max_tokens=24), SamplingParams(temperature=0, max_tokens=24,
+                                                                                       logprobs=1)]
+    engine = _engine(tiny_dir, 4)
+    assert _run(engine, prompts, seeded) == _run(_engine(tiny_dir, 0), prompts, seeded)
+    assert engine.stats().spec_draft_tokens_total == 0
+
+
+def test_small_kv_cache_drops_drafts_instead_of_preempting(tiny_dir: str) -> None:
+    from model.engine.model_runner import kv_bytes_per_block
+    from model.loader import load_model
+
+    import torch
+
+    block = kv_bytes_per_block(load_model(tiny_dir).config, 16, torch.float32)
+    prompts = [p[:40] for p in _prompts()[:4]]
+    params = [SamplingParams(temperature=0, max_tokens=40, min_tokens=40)] * 4
+    engine = _engine(tiny_dir, 4, max_num_seqs=4, kv_cache_memory=12 * block)
+    assert _run(engine, prompts, params) == _run(_engine(tiny_dir, 0, max_num_seqs=4, kv_cache_memory=12 * block),
+                                                  prompts, params)
+    assert engine.stats().num_free_blocks == engine.stats().num_total_blocks
