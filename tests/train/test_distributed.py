@@ -72,6 +72,28 @@ def test_two_processes_equal_one_with_double_accumulation(mode, one_process_curv
         assert json.load(f)["world_size"] == 2
 
 
+def test_one_process_checkpoint_resumes_under_two_processes(glm_tokenizer, reverse_data, tmp_path) -> None:
+    """Checkpoints hold full, unsharded state keyed by parameter name: a run saved by one process
+    (2 x accumulation) continues under DDP with 2 processes (the same global batch) on its own curve."""
+    from model.train.pretrain import PretrainConfig, run_pretrain
+
+    single = tmp_path / "single"
+    cfg = train_config(single, batch_size=2, grad_accum=2, max_steps=STEPS, save_every=1, keep_checkpoints=STEPS)
+    run_pretrain(PretrainConfig("glm-tiny", glm_tokenizer, [reverse_data[0]], cfg, model_overrides=dict(TINY_GLM)))
+    ref_losses, ref_eval = _losses(str(single))
+    resumed = tmp_path / "resumed"
+    cmd = [sys.executable, "-m", "model.train", "pretrain", "--nproc", "2", "--resume",
+           str(single / "checkpoints" / "step-00000003"), *_pretrain_flags(glm_tokenizer, reverse_data[0], resumed)]
+    proc = _run_torchrun(cmd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses, eval_loss = _losses(str(resumed))
+    assert losses == pytest.approx(ref_losses[3:], rel=1e-4)  # steps 4 and 5
+    assert eval_loss == pytest.approx(ref_eval, rel=1e-4)
+    with open(resumed / "training_args.json") as f:
+        args = json.load(f)
+    assert args["world_size"] == 2 and args["resumed_from_step"] == 3
+
+
 def test_two_node_rendezvous_follows_the_same_curve(one_process_curve, glm_tokenizer, reverse_data, tmp_path) -> None:
     """The documented multi-node command (one torchrun per node, c10d rendezvous on node 0's address),
     with both "nodes" on loopback: two agents, one worker each, the same curve as one process."""
