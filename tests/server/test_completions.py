@@ -92,6 +92,10 @@ def test_max_tokens_zero_only_scores_the_prompt(client: OpenAI, tiny_server, hf_
     assert first.text == PROMPT and first.finish_reason == "length" and len(first.logprobs.tokens) == len(ids)
     assert first.logprobs.token_logprobs[1:] == pytest.approx(_reference_scores(hf_tiny, ids), abs=1e-3)
     assert resp.choices[1].text == "Second" and resp.usage.completion_tokens == 0
+    events = post_stream(tiny_server.base_url, "/v1/completions", {"model": "tiny", "prompt": PROMPT, "echo": True,
+                                                                   "logprobs": 0, "max_tokens": 0}, KEY).events
+    choices = [c for e in events for c in e["choices"]]
+    assert "".join(c["text"] for c in choices) == PROMPT and choices[-1]["finish_reason"] == "length"
     with pytest.raises(BadRequestError) as err:
         client.completions.create(model="tiny", prompt=PROMPT, max_tokens=0)
     assert err.value.body["param"] == "max_tokens" and "echo" in err.value.body["message"]
