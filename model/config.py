@@ -240,6 +240,9 @@ class EngineConfig:
     # n-gram speculative decoding for greedy requests: up to this many tokens proposed per step from an
     # earlier occurrence of the sequence's last tokens (prompt lookup); 0 = off
     num_speculative_tokens: int = 0
+    # ... only while at most this many sequences decode: a bigger batch is compute-bound and the extra rows
+    # cost what they save (CPU, k = 4: alone +54%, 4 at once +8%, 8 +-0, 32 -3%)
+    speculative_max_batch: int = 4
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:

@@ -145,9 +145,11 @@ class LLMEngine:
 
     def _propose_drafts(self) -> None:
         k = self.config.num_speculative_tokens
+        decoding = sum(1 for seq in self.scheduler.running if seq.num_uncomputed_tokens == 1)
         for seq in self.scheduler.running:
             seq.draft_token_ids = []
-            if seq.num_uncomputed_tokens == 1 and can_speculate(seq):
+            if decoding <= self.config.speculative_max_batch and seq.num_uncomputed_tokens == 1 \
+                    and can_speculate(seq):
                 room = min(k, seq.params.max_tokens - seq.num_output_tokens - 1,
                            self.max_model_len - seq.num_tokens - 1)
                 seq.draft_token_ids = propose(seq.token_ids, room)

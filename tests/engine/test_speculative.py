@@ -18,7 +18,7 @@ def tiny_dir(tmp_path_factory) -> str:
 def _engine(path: str, k: int, **kw) -> LLMEngine:
     return LLMEngine.from_model(path, EngineConfig(**{"max_num_seqs": 16, "max_num_batched_tokens": 128,
                                                       "kv_cache_memory": 16 << 20, "num_speculative_tokens": k,
-                                                      **kw}))
+                                                      "speculative_max_batch": 16, **kw}))
 
 
 def _prompts() -> list[list[int]]:
@@ -71,6 +71,18 @@ def test_speculative_greedy_equals_plain_decoding_under_continuous_batching(tiny
     assert stats.steps_total < plain_engine.stats().steps_total
     assert stats.generation_tokens_total == plain_engine.stats().generation_tokens_total
     assert stats.num_free_blocks == stats.num_total_blocks
+
+
+def test_no_drafts_while_more_sequences_decode_than_the_limit(tiny_dir: str) -> None:
+    """Six short repetitive prompts prefill in one step and decode in lockstep: a limit of 4 keeps
+    every step draft-free, a limit of 6 lets them draft; the tokens are the same either way."""
+    prompts = [[5, 6, 7, 8, 5, 6, 7, 8, 5, 6, 7]] * 6
+    params = [SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)] * 6
+    plain = _run(_engine(tiny_dir, 0), prompts, params)
+    for limit, drafts in ((4, False), (6, True)):
+        engine = _engine(tiny_dir, 4, speculative_max_batch=limit)
+        assert _run(engine, prompts, params) == plain
+        assert (engine.stats().spec_draft_tokens_total > 0) is drafts, limit
 
 
 def test_sampled_and_logprob_requests_never_draft(tiny_dir: str) -> None:
