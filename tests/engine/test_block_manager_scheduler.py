@@ -24,7 +24,8 @@ def _compute(sched: Scheduler) -> None:
 
 
 def test_scheduler_and_block_manager_import_no_torch() -> None:
-    code = "import sys, model.engine.scheduler, model.engine.block_manager; assert 'torch' not in sys.modules"
+    code = ("import sys, model.engine.scheduler, model.engine.block_manager, model.engine.ngram_proposer; "
+            "assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -126,3 +127,25 @@ def test_finish_releases_every_block() -> None:
     for s in seqs:
         sched.finish(s, "abort")
     assert bm.num_free_blocks == 8 and not sched.has_unfinished()
+
+
+def test_drafts_ride_along_only_within_budget_and_free_blocks() -> None:
+    """A decoding sequence's draft adds tokens to its step, counts as computed only once verified, and
+    is dropped (never preempting anyone) when the budget or the pool cannot hold it."""
+    bm = BlockManager(num_blocks=2, block_size=4)
+    sched = Scheduler(bm, max_num_seqs=4, max_num_batched_tokens=8)
+    seq = _seq([1, 2, 3], max_tokens=20)
+    sched.add(seq)
+    _compute(sched)  # prefill; token 7 appended: 4 tokens, 3 computed
+    seq.draft_token_ids = [8, 9, 10]
+    out = sched.schedule()
+    [item] = out.scheduled
+    assert (item.num_tokens, item.num_draft, item.samples) == (4, 3, True)
+    assert len(seq.block_table) == 2  # room for positions 3..6
+    sched.after_step(out)
+    assert seq.num_computed_tokens == 4  # the draft positions wait for verification
+    seq.append_token(8)
+    seq.draft_token_ids = [9, 10, 11, 12]  # positions 5..8 need a third block: there is none
+    out = sched.schedule()
+    assert (out.scheduled[0].num_tokens, out.scheduled[0].num_draft) == (1, 0) and seq.draft_token_ids == []
+    assert out.num_preempted == 0
