@@ -164,6 +164,12 @@ class LLMEngine:
         try:
             if self.fault_hook is not None:
                 self.fault_hook(seq.request_id)
+            short = seq.params.min_tokens - seq.num_output_tokens  # rows that still may not stop
+            banned = self.sampler.min_tokens_banned(seq.params) if short > 0 else []
+            if banned:
+                with torch.inference_mode():  # the runner's logits are inference tensors
+                    logits = logits.clone()
+                    logits[:short, banned] = float("-inf")
             for i, token_id in enumerate(logits.argmax(dim=-1).tolist()):
                 out = self._accept_token(seq, token_id, None, now)
                 if out is not None:

@@ -15,10 +15,11 @@ SEARCH_WINDOW = 4096  # tokens looked back: bounds the per-step cost on long con
 
 
 def can_speculate(seq: Sequence) -> bool:
-    """Greedy requests whose next token is the plain argmax: nothing rewrites the logits."""
+    """Greedy requests whose next token is the argmax of the raw logits, min_tokens' ban aside (the
+    engine applies it to each verification row)."""
     p = seq.params
     return (p.greedy and not p.logits_processors and not p.needs_penalties and not p.logit_bias
-            and p.logprobs is None and seq.num_output_tokens >= p.min_tokens)
+            and p.logprobs is None)
 
 
 def propose(token_ids: list[int], max_tokens: int) -> list[int]:

@@ -49,13 +49,17 @@ class Sampler:
             ids = torch.tensor([int(t) for t in p.logit_bias], device=self.device)
             row.index_add_(0, ids, torch.tensor(list(p.logit_bias.values()), device=self.device, dtype=row.dtype))
         if seq.num_output_tokens < p.min_tokens:
-            banned = list(p.stop_token_ids) + ([] if p.ignore_eos else list(self.eos_token_ids))
+            banned = self.min_tokens_banned(p)
             if banned:
                 row[banned] = float("-inf")
         if p.needs_penalties:
             self._penalize(row, seq, p)
         for processor in p.logits_processors:
             logits[i] = processor(seq.output_token_ids, logits[i])
+
+    def min_tokens_banned(self, p: SamplingParams) -> list[int]:
+        """Token ids masked while a sequence is short of min_tokens: its stop ids and (unless ignored) eos."""
+        return list(p.stop_token_ids) + ([] if p.ignore_eos else list(self.eos_token_ids))
 
     def _penalize(self, row: torch.Tensor, seq: Sequence, p: SamplingParams) -> None:
         if p.repetition_penalty != 1.0:

@@ -107,3 +107,22 @@ def test_small_kv_cache_drops_drafts_instead_of_preempting(tiny_dir: str) -> Non
     assert _run(engine, prompts, params) == _run(_engine(tiny_dir, 0, max_num_seqs=4, kv_cache_memory=12 * block),
                                                   prompts, params)
     assert engine.stats().num_free_blocks == engine.stats().num_total_blocks
+
+
+def test_min_tokens_ban_applies_to_every_verification_row(tiny_dir: str) -> None:
+    """While short of min_tokens a stop id is banned: a verification row whose argmax is that stop id
+    (and so equals the draft) must pick the best allowed token instead, as plain sampling does."""
+    import torch
+
+    engine = _engine(tiny_dir, 4)
+    params = SamplingParams(temperature=0, max_tokens=20, min_tokens=10, stop_token_ids=(99,), ignore_eos=True)
+    engine.add_request("m", [5, 6, 7, 8], params)
+    engine.step()  # prefill and the first token
+    [seq] = engine.requests["m"]
+    seq.num_computed_tokens += 1  # as after_step leaves a verified step: the last token's K/V computed
+    seq.draft_token_ids = [99, 100]
+    logits = torch.zeros(3, engine.model_config.vocab_size)
+    logits[:, 99], logits[:, 42] = 5.0, 4.0  # the stop id is every row's argmax, 42 the best allowed
+    outs = engine._accept_drafts(seq, logits)
+    assert [out.token_ids for out in outs] == [[42]] and not seq.is_finished
+    engine.abort("m")
