@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-threads", type=int,
                    help="torch threads for the engine; 1 is faster when other processes share the cores")
     p.add_argument("--speculative-tokens", type=int,
-                   help="n-gram speculative decoding for greedy requests: tokens proposed per step (0: off; 4 is "
-                        "a good start on CPU)")
+                   help="n-gram speculative decoding (greedy and unseeded sampled requests): tokens proposed per "
+                        "step (0: off; 4 is a good start on CPU)")
     p.add_argument("--cache-dir", help="cache for dequantized GGUF weights (default: ~/.cache/glmserve)")
     p.add_argument("--drain-timeout", type=float, help="seconds running requests get after SIGTERM")
     p.add_argument("--timings", action=B, help="the `timings` object on responses (--no-timings: off)")

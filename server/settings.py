@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     device: str = "auto"
     enforce_eager: bool = False
     num_threads: int | None = Field(None, ge=1)  # torch threads for the engine (default: torch's choice)
-    speculative_tokens: int = Field(0, ge=0, le=16)  # n-gram drafts per step for greedy requests; 0 = off
+    speculative_tokens: int = Field(0, ge=0, le=16)  # n-gram drafts per step; 0 = off
     cache_dir: str | None = None  # where dequantized GGUF weights are cached (default ~/.cache/glmserve)
     # admission
     max_queue: int = Field(256, ge=1)  # requests admitted but not yet producing tokens

@@ -155,28 +155,22 @@ class LLMEngine:
                 seq.draft_token_ids = propose(seq.token_ids, room)
 
     def _accept_drafts(self, seq: Sequence, logits: torch.Tensor) -> list[RequestOutput]:
-        """Greedy verification: row i is the model's choice after the last token and drafts[:i]; keep
-        drafts while they equal it, then the model's own token at the first difference (or after all).
-        Each kept token goes through the usual finish, stop-string and text checks."""
+        """Emits what verification keeps (Sampler.verify_draft): each token through the usual finish,
+        stop-string and text checks; the K/V computed for a kept draft becomes the sequence's own."""
         draft, seq.draft_token_ids = seq.draft_token_ids, []
         outputs: list[RequestOutput] = []
         now = time.time()
         try:
             if self.fault_hook is not None:
                 self.fault_hook(seq.request_id)
-            short = seq.params.min_tokens - seq.num_output_tokens  # rows that still may not stop
-            banned = self.sampler.min_tokens_banned(seq.params) if short > 0 else []
-            if banned:
-                with torch.inference_mode():  # the runner's logits are inference tensors
-                    logits = logits.clone()
-                    logits[:short, banned] = float("-inf")
-            for i, token_id in enumerate(logits.argmax(dim=-1).tolist()):
+            emitted = self.sampler.verify_draft(logits, seq, draft)
+            for i, token_id in enumerate(emitted):
                 out = self._accept_token(seq, token_id, None, now)
                 if out is not None:
                     outputs.append(out)
-                if seq.is_finished or i == len(draft) or token_id != draft[i]:
+                if seq.is_finished or i == len(emitted) - 1:
                     break
-                seq.num_computed_tokens += 1  # the draft's K/V at this position belongs to the kept token
+                seq.num_computed_tokens += 1  # a kept draft: its K/V at this position is the token's
                 self.num_accepted_draft_tokens += 1
             self.num_draft_tokens += len(draft)
             if not seq.is_finished:

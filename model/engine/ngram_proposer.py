@@ -15,11 +15,12 @@ SEARCH_WINDOW = 4096  # tokens looked back: bounds the per-step cost on long con
 
 
 def can_speculate(seq: Sequence) -> bool:
-    """Greedy requests whose next token is the argmax of the raw logits, min_tokens' ban aside (the
-    engine applies it to each verification row)."""
+    """Requests whose next token depends on the raw logits alone, min_tokens' ban aside (verification
+    applies it row by row): greedy, or sampled without a seed (a seeded request must give the same
+    tokens whatever else shares its batch, and drafting depends on the batch size)."""
     p = seq.params
-    return (p.greedy and not p.logits_processors and not p.needs_penalties and not p.logit_bias
-            and p.logprobs is None)
+    return ((p.greedy or p.seed is None) and not p.logits_processors and not p.needs_penalties
+            and not p.logit_bias and p.logprobs is None)
 
 
 def propose(token_ids: list[int], max_tokens: int) -> list[int]:

@@ -57,6 +57,39 @@ class Sampler:
         for processor in p.logits_processors:
             logits[i] = processor(seq.output_token_ids, logits[i])
 
+    @torch.inference_mode()
+    def verify_draft(self, logits: torch.Tensor, seq: Sequence, draft: list[int]) -> list[int]:
+        """The tokens a drafted sequence emits: its kept drafts, then one token of the model's own.
+        Row i of `logits` follows the last token and draft[:i]. Greedy: a draft is kept while it is the
+        row's argmax. Sampled (unseeded): draft x is kept with probability p(x) under the row's processed
+        distribution, else a token is drawn from p with x removed; every token's probability stays
+        exactly p (speculative sampling with a one-token proposal)."""
+        p = seq.params
+        short = p.min_tokens - seq.num_output_tokens  # rows that still may not stop
+        banned = self.min_tokens_banned(p) if short > 0 else []
+        if banned:
+            logits = logits.clone()
+            logits[:short, banned] = float("-inf")
+        emitted: list[int] = []
+        if p.greedy:
+            for i, token_id in enumerate(logits.argmax(dim=-1).tolist()):
+                emitted.append(token_id)
+                if i == len(draft) or token_id != draft[i]:
+                    break
+            return emitted
+        probs = self._truncate(torch.softmax(logits / p.temperature, dim=-1), [seq] * logits.shape[0])
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+        for i, token_id in enumerate(draft):
+            if torch.rand(()).item() < probs[i, token_id].item():
+                emitted.append(token_id)
+                continue
+            residual = probs[i].clone()
+            residual[token_id] = 0.0
+            emitted.append(int(torch.multinomial(residual / residual.sum(), 1)))
+            return emitted
+        emitted.append(int(torch.multinomial(probs[len(draft)], 1)))
+        return emitted
+
     def min_tokens_banned(self, p: SamplingParams) -> list[int]:
         """Token ids masked while a sequence is short of min_tokens: its stop ids and (unless ignored) eos."""
         return list(p.stop_token_ids) + ([] if p.ignore_eos else list(self.eos_token_ids))
