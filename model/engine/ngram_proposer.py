@@ -2,9 +2,9 @@
 
 If the sequence's last n tokens (n = 3, then 2) occurred earlier in its prompt or output, the tokens
 that followed that occurrence are proposed as the next ones. Summaries, translations with names,
-code edits and quoting answers copy spans of their input, so the drafts are often right; the model
-verifies them all in one forward pass and keeps the longest correct prefix, so the output is exactly
-what decoding one token at a time gives.
+code edits and quoting answers copy spans of their input, so the drafts are often right. The model
+checks them all in one forward pass (Sampler.verify_draft): greedy output is exactly what decoding one
+token at a time gives, sampled output has the same distribution.
 """
 from __future__ import annotations
 
