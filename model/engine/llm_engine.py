@@ -15,7 +15,7 @@ import torch
 
 from model.config import EngineConfig
 from model.engine.block_manager import BlockManager
-from model.engine.model_runner import ModelRunner
+from model.engine.model_runner import ModelRunner, StepOutput
 from model.engine.ngram_proposer import can_speculate, propose
 from model.engine.output_processor import OutputProcessor
 from model.engine.outputs import EngineStats, RequestOutput, RequestRejected
@@ -124,7 +124,18 @@ class LLMEngine:
         self.scheduler.after_step(sched)
         for scores in step.prompt_scores:
             self.outputs.record_prompt_scores(scores)
-        # a drafted sequence brings 1 + num_draft logits rows; the others one row for the sampler
+        if any(item.num_draft for item in step.sampling):
+            outputs = self._postprocess_with_drafts(sched, step)
+        else:
+            outputs = self._postprocess(sched, step.logits, [item.seq for item in step.sampling])
+        generated = sum(len(out.token_ids) for out in outputs)
+        self.num_generation_tokens_total += generated
+        self._recent.append((time.time(), generated))
+        return outputs
+
+    def _postprocess_with_drafts(self, sched: SchedulerOutput, step: StepOutput) -> list[RequestOutput]:
+        """A drafted sequence brings 1 + num_draft logits rows (verified here); the others one row each
+        (sampled as usual)."""
         plain_rows, plain_seqs, drafted = [], [], []
         row = 0
         for item in step.sampling:
@@ -134,22 +145,21 @@ class LLMEngine:
                 plain_rows.append(row)
                 plain_seqs.append(item.seq)
             row += 1 + item.num_draft
-        logits = step.logits[plain_rows] if drafted else step.logits
-        outputs = self._postprocess(sched, logits, plain_seqs)
+        outputs = self._postprocess(sched, step.logits[plain_rows], plain_seqs)
         for seq, rows in drafted:
-            outputs += self._accept_drafts(seq, rows)
-        generated = sum(len(out.token_ids) for out in outputs)
-        self.num_generation_tokens_total += generated
-        self._recent.append((time.time(), generated))
+            outputs += self._isolated(seq, self._accept_drafts, seq, rows)
         return outputs
 
     def _propose_drafts(self) -> None:
-        k = self.config.num_speculative_tokens
-        decoding = sum(1 for seq in self.scheduler.running if seq.num_uncomputed_tokens == 1)
-        for seq in self.scheduler.running:
+        running = self.scheduler.running
+        for seq in running:
             seq.draft_token_ids = []
-            if decoding <= self.config.speculative_max_batch and seq.num_uncomputed_tokens == 1 \
-                    and can_speculate(seq):
+        decoding = [seq for seq in running if seq.num_uncomputed_tokens == 1]
+        if len(decoding) > self.config.speculative_max_batch:
+            return
+        k = self.config.num_speculative_tokens
+        for seq in decoding:
+            if can_speculate(seq):
                 room = min(k, seq.params.max_tokens - seq.num_output_tokens - 1,
                            self.max_model_len - seq.num_tokens - 1)
                 seq.draft_token_ids = propose(seq.token_ids, room)
@@ -158,27 +168,29 @@ class LLMEngine:
         """Emits what verification keeps (Sampler.verify_draft): each token through the usual finish,
         stop-string and text checks; the K/V computed for a kept draft becomes the sequence's own."""
         draft, seq.draft_token_ids = seq.draft_token_ids, []
+        emitted = self.sampler.verify_draft(logits, seq, draft)
+        self.num_draft_tokens += len(draft)
         outputs: list[RequestOutput] = []
         now = time.time()
+        for i, token_id in enumerate(emitted):
+            outputs.append(self._accept_token(seq, token_id, None, now))
+            if seq.is_finished or i == len(emitted) - 1:
+                break
+            seq.num_computed_tokens += 1  # a kept draft: its K/V at this position is the token's
+            self.num_accepted_draft_tokens += 1
+        if not seq.is_finished:
+            self.block_manager.register_full_blocks(seq)
+        return outputs
+
+    def _isolated(self, seq: Sequence, work: Callable[..., list[RequestOutput]], *args) -> list[RequestOutput]:
+        """Runs work(*args), one sequence's postprocessing; if it raises, only that request fails."""
         try:
             if self.fault_hook is not None:
                 self.fault_hook(seq.request_id)
-            emitted = self.sampler.verify_draft(logits, seq, draft)
-            for i, token_id in enumerate(emitted):
-                out = self._accept_token(seq, token_id, None, now)
-                if out is not None:
-                    outputs.append(out)
-                if seq.is_finished or i == len(emitted) - 1:
-                    break
-                seq.num_computed_tokens += 1  # a kept draft: its K/V at this position is the token's
-                self.num_accepted_draft_tokens += 1
-            self.num_draft_tokens += len(draft)
-            if not seq.is_finished:
-                self.block_manager.register_full_blocks(seq)
+            return work(*args)
         except Exception as e:  # noqa: BLE001 - one request's failure must not stop the others
             log.exception("request %s failed in postprocessing", seq.request_id)
-            outputs.append(self._fail(seq, f"{type(e).__name__}: {e}"))
-        return outputs
+            return [self._fail(seq, f"{type(e).__name__}: {e}")]
 
     def _postprocess(self, sched: SchedulerOutput, logits: torch.Tensor, seqs: list[Sequence]) -> list[RequestOutput]:
         self.num_steps += 1
@@ -187,20 +199,17 @@ class LLMEngine:
         tokens, raw_logprobs, failed = self.sampler(logits, seqs) if seqs else ([], None, {})
         now = time.time()
         for i, (seq, token_id) in enumerate(zip(seqs, tokens)):
-            try:
-                if i in failed:
-                    raise RuntimeError(f"sampling failed: {failed[i]}")
-                if self.fault_hook is not None:
-                    self.fault_hook(seq.request_id)
-                out = self._accept_token(seq, token_id, raw_logprobs[i] if raw_logprobs is not None else None, now)
-            except Exception as e:  # noqa: BLE001 - one request's failure must not stop the others
-                log.exception("request %s failed in postprocessing", seq.request_id)
-                out = self._fail(seq, f"{type(e).__name__}: {e}")
-            if out is not None:
-                outputs.append(out)
+            row = raw_logprobs[i] if raw_logprobs is not None else None
+            outputs += self._isolated(seq, self._accept_sampled, seq, token_id, row, failed.get(i), now)
         return outputs
 
-    def _accept_token(self, seq: Sequence, token_id: int, logprob_row, now: float) -> RequestOutput | None:
+    def _accept_sampled(self, seq: Sequence, token_id: int, logprob_row, sampling_error: str | None,
+                        now: float) -> list[RequestOutput]:
+        if sampling_error is not None:
+            raise RuntimeError(f"sampling failed: {sampling_error}")
+        return [self._accept_token(seq, token_id, logprob_row, now)]
+
+    def _accept_token(self, seq: Sequence, token_id: int, logprob_row, now: float) -> RequestOutput:
         prompt_logprobs = None
         if seq.first_token_time is None:
             seq.first_token_time = seq.prefill_done_time = now

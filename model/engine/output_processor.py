@@ -3,10 +3,9 @@ detokenizing, stop strings matched across token boundaries, logprobs, and Reques
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-
-from typing import TYPE_CHECKING
 
 from model.engine.outputs import RequestMetrics, RequestOutput, TokenLogprob
 from model.engine.sequence import Sequence
@@ -80,27 +79,29 @@ class OutputProcessor:
         k = seq.params.logprobs
         if k is None or row is None:
             return None
-        decode = self.tokenizer.token_to_str if self.tokenizer else str
-        to_bytes = self.tokenizer.token_bytes if self.tokenizer else (lambda i: list(str(i).encode()))
-        top: list[tuple[int, str, float]] = []
+        top_ids, top_values = [], []
         if k > 0:
             values, ids = row.topk(k)
-            top = [(int(i), decode(int(i)), float(v)) for v, i in zip(values.tolist(), ids.tolist())]
-        return [TokenLogprob(token_id, decode(token_id), float(row[token_id]), top, to_bytes(token_id),
-                             [to_bytes(i) for i, _, _ in top])]
+            top_ids, top_values = ids.tolist(), values.tolist()
+        return [self._token_logprob(token_id, float(row[token_id]), top_ids, top_values)]
 
     def record_prompt_scores(self, scores: "PromptScores") -> None:
         """Appends a chunk's prompt-token logprobs to its sequence, in prompt order."""
         seq = scores.seq
         if seq.prompt_logprobs is None or scores.first_position != len(seq.prompt_logprobs):
             return  # already scored (a recompute after preemption covers the same positions)
-        decode = self.tokenizer.token_to_str if self.tokenizer else str
-        to_bytes = self.tokenizer.token_bytes if self.tokenizer else (lambda i: list(str(i).encode()))
         for token_id, logprob, rank, top_ids, top_values in zip(scores.token_ids, scores.logprobs, scores.ranks,
                                                                 scores.top_ids, scores.top_logprobs):
-            top = [(i, decode(i), v) for i, v in zip(top_ids, top_values)]
-            seq.prompt_logprobs.append(TokenLogprob(token_id, decode(token_id), logprob, top, to_bytes(token_id),
-                                                    [to_bytes(i) for i in top_ids], rank))
+            seq.prompt_logprobs.append(self._token_logprob(token_id, logprob, top_ids, top_values, rank))
+
+    def _token_logprob(self, token_id: int, logprob: float, top_ids: list[int], top_values: list[float],
+                       rank: int | None = None) -> TokenLogprob:
+        """A token's logprob with its text and raw bytes, and those of its top alternatives."""
+        decode = self.tokenizer.token_to_str if self.tokenizer else str
+        to_bytes = self.tokenizer.token_bytes if self.tokenizer else (lambda i: list(str(i).encode()))
+        top = [(i, decode(i), v) for i, v in zip(top_ids, top_values)]
+        return TokenLogprob(token_id, decode(token_id), logprob, top, to_bytes(token_id),
+                            [to_bytes(i) for i in top_ids], rank)
 
     def build(self, seq: Sequence, token_ids: list[int], text: str, finished: bool,
               logprobs: list[TokenLogprob] | None, error: str | None = None,
