@@ -50,10 +50,17 @@ class CompletionRequest(SamplingFields):
         """OpenAI's way to score a prompt: echo it with logprobs (lm-eval-harness's loglikelihood)."""
         return self.echo and self.logprobs is not None
 
+    @property
+    def prompt_score_alternatives(self) -> int | None:
+        """Alternatives per prompt token the engine must score (None: the prompt is not scored): enough
+        for vLLM's prompt_logprobs and for echo's `logprobs`."""
+        if not self.echo_logprobs:
+            return self.prompt_logprobs
+        return max(self.prompt_logprobs or 0, self.logprobs or 0)
+
     def to_sampling_params(self, max_tokens: int, **extra: Any) -> SamplingParams:
         kwargs = self.sampling_kwargs(max_tokens, self.logprobs)
-        if self.echo_logprobs:  # the prompt must be scored with at least `logprobs` alternatives
-            kwargs["prompt_logprobs"] = max(self.prompt_logprobs or 0, self.logprobs or 0)
+        kwargs["prompt_logprobs"] = self.prompt_score_alternatives
         return SamplingParams(**kwargs, **extra)
 
 

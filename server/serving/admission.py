@@ -49,9 +49,7 @@ def plan_max_tokens(state: ServerState, num_prompt_tokens: int, requested: int |
     if requested == 0 and allow_zero:
         return TokenBudget(0)
     if requested < 1:
-        raise bad_request(f"{param} must be at least 1, got {requested}" +
-                          (" (0 is allowed with echo and logprobs, or prompt_logprobs)" if param == "max_tokens"
-                           and prompt_param == "prompt" else ""), param=param)
+        raise bad_request(f"{param} must be at least 1, got {requested}", param=param)
     if requested > state.max_model_len:
         raise APIError(400, f"{param}={requested} is larger than this model's maximum context length of "
                        f"{state.max_model_len} tokens.", param=param, code="context_length_exceeded")

@@ -73,8 +73,11 @@ async def create_completion(state: ServerState, request: Request, body: Completi
         raise bad_request(f"this request asks for {num_choices} choices (prompts x n); at most "
                           f"{MAX_CHOICES_PER_REQUEST} are allowed", param="prompt", code="too_many_choices")
     prompts = prepare_prompts(state, body)
+    scores_prompt = body.prompt_score_alternatives is not None
+    if body.max_tokens == 0 and not scores_prompt:
+        raise bad_request("max_tokens must be at least 1, got 0 (0 is allowed with echo and logprobs, or "
+                          "prompt_logprobs)", param="max_tokens")
     _check_prompt_scores(body, prompts)
-    scores_prompt = body.echo_logprobs or body.prompt_logprobs is not None
     budgets = [plan_max_tokens(state, len(p.token_ids), body.max_tokens, "max_tokens", "prompt", scores_prompt)
                for p in prompts]
     params = [sampling_params(state, body.to_sampling_params, b.max_tokens, {"top_logprobs": "logprobs"})
@@ -98,11 +101,10 @@ async def create_completion(state: ServerState, request: Request, body: Completi
 
 def _check_prompt_scores(body: CompletionRequest, prompts: list[PreparedPrompt]) -> None:
     # every choice repeats its prompt's scores, once per format asked for
-    formats = int(body.echo_logprobs) + int(body.prompt_logprobs is not None)
-    if not formats:
+    if body.prompt_score_alternatives is None:
         return
-    top_k = max(body.prompt_logprobs or 0, (body.logprobs or 0) if body.echo_logprobs else 0)
-    entries = sum(len(p.token_ids) for p in prompts) * (top_k + 1) * body.n * formats
+    formats = int(body.echo_logprobs) + int(body.prompt_logprobs is not None)
+    entries = sum(len(p.token_ids) for p in prompts) * (body.prompt_score_alternatives + 1) * body.n * formats
     if entries > MAX_PROMPT_SCORES_PER_REQUEST:
         raise bad_request(f"scoring these prompts would return {entries} logprob entries (prompt tokens x "
                           f"(alternatives + 1) x n); at most {MAX_PROMPT_SCORES_PER_REQUEST} are allowed: send "
@@ -133,12 +135,9 @@ async def collect_completion(state: ServerState, body: CompletionRequest, ctx: R
     async for out in outputs:
         index = numbering[out.request_id] + out.index
         acc = accs[index]
-        if out.prompt_logprobs is not None:
+        if out.prompt_logprobs is not None:  # the first output: the prompt's tokens lead the logprobs
             acc.prompt_logprobs = out.prompt_logprobs
-            if body.echo_logprobs:  # the first output: the prompt's tokens come before the generated ones
-                prompt = prompts[index // body.n]
-                append_echo_logprobs(acc.logprobs, prompt.first_token, out.prompt_logprobs, prompt.token_offsets,
-                                     body.logprobs or 0)
+            _append_echo_scores(acc.logprobs, body, prompts[index // body.n], out.prompt_logprobs)
         if body.logprobs is not None and out.logprobs:
             acc.offset = append_completion_logprobs(acc.logprobs, out.logprobs, acc.offset)
         acc.text.append(out.text_delta)
@@ -151,6 +150,15 @@ async def collect_completion(state: ServerState, body: CompletionRequest, ctx: R
     return Completion(id=ctx.request_id, created=ctx.created, model=state.model_name, choices=choices,
                       usage=ctx.trace.usage(), system_fingerprint=state.system_fingerprint,
                       timings=ctx.trace.timings() if state.settings.timings else None)
+
+
+def _append_echo_scores(acc: CompletionLogprobs, body: CompletionRequest, prompt: PreparedPrompt,
+                        scored: list) -> bool:
+    """With echo + logprobs, the prompt's tokens and scores go first into `acc`; True when they did."""
+    if not body.echo_logprobs:
+        return False
+    append_echo_logprobs(acc, prompt.first_token, scored, prompt.token_offsets, body.logprobs or 0)
+    return True
 
 
 def _vllm_prompt_logprobs(body: CompletionRequest, scored: list | None) -> list | None:
@@ -179,10 +187,7 @@ async def completion_chunks(state: ServerState, body: CompletionRequest, ctx: Re
             scored = _vllm_prompt_logprobs(body, out.prompt_logprobs)
             if scored is not None:
                 extra["prompt_logprobs"] = [e and {k: v.model_dump() for k, v in e.items()} for e in scored]
-            if body.echo_logprobs:
-                prompt = prompts[index // body.n]
-                append_echo_logprobs(acc, prompt.first_token, out.prompt_logprobs, prompt.token_offsets,
-                                     body.logprobs or 0)
+            if _append_echo_scores(acc, body, prompts[index // body.n], out.prompt_logprobs):
                 text = echoes[index] + text
         if body.logprobs is not None and out.logprobs:
             offsets[index] = append_completion_logprobs(acc, out.logprobs, offsets[index])
