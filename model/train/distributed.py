@@ -54,6 +54,21 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank, local_rank, world, dev)
 
 
+@contextmanager
+def distributed_run(info: DistInfo | None, device: str) -> Iterator[DistInfo]:
+    """The process group of one run: joined here and left on exit, unless the caller passes its own."""
+    if info is not None:
+        yield info
+        return
+    info = init_distributed(device)
+    try:
+        yield info
+    except BaseException:
+        shutdown_distributed(succeeded=False)
+        raise
+    shutdown_distributed()  # a barrier: rank 1 waits here until rank 0 has written the checkpoint
+
+
 def shutdown_distributed(succeeded: bool = True) -> None:
     """Leaves the process group; every rank calls it once at the end of a run.
 

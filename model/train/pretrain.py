@@ -19,7 +19,7 @@ from model.config import ModelConfig, check_preset_overrides, preset_config
 from model.models.registry import build_model
 from model.train.config import TrainConfig
 from model.train.data import TokenDataset, data_files_exist, file_sha256, pack_documents
-from model.train.distributed import DistInfo, init_distributed, shutdown_distributed
+from model.train.distributed import DistInfo, distributed_run
 from model.train.export import export_checkpoint, materialize
 from model.train.provenance import training_args
 from model.train.tokenizer_train import stop_token_ids
@@ -83,9 +83,7 @@ def run_pretrain(cfg: PretrainConfig, info: DistInfo | None = None) -> TrainResu
     from model.tokenizer import Tokenizer
 
     data_files_exist(cfg.data + cfg.eval_data)
-    owns_group = info is None
-    info = info or init_distributed(cfg.train.device)
-    try:
+    with distributed_run(info, cfg.train.device) as info:
         tokenizer = Tokenizer(cfg.tokenizer)
         hf_tok = tokenizer.hf
         model_cfg = model_config_for(cfg, hf_tok)
@@ -107,10 +105,4 @@ def run_pretrain(cfg: PretrainConfig, info: DistInfo | None = None) -> TrainResu
                                  eval_data=cfg.eval_data)
             export_checkpoint(cfg.train.out_dir, merged, hf_tok, args, stop_ids=list(model_cfg.eos_token_ids))
             log.info("exported %s", cfg.train.out_dir)
-    except BaseException:
-        if owns_group:
-            shutdown_distributed(succeeded=False)
-        raise
-    if owns_group:
-        shutdown_distributed()  # rank 1 waits here until rank 0 has written the checkpoint
     return result

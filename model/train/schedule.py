@@ -59,4 +59,3 @@ def sync_lr(scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
     optimizer carries the lr of the run that saved it, which a longer --max-steps changes."""
     for group, base_lr, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
         group["lr"] = base_lr * factor(scheduler.last_epoch)
-    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]  # what get_last_lr() reports

@@ -17,7 +17,7 @@ import torch
 from model.train.chat_data import load_chat_jsonl
 from model.train.config import LoraConfig, TrainConfig
 from model.train.data import TokenDataset, data_files_exist, file_sha256
-from model.train.distributed import DistInfo, init_distributed, shutdown_distributed
+from model.train.distributed import DistInfo, distributed_run
 from model.train.export import export_checkpoint, materialize
 from model.train.lora import apply_lora, count_parameters
 from model.train.provenance import training_args
@@ -60,9 +60,7 @@ def run_sft(cfg: SFTConfig, info: DistInfo | None = None) -> TrainResult:
     from model.tool_template import ToolTemplate
 
     data_files_exist([cfg.data] + ([cfg.eval_data] if cfg.eval_data else []))
-    owns_group = info is None
-    info = info or init_distributed(cfg.train.device)
-    try:
+    with distributed_run(info, cfg.train.device) as info:
         loaded = load_model(cfg.base, device="cpu", dtype=torch.float32)  # fp32 master weights
         tokenizer = Tokenizer(loaded.path)
         # tools, tool calls and tool results render exactly as the server will prompt the fine-tuned model
@@ -87,10 +85,4 @@ def run_sft(cfg: SFTConfig, info: DistInfo | None = None) -> TrainResult:
                                  trainable_params=trainable, total_params=total)
             export_checkpoint(cfg.train.out_dir, merged, tokenizer.hf, args, base_dir=loaded.path)
             log.info("exported %s", cfg.train.out_dir)
-    except BaseException:
-        if owns_group:
-            shutdown_distributed(succeeded=False)
-        raise
-    if owns_group:
-        shutdown_distributed()  # rank 1 waits here until rank 0 has written the checkpoint
     return result

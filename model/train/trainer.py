@@ -135,7 +135,7 @@ class Trainer:
         try:
             for step in range(start, self.total_steps):
                 t0 = time.perf_counter()
-                lr = self.scheduler.get_last_lr()[0]
+                lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
                 last_loss, grad_norm, num_tokens = self.train_step(step)
                 dt = time.perf_counter() - t0
                 step_seconds += dt
