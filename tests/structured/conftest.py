@@ -18,6 +18,20 @@ TIME_TOOL = {"type": "function", "function": {
                    "required": ["zone"]}}}
 
 
+def assert_forced_call(choice, tools: list[dict]):
+    """A reply to tool_choice "required": finish_reason tool_calls, no content, and a first call whose
+    arguments validate against its tool's parameters. Returns that call."""
+    import json
+
+    import jsonschema
+
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    call = choice.message.tool_calls[0]
+    schema = {t["function"]["name"]: t["function"]["parameters"] for t in tools}[call.function.name]
+    jsonschema.validate(json.loads(call.function.arguments), schema)
+    return call
+
+
 @pytest.fixture(scope="session")
 def default_tokenizer():
     from model import Tokenizer, resolve_model_dir

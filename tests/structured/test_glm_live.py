@@ -12,7 +12,7 @@ import pytest
 from openai import OpenAI
 
 from tests.helpers.live_server import ThreadedServer
-from tests.structured.conftest import TIME_TOOL, WEATHER_TOOL
+from tests.structured.conftest import TIME_TOOL, WEATHER_TOOL, assert_forced_call
 
 TOOLS = [WEATHER_TOOL, TIME_TOOL]
 ASK = [{"role": "user", "content": "北京天气怎么样？"}]
@@ -52,11 +52,7 @@ def glm(glm_server: ThreadedServer) -> OpenAI:
 def test_forced_call_in_glm4_format_is_parsed(glm: OpenAI) -> None:
     reply = glm.chat.completions.create(model="glm", messages=ASK, tools=TOOLS, tool_choice="required",
                                         max_tokens=160, temperature=0)
-    choice = reply.choices[0]
-    assert choice.finish_reason == "tool_calls" and choice.message.content is None
-    call = choice.message.tool_calls[0]
-    schema = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}[call.function.name]
-    jsonschema.validate(json.loads(call.function.arguments), schema)
+    assert_forced_call(reply.choices[0], TOOLS)
 
 
 def test_forced_call_streams_and_the_result_goes_back_as_an_observation(glm: OpenAI, glm_server) -> None:

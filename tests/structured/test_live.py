@@ -12,7 +12,7 @@ from openai import AsyncOpenAI, OpenAI
 
 from tests.helpers.live_server import SubprocessServer
 from tests.structured.cases import CASES
-from tests.structured.conftest import TIME_TOOL, WEATHER_TOOL
+from tests.structured.conftest import TIME_TOOL, WEATHER_TOOL, assert_forced_call
 
 TOOLS = [WEATHER_TOOL, TIME_TOOL]
 ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris right now?"}]
@@ -76,11 +76,8 @@ def test_tool_round_trip(client: OpenAI) -> None:
     first = client.chat.completions.create(model="default", messages=ASK_WEATHER, tools=TOOLS, tool_choice="required",
                                            max_tokens=64, temperature=0)
     choice = first.choices[0]
-    assert choice.finish_reason == "tool_calls" and choice.message.content is None
-    call = choice.message.tool_calls[0]
+    call = assert_forced_call(choice, TOOLS)
     assert call.id.startswith("call_") and call.type == "function"
-    tool = {t["function"]["name"]: t["function"] for t in TOOLS}[call.function.name]
-    jsonschema.validate(json.loads(call.function.arguments), tool["parameters"])
     history = ASK_WEATHER + [choice.message.model_dump(exclude_none=True),
                              {"role": "tool", "tool_call_id": call.id, "content": '{"sky": "sunny", "celsius": 21}'}]
     final = client.chat.completions.create(model="default", messages=history, tools=TOOLS, max_tokens=48,
