@@ -181,17 +181,17 @@ async def completion_chunks(state: ServerState, body: CompletionRequest, ctx: Re
             yield {**base, "choices": [{"index": i, "text": echo, "logprobs": None, "finish_reason": None}]}
     async for out in outputs:
         index = numbering[out.request_id] + out.index
-        text, acc = out.text_delta, CompletionLogprobs()
-        extra: dict[str, Any] = {}
+        text, extra = out.text_delta, {}
+        acc = CompletionLogprobs() if body.logprobs is not None else None  # none built per token otherwise
         if out.prompt_logprobs is not None:
             scored = _vllm_prompt_logprobs(body, out.prompt_logprobs)
             if scored is not None:
                 extra["prompt_logprobs"] = [e and {k: v.model_dump() for k, v in e.items()} for e in scored]
-            if _append_echo_scores(acc, body, prompts[index // body.n], out.prompt_logprobs):
+            if acc is not None and _append_echo_scores(acc, body, prompts[index // body.n], out.prompt_logprobs):
                 text = echoes[index] + text
-        if body.logprobs is not None and out.logprobs:
+        if acc is not None and out.logprobs:
             offsets[index] = append_completion_logprobs(acc, out.logprobs, offsets[index])
-        logprobs = acc.model_dump() if acc.tokens else None
+        logprobs = acc.model_dump() if acc is not None and acc.tokens else None
         if text or logprobs or extra:
             yield {**base, "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": None,
                                         **extra}]}
