@@ -31,7 +31,7 @@ test-all: setup test-tools
 	$(PY) -m pytest -q -m "" ; rc=$$?; if [ $$rc -eq 5 ]; then exit 1; fi; exit $$rc
 
 bench: setup
-	$(PY) -m model.engine.bench
+	$(PY) -m benchmarks.bench_engine
 
 clean:
 	rm -rf $(VENV) .pytest_cache

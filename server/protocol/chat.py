@@ -67,7 +67,7 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
-    # structured output: see server/serving/chat.py `structured_output_processors`
+    # structured output: see server/serving/openai/chat.py `structured_output_processors`
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None

@@ -3,7 +3,7 @@
     SummarizeRequest(text="...", max_length=60, length_unit="words", style="bullets", language="en")
     TranslateRequest(text="...", target_lang="en", source_lang="auto", glossary={"模型": "model"})
 
-Language codes are checked by the service (server/serving/langdetect.py) so an unknown code is a 400
+Language codes are checked by the service (server/serving/tasks/langdetect.py) so an unknown code is a 400
 naming the field, like every other invalid value.
 """
 from __future__ import annotations

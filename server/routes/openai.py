@@ -7,8 +7,8 @@ from starlette.responses import Response
 from server.errors import APIError
 from server.protocol import (ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, ErrorResponse,
                              ModelCard, ModelList)
-from server.serving.chat import create_chat_completion
-from server.serving.completions import create_completion
+from server.serving.openai.chat import create_chat_completion
+from server.serving.openai.completions import create_completion
 from server.state import ServerState
 
 router = APIRouter(prefix="/v1", tags=["openai"])

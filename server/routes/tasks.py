@@ -7,8 +7,8 @@ from starlette.responses import Response
 
 from server.protocol import ErrorResponse
 from server.protocol.tasks import SummarizeRequest, Summary, TranslateRequest, Translation
-from server.serving.summarize import create_summary
-from server.serving.translate import create_translation
+from server.serving.tasks.summarize import create_summary
+from server.serving.tasks.translate import create_translation
 
 router = APIRouter(prefix="/v1", tags=["tasks"])
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 500, 503)}

@@ -1,1 +1,2 @@
-"""The logic behind the routes: chat, completions, and the task endpoints."""
+"""The logic behind the routes: openai/ (chat, completions), tasks/ (summarize, translate), and what both
+share here: admission (backpressure), engine_stream (one engine request as an async stream), respond, trace."""

@@ -27,4 +27,4 @@ if not os.path.exists(out + "/config.json"):
         shutil.copy(os.path.join(tok_dir, name), out)
 print("model ready")
 PY
-$PY -m model.engine.bench --model /tmp/smol_shaped --device cuda --hf-batch1-requests 2 2>&1 | tee "$OUT/bench.txt"
+$PY -m benchmarks.bench_engine --model /tmp/smol_shaped --device cuda --hf-batch1-requests 2 2>&1 | tee "$OUT/bench.txt"

@@ -103,7 +103,7 @@ def test_max_tokens_zero_only_scores_the_prompt(client: OpenAI, tiny_server, hf_
 
 def test_prompt_scores_per_request_are_bounded(client: OpenAI) -> None:
     """Scores multiply the response (tokens x alternatives x choices): past the cap, a clear 400."""
-    from server.serving.completions import MAX_PROMPT_SCORES_PER_REQUEST
+    from server.serving.openai.completions import MAX_PROMPT_SCORES_PER_REQUEST
 
     prompts = ["word " * 1000] * 10  # ~10,000 prompt tokens x 21 entries x n=8 > 1,000,000 (in a 50 KB body)
     with pytest.raises(BadRequestError) as err:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.serving.tool_parsers import ToolCallStream, parser_for
+from server.serving.openai.tool_parsers import ToolCallStream, parser_for
 from tests.structured.conftest import TIME_TOOL, WEATHER_TOOL
 
 CURRENT_WEATHER = {"type": "function", "function": {

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.serving.text_chunking import chunk_text, pack_texts, split_paragraphs, split_sentences
+from server.serving.tasks.text_chunking import chunk_text, pack_texts, split_paragraphs, split_sentences
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from openai import OpenAI
 
-from server.serving.length_control import count_length
+from server.serving.tasks.length_control import count_length
 from tests.tasks.conftest import post
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "eval"

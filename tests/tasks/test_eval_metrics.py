@@ -32,7 +32,7 @@ def test_no_overlap_and_empty_prediction_score_zero() -> None:
 
 
 def test_length_units_match_the_server() -> None:
-    from server.serving.length_control import count_length as server_count
+    from server.serving.tasks.length_control import count_length as server_count
 
     for text in ("The cat sat.", "今天 天气很好。", "Mixed 中文 text, 42."):
         for unit in ("words", "chars"):

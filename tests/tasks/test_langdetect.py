@@ -1,11 +1,11 @@
-"""Language detection (server/serving/langdetect.py) on the shipped set and on codes."""
+"""Language detection (server/serving/tasks/langdetect.py) on the shipped set and on codes."""
 from __future__ import annotations
 
 import json
 from collections import Counter
 from pathlib import Path
 
-from server.serving.langdetect import detect_language, normalize_language_code
+from server.serving.tasks.langdetect import detect_language, normalize_language_code
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "eval"
 REQUIRED = {"zh", "en", "ja", "ko", "fr", "de", "es", "ru"}

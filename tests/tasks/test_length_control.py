@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from server.serving.length_control import ELLIPSIS, LengthLimiter, count_length
+from server.serving.tasks.length_control import ELLIPSIS, LengthLimiter, count_length
 
 TEXT = ("Summary: The council voted to expand the library system. Three branches will be built in poor "
         "neighborhoods. The cost is 24 million dollars over five years. Construction starts next spring.")

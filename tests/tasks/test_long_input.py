@@ -11,7 +11,7 @@ import time
 import pytest
 from openai import OpenAI
 
-from server.serving.length_control import count_length
+from server.serving.tasks.length_control import count_length
 from tests.helpers.live_server import ThreadedServer
 from tests.tasks.conftest import KEY, VARIED, post
 

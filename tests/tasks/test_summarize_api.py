@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from openai import OpenAI
 
-from server.serving.length_control import count_length
+from server.serving.tasks.length_control import count_length
 from tests.tasks.conftest import VARIED, post, stream, streamed_text
 
 

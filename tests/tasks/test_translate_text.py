@@ -1,7 +1,7 @@
 """PieceCleaner (a translated piece's output) and the glossary check."""
 from __future__ import annotations
 
-from server.serving.translate_text import PieceCleaner, unhonored_terms
+from server.serving.tasks.translate_text import PieceCleaner, unhonored_terms
 
 
 def clean(pieces: list[str], source: str = "") -> str:

@@ -19,7 +19,7 @@ from typing import Any
 from model import StructuredOutputError, StructuredOutputs, ToolCallShape, ToolTemplate
 from server.errors import bad_request
 from server.protocol import ChatCompletionRequest
-from server.serving.tool_parsers import ToolCallStream, ToolParser, parser_for
+from server.serving.openai.tool_parsers import ToolCallStream, ToolParser, parser_for
 from server.state import ServerState
 
 _templates: dict[int, ToolTemplate] = {}

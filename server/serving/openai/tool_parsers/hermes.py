@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from model import ToolCallShape
-from server.serving.tool_parsers.base import (ParsedToolCall, ParseResult, ToolParser, dump_arguments, held_suffix,
+from server.serving.openai.tool_parsers.base import (ParsedToolCall, ParseResult, ToolParser, dump_arguments, held_suffix,
                                               json_object)
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"

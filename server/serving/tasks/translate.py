@@ -21,13 +21,13 @@ from server.errors import bad_request
 from server.protocol.tasks import Translation, TranslateRequest
 from server.serving.admission import check_model, new_request_id
 from server.serving.engine_stream import until_disconnected
-from server.serving.langdetect import detect_language, language_name, normalize_language_code
+from server.serving.tasks.langdetect import detect_language, language_name, normalize_language_code
 from server.serving.respond import begin_request, finish_json, stream_response
-from server.serving.task_engine import TaskRunner, gather_in_order
-from server.serving.task_prompts import display_language, prompts_for, render
-from server.serving.task_stream import check_sampling, collect_text, task_events
-from server.serving.text_chunking import chunk_text, split_paragraphs
-from server.serving.translate_text import PieceCleaner, unhonored_terms
+from server.serving.tasks.task_engine import TaskRunner, gather_in_order
+from server.serving.tasks.task_prompts import display_language, prompts_for, render
+from server.serving.tasks.task_stream import check_sampling, collect_text, task_events
+from server.serving.tasks.text_chunking import chunk_text, split_paragraphs
+from server.serving.tasks.translate_text import PieceCleaner, unhonored_terms
 from server.state import ServerState
 
 PIECE_TOKENS_MAX = 512  # small models translate a paragraph better than a page

@@ -16,7 +16,7 @@ import ast
 from typing import Any
 
 from model import ToolCallShape
-from server.serving.tool_parsers.glm4 import Glm4Parser
+from server.serving.openai.tool_parsers.glm4 import Glm4Parser
 
 _JSON_NAMES = {"true": True, "false": False, "null": None}
 

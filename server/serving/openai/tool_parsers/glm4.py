@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from model import ToolCallShape
-from server.serving.tool_parsers.base import (ParsedToolCall, ParseResult, ToolParser, dump_arguments, held_suffix,
+from server.serving.openai.tool_parsers.base import (ParsedToolCall, ParseResult, ToolParser, dump_arguments, held_suffix,
                                               json_object)
 
 TURN = "<|assistant|>"

@@ -1,8 +1,8 @@
 """Prompt-scoring benchmark: what echo+logprobs / prompt_logprobs cost against plain prefill, and
 against transformers scoring the same texts one by one (what lm-eval-harness's HF backend does).
 
-    python -m model.engine.bench_scoring                     # default model, 16 texts x 512 tokens
-    python -m model.engine.bench_scoring --texts 32 --tokens 256 --model DIR
+    python -m benchmarks.bench_scoring                     # default model, 16 texts x 512 tokens
+    python -m benchmarks.bench_scoring --texts 32 --tokens 256 --model DIR
 
 Texts are slices of this repository's docs, tokenized with the model's tokenizer. Reports tokens/s of
 prompt tokens for: prefill only (max_tokens=1), scoring (max_tokens=0, prompt_logprobs=0), scoring

@@ -1,8 +1,8 @@
 """Structured-output cost: compiling grammars, the grammar mask per decode step, and engine step time with
 and without constraints. The numbers go to docs/BENCHMARKS.md ("## Structured output").
 
-    python -m model.engine.bench_structured                      # default model on CPU
-    python -m model.engine.bench_structured --batch 32 --device cuda
+    python -m benchmarks.bench_structured                      # default model on CPU
+    python -m benchmarks.bench_structured --batch 32 --device cuda
 
 (1) compile: the vocabulary tables (once per tokenizer), a JSON-schema grammar the first time and from the
     cache; (2) mask: fill the token bitmask and mask one (vocab,) logits row, per row per step, over
@@ -149,7 +149,7 @@ class _Timed:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m model.engine.bench_structured")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_structured")
     p.add_argument("--model", default="default")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--batch", type=int, default=8, help="concurrent requests in the engine comparison")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from model import ToolCallShape
-from server.serving.tool_parsers.base import ToolParser, held_suffix, new_call_id
+from server.serving.openai.tool_parsers.base import ToolParser, held_suffix, new_call_id
 
 
 class ToolCallStream:

@@ -22,13 +22,13 @@ from server.errors import APIError, bad_request
 from server.protocol.tasks import Summary, SummarizeRequest
 from server.serving.admission import check_model, new_request_id
 from server.serving.engine_stream import until_disconnected
-from server.serving.langdetect import detect_language, language_name, normalize_language_code
-from server.serving.length_control import LengthLimiter, count_length
+from server.serving.tasks.langdetect import detect_language, language_name, normalize_language_code
+from server.serving.tasks.length_control import LengthLimiter, count_length
 from server.serving.respond import begin_request, finish_json, stream_response
-from server.serving.task_engine import TaskRunner
-from server.serving.task_prompts import PromptSet, display_language, prompts_for, render
-from server.serving.task_stream import check_sampling, collect_text, task_events
-from server.serving.text_chunking import chunk_text, pack_texts
+from server.serving.tasks.task_engine import TaskRunner
+from server.serving.tasks.task_prompts import PromptSet, display_language, prompts_for, render
+from server.serving.tasks.task_stream import check_sampling, collect_text, task_events
+from server.serving.tasks.text_chunking import chunk_text, pack_texts
 from server.state import ServerState
 
 CHUNK_TOKENS_MAX = 1536  # small models summarize a chunk of this size better than a whole long context

@@ -1,6 +1,6 @@
 """POST /v1/chat/completions: messages -> template -> engine -> chat.completion or its chunk stream.
 
-Structured output (response_format, tools / tool_choice) lives in server/serving/structured.py: a ToolPlan
+Structured output (response_format, tools / tool_choice) lives in server/serving/openai/structured.py: a ToolPlan
 per request renders tools, constrains decoding and reads tool calls back out of each choice.
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ from server.errors import bad_request
 from server.protocol import (AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionRequest, ChoiceLogprobs)
 from server.serving.admission import check_model, clamp_headers, new_request_id, plan_max_tokens, sampling_params
 from server.serving.engine_stream import run_engine, until_disconnected
-from server.serving.logprobs import chat_logprobs, vllm_prompt_logprobs
+from server.serving.openai.logprobs import chat_logprobs, vllm_prompt_logprobs
 from server.serving.respond import RequestContext, begin_request, finish_json, stream_response
-from server.serving.structured import ToolPlan, apply_plan, plan_tools, structured_output_processors, tool_template
+from server.serving.openai.structured import ToolPlan, apply_plan, plan_tools, structured_output_processors, tool_template
 from server.state import ServerState
 
 

@@ -16,7 +16,7 @@ from server.errors import bad_request
 from server.protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from server.serving.admission import check_model, clamp_headers, new_request_id, plan_max_tokens, sampling_params
 from server.serving.engine_stream import merge, run_engine, until_disconnected
-from server.serving.logprobs import append_completion_logprobs, append_echo_logprobs, vllm_prompt_logprobs
+from server.serving.openai.logprobs import append_completion_logprobs, append_echo_logprobs, vllm_prompt_logprobs
 from server.serving.respond import RequestContext, begin_request, finish_json, stream_response
 from server.state import ServerState
 

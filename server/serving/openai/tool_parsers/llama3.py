@@ -8,7 +8,7 @@ exactly such an object naming a declared tool is text.
 from __future__ import annotations
 
 from model import ToolCallShape
-from server.serving.tool_parsers.base import ParsedToolCall, ParseResult, ToolParser, dump_arguments, json_object
+from server.serving.openai.tool_parsers.base import ParsedToolCall, ParseResult, ToolParser, dump_arguments, json_object
 
 PYTHON_TAG = "<|python_tag|>"
 

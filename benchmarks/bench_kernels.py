@@ -2,7 +2,7 @@
 docs/BENCHMARKS.md): plain vs oneDNN-packed Linear, and advanced indexing vs index_select for the
 paged K/V gather, on the default model's shapes.
 
-    python -m model.engine.bench_kernels
+    python -m benchmarks.bench_kernels
 """
 from __future__ import annotations
 

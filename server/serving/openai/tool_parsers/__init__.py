@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.serving.tool_parsers.base import ParsedToolCall, ParseResult, ToolParser
-from server.serving.tool_parsers.chatglm3 import ChatGLM3Parser
-from server.serving.tool_parsers.glm4 import Glm4Parser
-from server.serving.tool_parsers.hermes import HermesParser
-from server.serving.tool_parsers.llama3 import Llama3Parser
-from server.serving.tool_parsers.stream import ToolCallStream
+from server.serving.openai.tool_parsers.base import ParsedToolCall, ParseResult, ToolParser
+from server.serving.openai.tool_parsers.chatglm3 import ChatGLM3Parser
+from server.serving.openai.tool_parsers.glm4 import Glm4Parser
+from server.serving.openai.tool_parsers.hermes import HermesParser
+from server.serving.openai.tool_parsers.llama3 import Llama3Parser
+from server.serving.openai.tool_parsers.stream import ToolCallStream
 
 PARSERS: dict[str, type[ToolParser]] = {"glm4": Glm4Parser, "chatglm3": ChatGLM3Parser, "hermes": HermesParser,
                                         "llama3": Llama3Parser}

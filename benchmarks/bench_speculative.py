@@ -2,9 +2,9 @@
 drafts, on the same engine settings. Greedy (the default) outputs must be identical; with
 --temperature > 0 (unseeded sampling) only speed and acceptance are reported.
 
-    python -m model.engine.bench_speculative                  # default model, k = 4, alone and 8 at once
-    python -m model.engine.bench_speculative --k 8 --requests 16 --concurrency 16
-    python -m model.engine.bench_speculative --temperature 0.7
+    python -m benchmarks.bench_speculative                  # default model, k = 4, alone and 8 at once
+    python -m benchmarks.bench_speculative --k 8 --requests 16 --concurrency 16
+    python -m benchmarks.bench_speculative --temperature 0.7
 
 Prompts ask to rewrite, correct or summarize the source texts of data/eval/summarize.jsonl (the kind
 of request where drafts come from the prompt), plus open questions where they rarely do. Reports

@@ -1,8 +1,8 @@
 """Engine benchmark: glmserve's engine against HF `generate`, in one run so the ratios hold.
 
-    python -m model.engine.bench                       # default model, CPU: the table in docs/BENCHMARKS.md
-    python -m model.engine.bench --device cuda         # the same on a GPU (bf16)
-    python -m model.engine.bench --skip-hf --requests 16
+    python -m benchmarks.bench_engine                       # default model, CPU: the table in docs/BENCHMARKS.md
+    python -m benchmarks.bench_engine --device cuda         # the same on a GPU (bf16)
+    python -m benchmarks.bench_engine --skip-hf --requests 16
 
 Measures: 64 requests x 128 output tokens at 32 concurrent sequences (tok/s, TTFT p50/p90), one request
 alone (tok/s, TTFT of a 40-token prompt), the TTFT gain of a 1,000-token shared prefix, then HF batch 1
@@ -117,7 +117,7 @@ def run_hf(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m model.engine.bench")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_engine")
     p.add_argument("--model", default="default")
     p.add_argument("--requests", type=int, default=64)
     p.add_argument("--concurrency", type=int, default=32)
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     result = asyncio.run(run_engine(args))
     if not args.skip_hf:
-        child = subprocess.run([sys.executable, "-m", "model.engine.bench", "--hf-only", *(argv or sys.argv[1:])],
+        child = subprocess.run([sys.executable, "-m", "benchmarks.bench_engine", "--hf-only", *(argv or sys.argv[1:])],
                                capture_output=True, text=True, check=True)
         result.update(json.loads(child.stdout.strip().splitlines()[-1]))
     print(json.dumps(result, indent=2))

@@ -1,0 +1,1 @@
+"""The task endpoints (/v1/summarize, /v1/translate): chunking, prompts, length control, language detection."""
