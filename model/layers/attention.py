@@ -109,7 +109,7 @@ class Attention(nn.Module):
         """One query per sequence as two batched matmuls, the query heads of a KV head stacked as rows.
         For bf16 on CPU: SDPA's flash kernel takes 2.1 ms per layer at 32 sequences x 176 tokens, this
         0.25 ms (engine step 62 -> 39 ms). In fp32 SDPA stays: on the engine's strided K/V view it beat
-        this path end to end (about 565 vs 495 tok/s in `python -m benchmarks.bench_engine --skip-hf`)."""
+        this path end to end (about 565 vs 495 tok/s in `python -m model.engine.bench --skip-hf`)."""
         b, h, _, d = q.shape
         kvh = k.shape[1]
         scores = torch.matmul(q.view(b, kvh, h // kvh, d), k.transpose(-1, -2)) * self.scale  # (B, KVH, G, L)
