@@ -42,7 +42,26 @@ def encode_messages(state: ServerState, body: ChatCompletionRequest, plan: ToolP
         raise bad_request(str(e), param=e.param) from e
 
 
-async def create_chat_completion(state: ServerState, request: Request, body: ChatCompletionRequest) -> Response:
+@dataclass
+class ChatRun:
+    """One admitted chat request running in the engine: what collect_chat / chat_chunks consume.
+    The Responses and Anthropic Messages adapters start one too and convert its result."""
+    body: ChatCompletionRequest
+    plan: ToolPlan
+    ctx: RequestContext
+    outputs: AsyncIterator[RequestOutput]
+    headers: dict[str, str]
+
+    async def collect(self, state: ServerState) -> ChatCompletion:
+        return await collect_chat(state, self.body, self.ctx, self.outputs, self.plan)
+
+    def chunks(self, state: ServerState) -> AsyncIterator[dict[str, Any]]:
+        return chat_chunks(state, self.body, self.ctx, self.outputs, self.plan)
+
+
+async def start_chat(state: ServerState, request: Request, body: ChatCompletionRequest,
+                     id_prefix: str = "chatcmpl") -> ChatRun:
+    """Validation (400s), template, budget, admission (429/503), then the engine request."""
     check_model(state, body.model)
     plan = plan_tools(state, body)
     body = apply_plan(body, plan)
@@ -50,17 +69,21 @@ async def create_chat_completion(state: ServerState, request: Request, body: Cha
     budget = plan_max_tokens(state, len(prompt_ids), body.requested_max_tokens, body.max_tokens_param, "messages")
     params = sampling_params(state, body.to_sampling_params, budget.max_tokens,
                              logits_processors=await structured_output_processors(body, state, plan))
-    ctx = begin_request(state, request, new_request_id("chatcmpl"), body.stream,
+    ctx = begin_request(state, request, new_request_id(id_prefix), body.stream,
                         prompt=body.template_messages() if state.settings.log_prompts else None)
     outputs = run_engine(state, ctx.ticket, ctx.trace, ctx.request_id, prompt_ids, params)
-    headers = clamp_headers([budget])
+    return ChatRun(body, plan, ctx, outputs, clamp_headers([budget]))
+
+
+async def create_chat_completion(state: ServerState, request: Request, body: ChatCompletionRequest) -> Response:
+    run = await start_chat(state, request, body)
     if body.stream:
-        return stream_response(state, ctx, chat_chunks(state, body, ctx, outputs, plan), headers)
+        return stream_response(state, run.ctx, run.chunks(state), run.headers)
     try:
-        completion = await until_disconnected(request, collect_chat(state, body, ctx, outputs, plan))
+        completion = await until_disconnected(request, run.collect(state))
     finally:
-        ctx.close()
-    return finish_json(state, completion, headers)
+        run.ctx.close()
+    return finish_json(state, completion, run.headers)
 
 
 # ---- non-streaming ------------------------------------------------------------------------------------
