@@ -16,8 +16,13 @@ class UnsupportedModelError(ValueError):
 
 
 # model_type -> family. "llama" covers every plain pre-norm Llama-style network.
-LLAMA_TYPES = {"llama", "mistral", "qwen2", "smollm", "smollm2"}
-GLM_TYPES = {"glm", "glm4", "chatglm"}
+LLAMA_TYPES = {"llama", "mistral", "qwen2", "smollm", "smollm2", "qwen3", "qwen3_moe"}
+GLM_TYPES = {"glm", "glm4", "chatglm", "glm4_moe"}
+# GLM-4.5 keeps GLM's partial rotary but rotates the two halves like Llama, not adjacent pairs
+INTERLEAVED_ROPE_TYPES = {"glm", "glm4", "chatglm"}
+# q/k RMSNorm over each head before RoPE (GLM-4.5 only when its config says use_qk_norm)
+QK_NORM_TYPES = {"qwen3", "qwen3_moe"}
+MOE_TYPES = {"qwen3_moe", "glm4_moe"}
 SUPPORTED_ROPE_TYPES = {"default", "linear", "llama3"}
 
 
@@ -33,6 +38,39 @@ class RopeConfig:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+
+
+@dataclass(frozen=True)
+class MoeConfig:
+    """A sparse MLP: a router picks `num_experts_per_tok` of `num_experts` gated-SiLU experts per token.
+
+    Qwen3-MoE: softmax scores, plain top-k. GLM-4.5: sigmoid scores, a learned per-expert bias that only
+    steers the choice (`score_correction_bias`), the choice limited to the `topk_groups` best of
+    `num_groups` expert groups, weights scaled by `routed_scaling_factor`, plus always-on shared experts."""
+
+    num_experts: int
+    num_experts_per_tok: int
+    intermediate_size: int  # of one expert
+    layers: tuple[int, ...]  # decoder layers whose MLP is sparse; the others are dense
+    scoring: str = "softmax"  # "softmax" or "sigmoid"
+    norm_topk_prob: bool = False
+    routed_scaling_factor: float = 1.0
+    num_groups: int = 1
+    topk_groups: int = 1
+    score_correction_bias: bool = False
+    num_shared_experts: int = 0  # one dense MLP of num_shared_experts * intermediate_size
+
+    def __post_init__(self) -> None:
+        if self.scoring not in ("softmax", "sigmoid"):
+            raise UnsupportedModelError(f"MoE router scoring {self.scoring!r} is not supported")
+        if not 0 < self.num_experts_per_tok <= self.num_experts:
+            raise ValueError("num_experts_per_tok must be in [1, num_experts]")
+        if self.num_groups < 1 or self.num_experts % self.num_groups or not 0 < self.topk_groups <= self.num_groups:
+            raise ValueError("n_group must divide the experts and topk_group must be in [1, n_group]")
+        per_group = self.num_experts // self.num_groups
+        if self.num_groups > 1 and (per_group < 2 or self.num_experts_per_tok > self.topk_groups * per_group):
+            # a group is scored by its two best experts, and the chosen groups must hold top-k experts
+            raise ValueError("group-limited routing needs >= 2 experts per group and top-k within the chosen groups")
 
 
 @dataclass(frozen=True)
@@ -56,6 +94,12 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
     hidden_act: str = "silu"
+    qk_norm: bool = False  # RMSNorm of each q and k head before RoPE (Qwen3, GLM-4.5 use_qk_norm)
+    attention_output_bias: bool = False  # Qwen3's attention_bias also puts a bias on o_proj
+    moe: MoeConfig | None = None
+    # GLM-4.5 checkpoints hold this many multi-token-prediction layers after the last decoder layer
+    # (model.layers.{num_hidden_layers}...); the loader skips their tensors
+    num_mtp_layers: int = 0
 
     def __post_init__(self) -> None:
         if self.model_type not in LLAMA_TYPES | GLM_TYPES:
@@ -75,13 +119,24 @@ class ModelConfig:
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.rope.partial_rotary_factor)
 
-    def num_params(self) -> int:
-        h, i, n = self.hidden_size, self.intermediate_size, self.num_hidden_layers
+    def is_moe_layer(self, layer_idx: int) -> bool:
+        return self.moe is not None and layer_idx in self.moe.layers
+
+    def num_params(self, active: bool = False) -> int:
+        """Weights in the network; with active=True only those one token uses (top-k experts of each MoE layer)."""
+        h, n = self.hidden_size, self.num_hidden_layers
         q = self.num_attention_heads * self.head_dim
         kv = self.num_key_value_heads * self.head_dim
-        per_layer = h * (q + 2 * kv) + q * h + 3 * h * i + 2 * h
+        attn = h * (q + 2 * kv) + q * h + 2 * h
+        dense = 3 * h * self.intermediate_size
+        total = n * (attn + dense)
+        if self.moe is not None:
+            m = self.moe
+            experts = m.num_experts_per_tok if active else m.num_experts
+            sparse = 3 * h * m.intermediate_size * (experts + m.num_shared_experts) + m.num_experts * h
+            total += len(m.layers) * (sparse - dense)
         embed = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
-        return n * per_layer + embed + h
+        return total + embed + h
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,7 +157,9 @@ class ModelConfig:
         rope_params = dict(cfg.get("rope_parameters") or {})
         legacy_scaling = cfg.get("rope_scaling") or {}
         partial = rope_params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 0.5 if is_glm else 1.0))
-        rope = _rope_from(rope_params or legacy_scaling, cfg.get("rope_theta", 10000.0), partial, interleaved=is_glm)
+        rope = _rope_from(rope_params or legacy_scaling, cfg.get("rope_theta", 10000.0), partial,
+                          interleaved=model_type in INTERLEAVED_ROPE_TYPES)
+        attention_bias = bool(cfg.get("attention_bias", model_type == "qwen2"))
         return cls(
             model_type=model_type,
             vocab_size=cfg["vocab_size"],
@@ -114,7 +171,7 @@ class ModelConfig:
             head_dim=head_dim,
             rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
             rope=rope,
-            attention_bias=bool(cfg.get("attention_bias", model_type == "qwen2")),
+            attention_bias=attention_bias,
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             max_position_embeddings=cfg.get("max_position_embeddings", 4096),
             post_sublayer_norms=model_type == "glm4",
@@ -122,7 +179,35 @@ class ModelConfig:
             eos_token_ids=_as_ids(cfg.get("eos_token_id")),
             pad_token_id=cfg.get("pad_token_id"),
             hidden_act=cfg.get("hidden_act", "silu"),
+            qk_norm=model_type in QK_NORM_TYPES or bool(cfg.get("use_qk_norm", False)),
+            attention_output_bias=attention_bias and model_type in QK_NORM_TYPES,
+            moe=_moe_from(cfg) if model_type in MOE_TYPES else None,
+            num_mtp_layers=int(cfg.get("num_nextn_predict_layers") or 0) if model_type == "glm4_moe" else 0,
         )
+
+
+def _moe_from(cfg: dict[str, Any]) -> MoeConfig:
+    """The sparse-MLP description in Qwen3-MoE's or GLM-4.5's config.json spelling."""
+    n = cfg["num_hidden_layers"]
+    # the hub's configs say num_experts (Qwen) / n_routed_experts (GLM); transformers 5 may write num_local_experts
+    num_experts = cfg.get("num_experts") or cfg.get("n_routed_experts") or cfg.get("num_local_experts")
+    if cfg["model_type"] == "glm4_moe":
+        # layers [0, first_k_dense_replace) are dense, the rest sparse
+        first_sparse = cfg.get("first_k_dense_replace", 1)
+        return MoeConfig(
+            num_experts=num_experts, num_experts_per_tok=cfg["num_experts_per_tok"],
+            intermediate_size=cfg["moe_intermediate_size"], layers=tuple(range(first_sparse, n)),
+            scoring="sigmoid", norm_topk_prob=bool(cfg.get("norm_topk_prob", True)),
+            routed_scaling_factor=float(cfg.get("routed_scaling_factor", 1.0)),
+            num_groups=cfg.get("n_group", 1), topk_groups=cfg.get("topk_group", 1),
+            score_correction_bias=True, num_shared_experts=cfg.get("n_shared_experts", 1))
+    # qwen3_moe: every decoder_sparse_step-th layer is sparse unless listed in mlp_only_layers
+    step, dense_only = cfg.get("decoder_sparse_step", 1), set(cfg.get("mlp_only_layers") or [])
+    layers = tuple(i for i in range(n) if i not in dense_only and (i + 1) % step == 0)
+    return MoeConfig(
+        num_experts=num_experts, num_experts_per_tok=cfg["num_experts_per_tok"],
+        intermediate_size=cfg["moe_intermediate_size"], layers=layers, scoring="softmax",
+        norm_topk_prob=bool(cfg.get("norm_topk_prob", False)))
 
 
 def _as_ids(value: Any) -> tuple[int, ...]:
@@ -133,14 +218,23 @@ def _as_ids(value: Any) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
+# Qwen configs carry a sliding_window size even when use_sliding_window is off
+_QWEN_TYPES = {"qwen2", "qwen3", "qwen3_moe"}
+
+
 def _refuse_unsupported(cfg: dict[str, Any]) -> None:
-    if cfg.get("sliding_window") and cfg.get("use_sliding_window", True) and cfg.get("model_type") != "qwen2":
+    model_type = cfg.get("model_type")
+    if cfg.get("sliding_window") and cfg.get("use_sliding_window", True) and model_type not in _QWEN_TYPES:
         raise UnsupportedModelError(f"sliding_window={cfg['sliding_window']} attention is not supported")
-    if cfg.get("model_type") == "qwen2" and cfg.get("use_sliding_window"):
+    if model_type in _QWEN_TYPES and cfg.get("use_sliding_window"):
         raise UnsupportedModelError(f"sliding_window={cfg.get('sliding_window')} attention is not supported")
-    for moe_key in ("num_local_experts", "num_experts", "n_routed_experts"):
-        if cfg.get(moe_key):
-            raise UnsupportedModelError(f"mixture-of-experts ({moe_key}={cfg[moe_key]}) is not supported")
+    if any(t != "full_attention" for t in cfg.get("layer_types") or []):
+        raise UnsupportedModelError("sliding_window attention is not supported (layer_types has sliding layers)")
+    if model_type not in MOE_TYPES:
+        for moe_key in ("num_local_experts", "num_experts", "n_routed_experts"):
+            if cfg.get(moe_key):
+                raise UnsupportedModelError(f"mixture-of-experts ({moe_key}={cfg[moe_key]}) is not supported "
+                                            f"for model_type {model_type!r}; supported MoE types: {sorted(MOE_TYPES)}")
 
 
 def _rope_from(params: dict[str, Any], theta: float, partial: float, interleaved: bool) -> RopeConfig:

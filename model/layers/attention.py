@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.layers.norm import RMSNorm
+
 
 @dataclass
 class PrefillSegment:
@@ -37,15 +39,19 @@ class AttentionMetadata:
 
 class Attention(nn.Module):
     """q/k/v in one fused projection, RoPE, GQA. `kv_cache` is set by the model runner:
-    (2, num_blocks, block_size, num_kv_heads, head_dim)."""
+    (2, num_blocks, block_size, num_kv_heads, head_dim).
+
+    qk_norm_eps (Qwen3, GLM-4.5 use_qk_norm): an RMSNorm over each q and k head before RoPE."""
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, bias: bool,
-                 rotary: nn.Module) -> None:
+                 rotary: nn.Module, qk_norm_eps: float | None = None, output_bias: bool = False) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.q_size, self.kv_size = num_heads * head_dim, num_kv_heads * head_dim
         self.qkv_proj = nn.Linear(hidden_size, self.q_size + 2 * self.kv_size, bias=bias)
-        self.o_proj = nn.Linear(self.q_size, hidden_size, bias=False)
+        self.o_proj = nn.Linear(self.q_size, hidden_size, bias=output_bias)
+        self.q_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
+        self.k_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
         self.rotary = rotary
         self.scale = head_dim ** -0.5
         self.kv_cache: torch.Tensor | None = None
@@ -55,6 +61,8 @@ class Attention(nn.Module):
         q = q.unflatten(-1, (self.num_heads, self.head_dim))  # (..., T, H, D)
         k = k.unflatten(-1, (self.num_kv_heads, self.head_dim))
         v = v.unflatten(-1, (self.num_kv_heads, self.head_dim))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary(positions, q, k)
         if meta is None:
             out = self._dense_causal(q, k, v)

@@ -1,5 +1,6 @@
 """The one GLM/Llama-family decoder: pre-norm blocks of RoPE attention (GQA, optional QKV bias,
-full or partial rotary) and a gated SiLU MLP, with GLM-4's optional sandwich norms.
+full or partial rotary, optional per-head q/k norms) and a gated SiLU MLP or a sparse MoE of them
+(Qwen3-MoE, GLM-4.5), with GLM-4's optional sandwich norms.
 
 Serving calls it with flattened tokens (T,) and an AttentionMetadata; training with (B, T) and no
 metadata (dense causal attention).
@@ -14,18 +15,23 @@ from torch.utils.checkpoint import checkpoint
 from model.config import ModelConfig
 from model.layers.attention import Attention, AttentionMetadata
 from model.layers.mlp import GatedMLP
+from model.layers.moe import SparseMoE
 from model.layers.norm import RMSNorm
 from model.layers.rotary import RotaryEmbedding
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding) -> None:
+    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, layer_idx: int = 0) -> None:
         super().__init__()
         self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.attn = Attention(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
-                              cfg.attention_bias, rotary)
+                              cfg.attention_bias, rotary, qk_norm_eps=cfg.rms_norm_eps if cfg.qk_norm else None,
+                              output_bias=cfg.attention_output_bias)
         self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size)
+        if cfg.is_moe_layer(layer_idx):
+            self.mlp: nn.Module = SparseMoE(cfg.hidden_size, cfg.moe)
+        else:
+            self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size)
         self.sandwich = cfg.post_sublayer_norms
         if self.sandwich:
             self.post_self_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -48,7 +54,7 @@ class CausalLM(nn.Module):
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.rotary = RotaryEmbedding(cfg.rope, cfg.head_dim, cfg.max_position_embeddings)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, self.rotary) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, self.rotary, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:

@@ -1,7 +1,10 @@
 """GLM checkpoints: HF `glm` (GLM-4-9b layout: fused gate_up_proj, QKV bias, partial interleaved
-rotary), HF `glm4` (adds sandwich norms around attention and MLP), and the legacy ChatGLM2/3 remote-code
-layout (`transformer.encoder.layers`, fused `query_key_value`, `dense_h_to_4h`)."""
-from model.models.llama import HF_DECODER_RULES
+rotary), HF `glm4` (adds sandwich norms around attention and MLP), HF `glm4_moe` (GLM-4.5/4.6/4.7:
+the Llama layout with dense first layers, then routed + shared experts, optional q/k norms), and the
+legacy ChatGLM2/3 remote-code layout (`transformer.encoder.layers`, fused `query_key_value`, `dense_h_to_4h`)."""
+from model.models.llama import HF_DECODER_RULES, LLAMA_RULES
+from model.models.moe import ROUTED_EXPERT_RULES, SHARED_EXPERT_RULES
+from model.models.qwen3 import QK_NORM_RULES
 from model.models.weight_map import Rule, WeightMap
 
 _L = "model.layers.{i}."
@@ -27,5 +30,8 @@ CHATGLM_RULES = [
     Rule("transformer.output_layer.weight", "lm_head.weight"),
 ]
 
+GLM4_MOE_RULES = LLAMA_RULES + QK_NORM_RULES + ROUTED_EXPERT_RULES + SHARED_EXPERT_RULES
+
 GLM_WEIGHTS = WeightMap(GLM_RULES, ignored=[r"rotary_emb\.inv_freq$"])
+GLM4_MOE_WEIGHTS = WeightMap(GLM4_MOE_RULES, ignored=[r"rotary_emb\.inv_freq$"])
 CHATGLM_WEIGHTS = WeightMap(CHATGLM_RULES, ignored=[r"rotary_pos_emb\.inv_freq$"])

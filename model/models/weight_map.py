@@ -2,10 +2,15 @@
 
 Our network fuses q/k/v into `qkv_proj` and gate/up into `gate_up_proj`; checkpoints that keep them
 apart map onto a row-slice ("shard") of the fused weight. Loading and exporting use the same rules, so a
-checkpoint we write is one the original architecture reads.
+checkpoint we write is one the original architecture reads. Patterns name the layer `{i}` and, in MoE
+networks, the expert `{e}`.
+
+Tensors of GLM-4.5's multi-token-prediction layers (`model.layers.{n}...` for n past the last decoder
+layer, `num_mtp_layers` of them) are skipped with a log line: decoding does not use them.
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -15,10 +20,15 @@ from torch import nn
 
 from model.config import ModelConfig
 
+log = logging.getLogger("glmserve.loader")
+
+_PLACEHOLDERS = {r"\{i\}": r"(?P<i>\d+)", r"\{e\}": r"(?P<e>\d+)"}
+_HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+
 
 @dataclass(frozen=True)
 class Rule:
-    pattern: str  # checkpoint name, "{i}" = layer index
+    pattern: str  # checkpoint name, "{i}" = layer index, "{e}" = expert index
     target: str  # our parameter name
     shard: str | None = None  # None, "q", "k", "v", "gate", "up"
 
@@ -26,15 +36,14 @@ class Rule:
 class WeightMap:
     def __init__(self, rules: list[Rule], ignored: Iterable[str] = ()) -> None:
         self.rules = rules
-        self._compiled = [(re.compile("^" + re.escape(r.pattern).replace(r"\{i\}", r"(\d+)") + "$"), r) for r in rules]
+        self._compiled = [(re.compile("^" + _placeholders_to_groups(re.escape(r.pattern)) + "$"), r) for r in rules]
         self._ignored = [re.compile(p) for p in ignored]
 
     def lookup(self, name: str) -> tuple[str, str | None] | None:
         for regex, rule in self._compiled:
             m = regex.match(name)
             if m:
-                target = rule.target.replace("{i}", m.group(1)) if m.groups() else rule.target
-                return target, rule.shard
+                return rule.target.format(**m.groupdict()), rule.shard
         if any(p.search(name) for p in self._ignored):
             return None
         raise KeyError(f"checkpoint tensor {name!r} has no place in this network")
@@ -44,7 +53,12 @@ class WeightMap:
         params = dict(model.named_parameters())
         filled: set[str] = set()
         cfg: ModelConfig = model.config
+        mtp_skipped: set[int] = set()
         for name, tensor in tensors:
+            mtp_layer = _mtp_layer(name, cfg)
+            if mtp_layer is not None:
+                mtp_skipped.add(mtp_layer)
+                continue
             found = self.lookup(name)
             if found is None:
                 continue
@@ -59,6 +73,9 @@ class WeightMap:
             with torch.no_grad():
                 dest.copy_(tensor)
             filled.add(target if shard is None else f"{target}:{shard}")
+        if mtp_skipped:
+            log.info("skipped the tensors of multi-token-prediction layer(s) %s: decoding does not use them",
+                     sorted(mtp_skipped))
         return _whole_params(filled)
 
     def export(self, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -66,16 +83,17 @@ class WeightMap:
         cfg: ModelConfig = model.config
         params = dict(model.named_parameters())
         out: dict[str, torch.Tensor] = {}
+        num_experts = cfg.moe.num_experts if cfg.moe is not None else 0
         for rule in self.rules:
-            layer_ids = range(cfg.num_hidden_layers) if "{i}" in rule.target else [None]
+            layer_ids = range(cfg.num_hidden_layers) if "{i}" in rule.target else [0]
+            expert_ids = range(num_experts) if "{e}" in rule.target else [0]
             for i in layer_ids:
-                target = rule.target.replace("{i}", str(i)) if i is not None else rule.target
-                if target not in params:
-                    continue
-                name = rule.pattern.replace("{i}", str(i)) if i is not None else rule.pattern
-                if target == "lm_head.weight" and cfg.tie_word_embeddings:
-                    continue
-                out[name] = _shard_view(params[target].data, rule.shard, cfg).detach().contiguous().clone()
+                for e in expert_ids:
+                    target = rule.target.format(i=i, e=e)
+                    if target not in params or (target == "lm_head.weight" and cfg.tie_word_embeddings):
+                        continue
+                    name = rule.pattern.format(i=i, e=e)
+                    out[name] = _shard_view(params[target].data, rule.shard, cfg).detach().contiguous().clone()
         return out
 
 
@@ -84,10 +102,27 @@ def _shard_view(param: torch.Tensor, shard: str | None, cfg: ModelConfig) -> tor
         return param
     q = cfg.num_attention_heads * cfg.head_dim
     kv = cfg.num_key_value_heads * cfg.head_dim
-    i = cfg.intermediate_size
+    i = param.shape[0] // 2  # gate_up_proj: dense MLP, expert or shared experts, each its own width
     spans = {"q": (0, q), "k": (q, q + kv), "v": (q + kv, q + 2 * kv), "gate": (0, i), "up": (i, 2 * i)}
     start, end = spans[shard]
     return param[start:end]
+
+
+def _placeholders_to_groups(escaped: str) -> str:
+    for placeholder, group in _PLACEHOLDERS.items():
+        escaped = escaped.replace(placeholder, group)
+    return escaped
+
+
+def _mtp_layer(name: str, cfg: ModelConfig) -> int | None:
+    """The index of the multi-token-prediction layer a checkpoint tensor belongs to, else None."""
+    if not cfg.num_mtp_layers:
+        return None
+    m = _HF_LAYER.match(name)
+    if m is None:
+        return None
+    layer = int(m.group(1))
+    return layer if cfg.num_hidden_layers <= layer < cfg.num_hidden_layers + cfg.num_mtp_layers else None
 
 
 _SHARDS_OF = {"qkv_proj": {"q", "k", "v"}, "gate_up_proj": {"gate", "up"}}
