@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="n-gram speculative decoding (greedy and unseeded sampled requests): tokens proposed per "
                         "step (0: off; 4 is a good start on CPU)")
     p.add_argument("--cache-dir", help="cache for dequantized GGUF weights (default: ~/.cache/glmserve)")
+    p.add_argument("--reasoning-parser", choices=["auto", "none", "glm45", "deepseek_r1", "qwen3"],
+                   help="split <think> reasoning into reasoning_content (auto: from the chat template)")
     p.add_argument("--drain-timeout", type=float, help="seconds running requests get after SIGTERM")
     p.add_argument("--timings", action=B, help="the `timings` object on responses (--no-timings: off)")
     p.add_argument("--self-test", choices=["off", "report", "require"], help="start-up self-test mode")

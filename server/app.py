@@ -28,9 +28,10 @@ from server.auth import APIKeyChecker
 from server.errors import install_error_handlers
 from server.metrics import ServerMetrics
 from server.middleware import RequestMiddleware
-from server.routes import health, openai
+from server.routes import health, openai, responses
 from server.selftest import run_self_test
 from server.serving.admission import CLAMP_HEADER
+from server.serving.openai.choice import server_reasoning_format
 from server.settings import Settings
 from server.state import VERSION, ServerState
 
@@ -59,6 +60,7 @@ def create_app(settings: Settings, engine: AsyncEngine) -> FastAPI:
         log.info("serving", extra={"fields": {"model": state.model_name, "path": engine.model_path,
                                               "max_model_len": state.max_model_len,
                                               "api_keys": len(settings.all_api_keys())}})
+        log.info("reasoning parser", extra={"fields": {"reasoning_parser": server_reasoning_format(state)[1]}})
         try:
             yield
         finally:
@@ -75,6 +77,7 @@ def create_app(settings: Settings, engine: AsyncEngine) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(openai.router, dependencies=[Depends(require_key)])
+    app.include_router(responses.router, dependencies=[Depends(require_key)])
     tasks = _tasks_router()
     if tasks is not None:
         app.include_router(tasks, dependencies=[Depends(require_key)])

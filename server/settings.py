@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     num_threads: int | None = Field(None, ge=1)  # torch threads for the engine (default: torch's choice)
     speculative_tokens: int = Field(0, ge=0, le=16)  # n-gram drafts per step; 0 = off
     cache_dir: str | None = None  # where dequantized GGUF weights are cached (default ~/.cache/glmserve)
+    # how `<think>` reasoning is told apart from the answer; auto reads the chat template (and logs it)
+    reasoning_parser: Literal["auto", "none", "glm45", "deepseek_r1", "qwen3"] = "auto"
     # admission
     max_queue: int = Field(256, ge=1)  # requests admitted but not yet producing tokens
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
