@@ -1,7 +1,8 @@
 """POST /v1/chat/completions: messages -> template -> engine -> chat.completion or its chunk stream.
 
 Structured output (response_format, tools / tool_choice) lives in server/serving/openai/structured.py: a ToolPlan
-per request renders tools, constrains decoding and reads tool calls back out of each choice.
+per request renders tools, constrains decoding and reads tool calls back out of each choice. Reasoning
+(`<think>`) and tool calls are split out of each choice's text by server/serving/openai/choice.py.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from server.errors import bad_request
 from server.protocol import (AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionRequest, ChoiceLogprobs)
 from server.serving.admission import check_model, clamp_headers, new_request_id, plan_max_tokens, sampling_params
 from server.serving.engine_stream import run_engine, until_disconnected
+from server.serving.openai.choice import ChoiceStream, parse_choice, plan_reasoning
 from server.serving.openai.logprobs import chat_logprobs, vllm_prompt_logprobs
 from server.serving.respond import RequestContext, begin_request, finish_json, stream_response
 from server.serving.openai.structured import ToolPlan, apply_plan, plan_tools, structured_output_processors, tool_template
@@ -51,6 +53,7 @@ class ChatRun:
     ctx: RequestContext
     outputs: AsyncIterator[RequestOutput]
     headers: dict[str, str]
+    num_prompt_tokens: int = 0  # known before the engine answers (Anthropic's message_start carries it)
 
     async def collect(self, state: ServerState) -> ChatCompletion:
         return await collect_chat(state, self.body, self.ctx, self.outputs, self.plan)
@@ -66,13 +69,14 @@ async def start_chat(state: ServerState, request: Request, body: ChatCompletionR
     plan = plan_tools(state, body)
     body = apply_plan(body, plan)
     prompt_ids = encode_messages(state, body, plan)
+    plan = plan.with_reasoning(plan_reasoning(state, body, prompt_ids))
     budget = plan_max_tokens(state, len(prompt_ids), body.requested_max_tokens, body.max_tokens_param, "messages")
     params = sampling_params(state, body.to_sampling_params, budget.max_tokens,
                              logits_processors=await structured_output_processors(body, state, plan))
     ctx = begin_request(state, request, new_request_id(id_prefix), body.stream,
                         prompt=body.template_messages() if state.settings.log_prompts else None)
     outputs = run_engine(state, ctx.ticket, ctx.trace, ctx.request_id, prompt_ids, params)
-    return ChatRun(body, plan, ctx, outputs, clamp_headers([budget]))
+    return ChatRun(body, plan, ctx, outputs, clamp_headers([budget]), len(prompt_ids))
 
 
 async def create_chat_completion(state: ServerState, request: Request, body: ChatCompletionRequest) -> Response:
@@ -111,10 +115,12 @@ async def collect_chat(state: ServerState, body: ChatCompletionRequest, ctx: Req
             acc.finish_reason, acc.stop_reason = out.finish_reason, out.stop_reason
     choices = []
     for i, acc in enumerate(accs):
-        content, tool_calls = plan.parse("".join(acc.text))
-        finish = "tool_calls" if tool_calls and acc.finish_reason == "stop" else acc.finish_reason
+        parsed = parse_choice("".join(acc.text), plan.reasoning, plan)
+        finish = "tool_calls" if parsed.tool_calls and acc.finish_reason == "stop" else acc.finish_reason
+        message = AssistantMessage(content=parsed.content, reasoning_content=parsed.reasoning,
+                                   reasoning=parsed.reasoning, tool_calls=parsed.tool_calls)
         choices.append(ChatChoice(
-            index=i, message=AssistantMessage(content=content, tool_calls=tool_calls),
+            index=i, message=message,
             logprobs=ChoiceLogprobs(content=chat_logprobs(acc.logprobs)) if body.logprobs else None,
             finish_reason=finish, stop_reason=acc.stop_reason))
     return ChatCompletion(id=ctx.request_id, created=ctx.created, model=state.model_name, choices=choices,
@@ -139,18 +145,17 @@ async def chat_chunks(state: ServerState, body: ChatCompletionRequest, ctx: Requ
         choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         return {**base, "choices": [{**choice, **extra}]}
 
-    tool_streams = [(plan or ToolPlan()).stream() for _ in range(body.n)]
+    plan = plan or ToolPlan()
+    choice_streams = [ChoiceStream(plan.reasoning, plan) for _ in range(body.n)]
     for i in range(body.n):
         yield chunk(i, {"role": "assistant", "content": "", "refusal": None})
     async for out in outputs:
         logprobs = None
         if body.logprobs and out.logprobs:
             logprobs = {"content": [lp.model_dump() for lp in chat_logprobs(out.logprobs)], "refusal": None}
-        tools = tool_streams[out.index]
-        if tools is None:
-            deltas = [{"content": out.text_delta}] if out.text_delta else []
-        else:  # text held while it may be a tool call; tool-call deltas once known
-            deltas = tools.push(out.text_delta) + (tools.finish() if out.finished else [])
+        # reasoning deltas, then content (held while it may be a tool call) and tool-call deltas
+        stream = choice_streams[out.index]
+        deltas = stream.push(out.text_delta) + (stream.finish() if out.finished else [])
         if logprobs and not deltas:
             deltas = [{}]
         for n, delta in enumerate(deltas):
@@ -158,7 +163,7 @@ async def chat_chunks(state: ServerState, body: ChatCompletionRequest, ctx: Requ
         if out.finished:
             extra: dict[str, Any] = {"stop_reason": out.stop_reason}
             finish = out.finish_reason
-            if tools is not None and tools.has_tool_calls and finish == "stop":
+            if stream.has_tool_calls and finish == "stop":
                 finish = "tool_calls"
             final = chunk(out.index, {}, None, finish, **extra)
             if state.settings.timings:
