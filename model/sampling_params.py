@@ -42,6 +42,10 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None
     skip_special_tokens: bool = True
     logits_processors: tuple[LogitsProcessor, ...] = field(default=(), compare=False, hash=False)
+    # scheduling, not decoding: a lower priority is admitted first and preempted last (vLLM's convention);
+    # sequences with different fairness keys (API keys, client addresses) share the sequence slots
+    priority: int = 0
+    fairness_key: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -82,6 +86,7 @@ class SamplingParams:
         if self.prompt_logprobs is not None:
             _check("prompt_logprobs", 0 <= self.prompt_logprobs <= MAX_TOP_LOGPROBS,
                    f"prompt_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {self.prompt_logprobs}")
+        _check("priority", -(2 ** 31) <= self.priority < 2 ** 31, f"priority must fit in 32 bits, got {self.priority}")
         if self.seed is not None:
             _check("seed", -(2 ** 63) <= self.seed < 2 ** 64, "seed must fit in 64 bits")
         for token_id, bias in (self.logit_bias or {}).items():

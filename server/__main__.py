@@ -42,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-num-batched-tokens", type=int, help="tokens per engine step")
     p.add_argument("--max-queue", type=int, help="admitted requests without output yet; beyond: 429")
     p.add_argument("--max-request-bytes", type=int, help="request body limit; beyond: 413")
+    p.add_argument("--write-stall-timeout", type=float,
+                   help="cut a response whose client has not read for this many seconds (0: never; default 30)")
+    p.add_argument("--header-timeout", type=float,
+                   help="close a connection that has not sent a request's headers within this many seconds (10)")
+    p.add_argument("--task-max-concurrent-chunks", type=int,
+                   help="engine requests one /v1/summarize or /v1/translate request runs at once (2)")
+    p.add_argument("--task-max-input-chars", type=int,
+                   help="longest text /v1/summarize and /v1/translate accept (500000 characters)")
     p.add_argument("--kv-cache-memory", help="KV cache size, e.g. 512MiB or 2GiB (default: share of free memory)")
     p.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")

@@ -1,9 +1,17 @@
-"""The outermost layer (pure ASGI, so streams pass through untouched): X-Request-ID, the request body
-limit (413) and its JSON checks (400, server/body_checks.py), 503 for new work while draining,
-in-flight counting for the drain, HTTP metrics and the one structured log line per request, written
-when the last byte of the response has gone out."""
+"""The outermost layer (pure ASGI, so streams pass through untouched): X-Request-ID, 503 for new work
+while draining, the API key (401, and 400 for duplicate key headers, server/auth.py) before a byte of
+the body is read, the request body limit (413) and its bounded JSON checks (400,
+server/body_checks.py), the write-stall limit (a response the client stops reading is cut after
+--write-stall-timeout seconds, so its engine work is aborted), in-flight counting for the drain,
+HTTP metrics and the one structured log line per request, written when the last byte of the response
+has gone out.
+
+Every request also gets a fairness key in `scope["state"]`: a digest of its API key, or its client
+address when it has none; the scheduler shares sequence slots between keys (model/engine/scheduler.py)."""
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import re
 import time
@@ -12,6 +20,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.auth import APIKeyChecker, presented_key, takes_x_api_key
 from server.body_checks import json_body_problem
 from server.errors import APIError
 from server.logs import log_request
@@ -19,12 +28,18 @@ from server.state import ServerState
 
 PROBES = {"/health", "/ready", "/metrics"}
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_BODY_METHODS = ("POST", "PUT", "PATCH")
+
+
+class WriteStalled(Exception):
+    """The client stopped reading: one send of the response waited longer than --write-stall-timeout."""
 
 
 class RequestMiddleware:
     def __init__(self, app: ASGIApp, state: ServerState) -> None:
         self.app = app
         self.state = state
+        self.keys = APIKeyChecker(state.settings.all_api_keys())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -39,26 +54,42 @@ class RequestMiddleware:
         path = scope["path"]
         probe = path in PROBES
         status = {"code": 500}
+        stall = self.state.settings.write_stall_timeout
+        stalled: list[bool] = []
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
-            await send(message)
+            if not stall or message["type"] != "http.response.body":
+                await send(message)
+                return
+            try:
+                async with asyncio.timeout(stall):  # uvicorn's send waits while the socket buffer is full
+                    await send(message)
+            except TimeoutError:
+                stalled.append(True)
+                log["error"] = "write_stalled"
+                raise WriteStalled() from None
 
         if not probe:
             self.state.num_http_in_flight += 1
         try:
-            rejection = self._reject_early(path, headers)
+            rejection = self._reject_early(scope, path, headers)
             body_receive = receive
-            if rejection is None and scope["method"] in ("POST", "PUT", "PATCH"):
-                body_receive, rejection = await self._buffer_body(receive)
+            if rejection is None and scope["method"] in _BODY_METHODS:
+                body_receive, rejection = await self._buffer_body(receive, headers)
             if rejection is not None:
                 log["error"] = rejection.code
                 await _send_error(send_with_id, rejection)
             else:
                 await self.app(scope, body_receive, send_with_id)
+        except BaseException:
+            # The app's task group may wrap it (an ExceptionGroup): returning leaves uvicorn to close the
+            # connection of the unfinished response, and closing the stream aborts its engine work.
+            if not stalled:
+                raise
         finally:
             if not probe:
                 self.state.num_http_in_flight -= 1
@@ -69,16 +100,27 @@ class RequestMiddleware:
             log_request({"request_id": request_id, "method": scope["method"], "path": path,
                          "status": status["code"], "duration_ms": round(elapsed * 1000, 3), **log}, probe)
 
-    def _reject_early(self, path: str, headers: dict[str, str]) -> APIError | None:
+    def _reject_early(self, scope: Scope, path: str, headers: dict[str, str]) -> APIError | None:
+        """What is decided from the request line and headers alone, before the body is read."""
         if self.state.draining and path.startswith("/v1"):
             return APIError(503, "the server is shutting down", code="server_shutting_down",
                             headers={"Retry-After": "5", "Connection": "close"})
+        try:
+            x_api_key = takes_x_api_key(path)
+            key = (self.keys.check(scope["headers"], x_api_key) if self._needs_key(path)
+                   else presented_key(scope["headers"], x_api_key))
+        except APIError as e:
+            return e
+        scope["state"]["fairness_key"] = _fairness_key(key, scope)
         length = headers.get("content-length")
         if length and length.isdigit() and int(length) > self.state.settings.max_request_bytes:
             return _too_large(self.state.settings.max_request_bytes)
         return None
 
-    async def _buffer_body(self, receive: Receive) -> tuple[Receive, APIError | None]:
+    def _needs_key(self, path: str) -> bool:
+        return path.startswith("/v1") or (path == "/metrics" and self.state.settings.metrics_auth)
+
+    async def _buffer_body(self, receive: Receive, headers: dict[str, str]) -> tuple[Receive, APIError | None]:
         """Reads the whole body (FastAPI would anyway) so a chunked upload is held to the limit too;
         afterwards the app reads it back, then the real receive (for disconnect detection)."""
         limit = self.state.settings.max_request_bytes
@@ -96,7 +138,7 @@ class RequestMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        problem = json_body_problem(body)
+        problem = json_body_problem(body) if body and _may_be_json(headers.get("content-type", "")) else None
         if problem is not None:
             return receive, APIError(400, problem[1], code=problem[0])
         pending = [{"type": "http.request", "body": body, "more_body": False}]
@@ -105,6 +147,20 @@ class RequestMiddleware:
             return pending.pop() if pending else await receive()
 
         return replay, None
+
+
+def _may_be_json(content_type: str) -> bool:
+    """FastAPI parses a body as JSON when its type is application/json or */*+json (or is missing)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return not media or media == "application/json" or media.endswith("+json")
+
+
+def _fairness_key(key: str | None, scope: Scope) -> str:
+    """Who the scheduler shares slots between: an API key (as a digest, never the key) or an address."""
+    if key:
+        return "key:" + hashlib.sha256(key.encode("latin-1", "replace")).hexdigest()[:16]
+    client = scope.get("client")
+    return f"addr:{client[0]}" if client else "addr:unknown"
 
 
 def _too_large(limit: int) -> APIError:

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     # admission
     max_queue: int = Field(256, ge=1)  # requests admitted but not yet producing tokens
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # hostile and slow clients (docs/SECURITY.md, "Slow and stalled clients")
+    write_stall_timeout: float = Field(30.0, ge=0)  # a response send blocked this long cuts the request; 0 = off
+    header_timeout: float = Field(10.0, gt=0)  # seconds a connection may take to send a request's headers
+    task_max_concurrent_chunks: int = Field(2, ge=1)  # engine requests one summarize/translate runs at once
+    task_max_input_chars: int = Field(500_000, ge=1)  # the longest `text` /v1/summarize and /v1/translate take
     # security
     api_key: Annotated[list[str], NoDecode] = Field(default_factory=list)
     api_key_file: str | None = None

@@ -5,16 +5,23 @@ prefilling, exactly 1 while decoding. A step gives each running sequence up to t
 the token budget (`max_num_batched_tokens`): running sequences first (decodes cost one token, so they
 are never starved by a long prompt), then waiting ones in arrival order while blocks and
 `max_num_seqs` allow. A long prompt is split across steps (chunked prefill). When the pool cannot give a
-running sequence its next block, the most recently admitted sequence is preempted (its blocks freed,
+running sequence its next block, the last sequence of the running list is preempted (its blocks freed,
 recomputed later).
+
+Which waiting sequence goes next, and which running one gives its slot up when a better-priority or
+under-share one waits, is model/engine/fairness.py's SlotPolicy: priority, then a fair share of the
+slots per fairness key (API key or client address), then arrival. The running list is kept in that
+order, so its last sequence is the worst priority, newest one.
 """
 from __future__ import annotations
 
+import bisect
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 from model.engine.block_manager import BlockManager
+from model.engine.fairness import SlotPolicy, order
 from model.engine.sequence import Sequence, SequenceStatus
 
 
@@ -50,7 +57,8 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []
+        self.running: list[Sequence] = []  # sorted by fairness.order
+        self.policy = SlotPolicy(max_num_seqs)
         self.num_preemptions = 0
 
     def add(self, seq: Sequence, front: bool = False) -> None:
@@ -66,9 +74,20 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
+        self._free_slot_for_waiting(out)
         budget = self._schedule_running(out, budget)
         self._schedule_waiting(out, budget)
         return out
+
+    def _free_slot_for_waiting(self, out: SchedulerOutput) -> None:
+        """Every slot taken and a sequence waits that deserves one more than a running one (better
+        priority, or its key below its share while another is above): preempt that running one."""
+        if len(self.running) < self.max_num_seqs or not self.waiting:
+            return
+        victim = self.policy.victim(self.waiting, self.running)
+        if victim is not None:
+            self._preempt(victim)
+            out.num_preempted += 1
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
         bm = self.block_manager
@@ -104,14 +123,14 @@ class Scheduler:
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
         bm = self.block_manager
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
+            seq = self.policy.next_waiting(self.waiting, self.running)
             if not bm.allocate(seq):
                 break
-            self.waiting.popleft()
+            self.waiting.remove(seq)
             seq.status = SequenceStatus.RUNNING
             if seq.first_scheduled_time is None:
                 seq.first_scheduled_time = time.time()
-            self.running.append(seq)
+            bisect.insort(self.running, seq, key=order)
             num = min(seq.num_uncomputed_tokens, budget)
             out.scheduled.append(ScheduledSeq(seq, num))
             budget -= num
