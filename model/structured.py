@@ -36,15 +36,18 @@ class StructuredOutputError(ValueError):
 class ToolCallShape:
     """The exact text of one call of one tool: `begin` + arguments + `end`.
 
-    `syntax` says how arguments are written: "json" (a JSON object valid for `parameters`) or
+    `syntax` says how arguments are written: "json" (a JSON object valid for `parameters`),
     "python_kwargs" (ChatGLM3's `tool_call(a=1, b="x")` body: the schema's required keys in order, each
-    value a JSON literal valid for its property)."""
+    value a JSON literal valid for its property) or "glm_xml" (GLM-4.5+'s
+    `<arg_key>k</arg_key>` `separator` `<arg_value>v</arg_value>` `separator` pairs over the same keys,
+    string values raw, others JSON)."""
 
     name: str
     begin: str
     parameters: dict[str, Any]
     end: str = ""
-    syntax: Literal["json", "python_kwargs"] = "json"
+    syntax: Literal["json", "python_kwargs", "glm_xml"] = "json"
+    separator: str = ""
 
 
 class StructuredOutputs:
@@ -153,6 +156,8 @@ class StructuredOutputs:
         xgr = self._xgr
         if shape.syntax == "python_kwargs":
             args = _python_kwargs_grammar(xgr, shape.parameters, self._json_grammar)
+        elif shape.syntax == "glm_xml":
+            args = _glm_xml_grammar(xgr, shape.parameters, shape.separator, self._json_grammar)
         else:
             args = self._json_grammar(shape.parameters or {"type": "object"}, strict=True)
         parts = [_literal(xgr, shape.begin), args] + ([_literal(xgr, shape.end)] if shape.end else [])
@@ -195,3 +200,39 @@ def _python_kwargs_grammar(xgr: Any, parameters: dict[str, Any], json_grammar: A
         parts.append(json_grammar(props[name] or {}, True))
     parts.append(_literal(xgr, ")"))
     return xgr.Grammar.concat(*parts)
+
+
+def _argument_names(parameters: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """(properties, the names a forced call writes): the required ones in order, or all when none is."""
+    props: dict[str, Any] = (parameters or {}).get("properties") or {}
+    return props, [n for n in (parameters or {}).get("required") or list(props) if n in props]
+
+
+def _glm_xml_grammar(xgr: Any, parameters: dict[str, Any], separator: str, json_grammar: Any) -> Any:
+    """GLM-4.5+ arguments: per property `<arg_key>name</arg_key>` sep `<arg_value>value</arg_value>` sep.
+    A string value is raw text (no `<`, so it cannot run into the closing tag; maxLength and enum kept);
+    any other value is JSON valid for the property's schema."""
+    props, names = _argument_names(parameters)
+    parts = []
+    for name in names:
+        if "<" in name or ">" in name:
+            raise StructuredOutputError("tools", f"parameter {name!r} cannot be written as a GLM <arg_key>")
+        parts.append(_literal(xgr, f"<arg_key>{name}</arg_key>{separator}<arg_value>"))
+        parts.append(_raw_string_grammar(xgr, props[name]) if _is_raw_string(props[name])
+                     else json_grammar(props[name] or {}, True))
+        parts.append(_literal(xgr, f"</arg_value>{separator}"))
+    return xgr.Grammar.concat(*parts) if parts else None
+
+
+def _is_raw_string(schema: Any) -> bool:
+    return isinstance(schema, dict) and (schema.get("type") == "string" or (
+        "type" not in schema and bool(schema.get("enum")) and all(isinstance(v, str) for v in schema["enum"])))
+
+
+def _raw_string_grammar(xgr: Any, schema: dict[str, Any]) -> Any:
+    if schema.get("enum"):
+        options = " | ".join(json.dumps(str(v), ensure_ascii=False) for v in schema["enum"])
+        return xgr.Grammar.from_ebnf(f"root ::= {options}")
+    low, high = int(schema.get("minLength", 0)), schema.get("maxLength")
+    repeat = f"{{{low},{int(high)}}}" if high is not None else (f"{{{low},}}" if low else "*")
+    return xgr.Grammar.from_ebnf(f"root ::= [^<]{repeat}")

@@ -22,6 +22,8 @@ class ChatMessage(BaseModel):
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
+    # an earlier assistant turn's reasoning, sent back for templates that re-render it (GLM-4.5+, Qwen3)
+    reasoning_content: str | None = None
 
     def text(self) -> str | None:
         """Content as one string; only text parts exist for a text model."""
@@ -38,7 +40,7 @@ class ChatMessage(BaseModel):
         out: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
         if out["content"] is None:
             out["content"] = ""
-        for key in ("name", "tool_calls", "tool_call_id"):
+        for key in ("name", "tool_calls", "tool_call_id", "reasoning_content"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
@@ -74,7 +76,9 @@ class ChatCompletionRequest(SamplingFields):
     parallel_tool_calls: bool | None = None
     # vLLM extras for the template
     add_generation_prompt: bool = True
-    chat_template_kwargs: dict[str, Any] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None  # {"enable_thinking": false} turns reasoning off
+    # reasoning models: at most this many tokens inside <think> ... </think>, then the block is closed
+    thinking_token_budget: int | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self) -> "ChatCompletionRequest":
@@ -122,6 +126,9 @@ class ChoiceLogprobs(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    # the text inside <think> ... </think> (--reasoning-parser): vLLM's older and newer names, same text
+    reasoning_content: str | None = None
+    reasoning: str | None = None
     refusal: str | None = None
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
     annotations: list[dict[str, Any]] = Field(default_factory=list)
@@ -150,7 +157,7 @@ class ChatCompletion(BaseModel):
 
 class ChatChunkChoice(BaseModel):
     index: int
-    delta: dict[str, Any]  # role / content / refusal / tool_calls, only those present
+    delta: dict[str, Any]  # role / content / reasoning_content + reasoning / refusal / tool_calls, those present
     logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: str | int | None = None

@@ -9,17 +9,24 @@ tool_choice: "none" renders no tools and parses nothing; "auto" renders them and
 chooses to make; "required" and a named function also force, by grammar, exactly one call of one (the
 named) tool with schema-valid arguments. response_format json_object / json_schema constrain the reply
 to JSON; with tools on auto the grammar allows either that JSON or a call.
+
+GLM-4.5+ templates (they write `<arg_key>`) get the XML-call parser and grammar whatever the tool style.
+When the request reasons (server/serving/openai/choice.py `plan_reasoning`), the grammar applies after
+`</think>` only, and `thinking_token_budget` closes the block once that many reasoning tokens are out.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from model import StructuredOutputError, StructuredOutputs, ToolCallShape, ToolTemplate
+from model import (ReasoningGate, StructuredOutputError, StructuredOutputs, ThinkingBudgetProcessor, ThinkSpan,
+                   ToolCallShape, ToolTemplate)
 from server.errors import bad_request
 from server.protocol import ChatCompletionRequest
-from server.serving.openai.tool_parsers import ToolCallStream, ToolParser, parser_for
+from server.serving.openai.choice import ReasoningPlan, server_reasoning_format, thinking_disabled
+from server.serving.openai.tool_parsers import ToolCallStream, ToolParser, parser_for, xml_call_variant
 from server.state import ServerState
 
 _templates: dict[int, ToolTemplate] = {}
@@ -39,6 +46,11 @@ class ToolPlan:
     choice: str = "none"  # none | auto | required | named
     parser: ToolParser | None = None  # set unless choice is none
     forced: list[ToolCallShape] = field(default_factory=list)  # shapes the grammar allows (required/named)
+    keep_special_tokens: bool = False  # the parsers must see control tokens (<|assistant|>, <think>)
+    reasoning: ReasoningPlan | None = None  # set once the prompt is rendered (plan_reasoning)
+
+    def with_reasoning(self, reasoning: ReasoningPlan | None) -> "ToolPlan":
+        return dataclasses.replace(self, reasoning=reasoning)
 
     @property
     def renders_tools(self) -> bool:
@@ -61,13 +73,25 @@ def plan_tools(state: ServerState, body: ChatCompletionRequest) -> ToolPlan:
     names = [t["function"]["name"] for t in tools]
     if len(set(names)) != len(names):
         raise bad_request("tool names must be unique", param="tools")
+    keep_special = _reasoning_markers_are_special(state, body)
     if choice == "none":
-        return ToolPlan()
+        return ToolPlan(keep_special_tokens=keep_special)
     if named is not None and named not in names:
         raise bad_request(f"tool_choice names function {named!r}, which is not in tools", param="tool_choice")
-    parser = parser_for(tool_template(state).style, tools)
+    bridge = tool_template(state)
+    parser = parser_for(xml_call_variant(bridge.chat_template.source) or bridge.style, tools)
     forced = [parser.call_shape(n) for n in names if named in (None, n)] if choice in ("required", "named") else []
-    return ToolPlan(choice, parser, forced)
+    return ToolPlan(choice, parser, forced, keep_special or parser.needs_special_tokens)
+
+
+def _reasoning_markers_are_special(state: ServerState, body: ChatCompletionRequest) -> bool:
+    """`<think>` / `</think>` / `<tool_call>` are added tokens in GLM-4.5 and Qwen3 vocabularies: a
+    reasoning request is detokenized with them kept, or the parser could not see where thinking ends."""
+    fmt, _ = server_reasoning_format(state)
+    if fmt is None or thinking_disabled(body):
+        return False
+    specials = set(state.engine.tokenizer.special_token_strings)
+    return any(marker in specials for marker in fmt.markers)
 
 
 def _tool_choice(value: str | dict[str, Any] | None, has_tools: bool) -> tuple[str, str | None]:
@@ -91,17 +115,36 @@ def _tool_choice(value: str | dict[str, Any] | None, has_tools: bool) -> tuple[s
 
 def apply_plan(body: ChatCompletionRequest, plan: ToolPlan) -> ChatCompletionRequest:
     """The request as the engine should run it: GLM parsers need the <|assistant|> control token."""
-    if plan.parser is not None and plan.parser.needs_special_tokens and body.skip_special_tokens:
+    if plan.keep_special_tokens and body.skip_special_tokens:
         return body.model_copy(update={"skip_special_tokens": False})
     return body
 
 
 async def structured_output_processors(body: ChatCompletionRequest, state: ServerState,
                                        plan: ToolPlan) -> tuple[Any, ...]:
-    """Logits processors making the reply follow response_format / the forced tool call (or nothing)."""
+    """Logits processors making the reply follow response_format / the forced tool call, after any
+    reasoning, and keeping reasoning within thinking_token_budget (or nothing)."""
+    span = _think_span(state, plan.reasoning) if plan.reasoning is not None else None
+    budget = body.thinking_token_budget
+    limits = (ThinkingBudgetProcessor(span, budget),) if span is not None and budget is not None else ()
+    grammar = await _grammar_processor(body, state, plan)
+    if grammar is None:
+        return limits
+    return ((ReasoningGate(span, grammar) if span is not None else grammar),) + limits
+
+
+def _think_span(state: ServerState, reasoning: ReasoningPlan) -> ThinkSpan:
+    tokenizer = state.engine.tokenizer
+    skip = [tokenizer.encode(ws) for ws in ("\n", "\n\n", " ")]
+    return ThinkSpan(tuple(tokenizer.encode(reasoning.fmt.start, allow_special=True)),
+                     tuple(tokenizer.encode(reasoning.fmt.end, allow_special=True)), reasoning.starts_inside,
+                     frozenset(ids[0] for ids in skip if len(ids) == 1))
+
+
+async def _grammar_processor(body: ChatCompletionRequest, state: ServerState, plan: ToolPlan) -> Any | None:
     schema = _response_schema(body)
     if not plan.forced and schema is None:
-        return ()
+        return None
     engine = state.engine
 
     def build() -> Any:
@@ -117,7 +160,7 @@ async def structured_output_processors(body: ChatCompletionRequest, state: Serve
 
     try:
         # compiling can take tens of milliseconds (the first one builds the vocabulary tables): off-loop
-        return (await asyncio.to_thread(build),)
+        return await asyncio.to_thread(build)
     except StructuredOutputError as e:
         raise bad_request(str(e), param=e.param) from e
 

@@ -7,6 +7,8 @@ Two modes:
   forced (tool_choice required / named function): the grammar makes the reply exactly one call in a
       known shape, so the header goes out once the tool name is generated and the JSON arguments stream
       as they are generated (ChatGLM3's Python arguments are sent whole at the end).
+  scanned (parsers with a `scanner()`, GLM-4.5+ XML calls): the parser's own incremental scanner sends
+      content as it streams and each call (header, then arguments) as soon as its block closes.
 """
 from __future__ import annotations
 
@@ -26,16 +28,22 @@ class ToolCallStream:
         self.call_id = new_call_id()
         self.arguments_sent = 0
         self.has_tool_calls = False
+        make_scanner = getattr(parser, "scanner", None)
+        self.scanner = make_scanner() if make_scanner is not None else None
 
     def push(self, delta: str) -> list[dict[str, Any]]:
         """Deltas to send for this piece of text (possibly none while text is held)."""
         self.text += delta
+        if self.scanner is not None:
+            return self._scanned(self.scanner.push(delta))
         if self.forced is not None:
             return self._forced_deltas(final=False)
         return self._content(self.parser.stream_content(self.text))
 
     def finish(self) -> list[dict[str, Any]]:
         """Deltas for the end of the choice; afterwards `has_tool_calls` tells the finish_reason."""
+        if self.scanner is not None:
+            return self._scanned(self.scanner.finish())
         if self.forced is not None and self.shape is not None:
             return self._forced_deltas(final=True)
         result = self.parser.parse(self.text)
@@ -43,6 +51,10 @@ class ToolCallStream:
         for index, call in enumerate(result.tool_calls):
             deltas += [_header(index, call.id, call.name), _arguments(index, call.arguments)]
         self.has_tool_calls = bool(result.tool_calls)
+        return deltas
+
+    def _scanned(self, deltas: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        self.has_tool_calls = self.has_tool_calls or any("tool_calls" in d for d in deltas)
         return deltas
 
     def _content(self, visible: str) -> list[dict[str, Any]]:
