@@ -1,12 +1,18 @@
 """Chat messages (+ tools) -> prompt token ids through the checkpoint's jinja chat template.
 
-Checkpoints without a template get the GLM-4 / ChatGLM3 format. Message content is user data: it is
-encoded with special tokens split into plain text, so typing "<|im_start|>system" inside a message can
-never open a new turn. The template's own text is encoded with special tokens recognized.
+Checkpoints without a template get the GLM-4 format. The rendered text is encoded as the checkpoint's
+own tokenizer encodes it (the text between the template's control tokens in one piece), except that
+message content is user data: a control-token string inside a message stays plain text, so typing
+"<|im_start|>system" can never open a new turn.
+
+ChatGLM3 (THUDM/chatglm3-6b) is encoded as its `build_chat_input` does instead of through its jinja:
+`[gMASK] sop`, then per turn `<|role|>` + encode(metadata + "\n") + encode(content), each segment on its
+own (SentencePiece adds its dummy prefix to each), then `<|assistant|>`.
 """
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from datetime import datetime
 from typing import Any
@@ -57,10 +63,17 @@ class ChatTemplate:
         self.tokenizer = tokenizer
         self.source = template or tokenizer.chat_template or GLM_CHAT_TEMPLATE
         self.is_default_glm = self.source == GLM_CHAT_TEMPLATE
+        # ChatGLM3's checkpoint template only approximates its tokenizer's segment-wise encoding
+        self.segmentwise = getattr(tokenizer, "family", "hf") == "chatglm3" and template is None
         self._template = _environment().from_string(self.source)
+        specials = [t for t in tokenizer.special_token_strings if t]
+        self._special_split = re.compile("(" + "|".join(map(re.escape, specials)) + ")") if specials else None
 
     def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
                add_generation_prompt: bool = True, **extra: Any) -> str:
+        if self.segmentwise:
+            return self.tokenizer.decode(self.encode(messages, tools, add_generation_prompt, **extra),
+                                         skip_special_tokens=False)
         try:
             return self._template.render(
                 messages=messages, tools=tools or None, add_generation_prompt=add_generation_prompt,
@@ -69,10 +82,14 @@ class ChatTemplate:
             raise
         except TemplateError as e:
             raise ChatTemplateError(f"chat template failed: {e}") from e
+        except (TypeError, AttributeError, KeyError, IndexError) as e:  # a template reading a field we lack
+            raise ChatTemplateError(f"chat template failed: {type(e).__name__}: {e}") from e
 
     def encode(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
                add_generation_prompt: bool = True, **extra: Any) -> list[int]:
         """Prompt token ids, with message contents encoded as plain text (no control tokens)."""
+        if self.segmentwise:
+            return chatglm3_prompt_ids(self.tokenizer, messages, tools, add_generation_prompt)
         marker = f"\x00{secrets.token_hex(6)}\x00"
         masked = []
         contents: list[str] = []
@@ -88,12 +105,27 @@ class ChatTemplate:
         # parts alternate template text / content index when the template kept each content intact
         if len(parts) != 2 * len(contents) + 1 or any(parts[i] != str((i - 1) // 2) for i in range(1, len(parts), 2)):
             return self._encode_neutralized(messages, tools, add_generation_prompt, **extra)
+        return self._encode_parts([(part, i % 2 == 0) if i % 2 == 0 else (contents[int(part)], False)
+                                   for i, part in enumerate(parts)])
+
+    def _encode_parts(self, parts: list[tuple[str, bool]]) -> list[int]:
+        """(text, is_template) pieces -> ids: control-token strings are split out of template text only;
+        the text between two control tokens is encoded in one piece, contents included, as the
+        reference tokenizer encodes the whole rendered string."""
         ids: list[int] = []
-        for i, part in enumerate(parts):
-            if i % 2 == 0:
-                ids += self.tokenizer.encode(part, allow_special=True) if part else []
-            else:
-                ids += self.tokenizer.encode(contents[int(part)], allow_special=False)
+        run: list[str] = []
+        for text, is_template in parts:
+            pieces = self._special_split.split(text) if is_template and self._special_split else [text]
+            for j, piece in enumerate(pieces):
+                if j % 2 == 0:
+                    run.append(piece)
+                    continue
+                if "".join(run):
+                    ids += self.tokenizer.encode("".join(run), allow_special=False)
+                run = []
+                ids += self.tokenizer.encode(piece, allow_special=True)
+        if "".join(run):
+            ids += self.tokenizer.encode("".join(run), allow_special=False)
         return ids
 
     def _encode_neutralized(self, messages, tools, add_generation_prompt, **extra) -> list[int]:
@@ -109,3 +141,32 @@ class ChatTemplate:
                 message = {**message, "content": content}
             safe.append(message)
         return self.tokenizer.encode(self.render(safe, tools, add_generation_prompt, **extra), allow_special=True)
+
+
+CHATGLM3_ROLES = ("system", "user", "assistant", "observation")
+
+
+def chatglm3_prompt_ids(tokenizer: Tokenizer, turns: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                        add_generation_prompt: bool = True) -> list[int]:
+    """ChatGLM3's published chat encoding over GLM turns ({role, content, metadata?}; a system turn may carry
+    `tools`, a list of function descriptions appended to its content as indented JSON). `tools` given
+    here without such a turn opens the chat with one, as ChatGLM3's tool demo does."""
+    special = tokenizer.hf.special_ids
+    if tools and not any(t.get("role") == "system" and t.get("tools") is not None for t in turns):
+        turns = [{"role": "system", "content": "", "tools": [t.get("function", t) for t in tools]}, *turns]
+    ids = list(tokenizer.hf.prefix_token_ids)
+    for turn in turns:
+        role = turn.get("role")
+        if role not in CHATGLM3_ROLES:
+            raise ChatTemplateError(f"ChatGLM3 has no {role!r} role; roles are {', '.join(CHATGLM3_ROLES)}")
+        content = turn.get("content") or ""
+        if not isinstance(content, str):
+            raise ChatTemplateError("ChatGLM3 message content must be text")
+        if role == "system" and turn.get("tools") is not None:
+            content = content + "\n" + json.dumps(turn["tools"], indent=4, ensure_ascii=False)
+        ids.append(special[f"<|{role}|>"])
+        ids += tokenizer.encode(f"{turn.get('metadata') or ''}\n")
+        ids += tokenizer.encode(content)
+    if add_generation_prompt:
+        ids.append(special["<|assistant|>"])
+    return ids

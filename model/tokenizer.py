@@ -15,17 +15,28 @@ REPLACEMENT_CHAR = "\ufffd"
 
 
 class Tokenizer:
-    def __init__(self, model_dir: str) -> None:
-        from transformers import AutoTokenizer
+    """The checkpoint's tokenizer. `hf` is a transformers tokenizer, or for ChatGLM3's SentencePiece file
+    glmserve's own class with the same methods; `family` says which (model/glm_tokenizers)."""
+
+    def __init__(self, model_dir: str, trust_remote_code: bool = False) -> None:
+        from model.glm_tokenizers import load_backend
 
         self.model_dir = model_dir
-        self.hf = AutoTokenizer.from_pretrained(model_dir)
+        self.hf, self.family = load_backend(model_dir, trust_remote_code)
         self._encode_lock = threading.Lock()
         self.eos_token_ids = _eos_token_ids(model_dir, self.hf)
         self.chat_template: str | None = getattr(self.hf, "chat_template", None)
         self.special_token_strings: list[str] = sorted(
             {t for t in self.hf.all_special_tokens} | {str(t) for t in self.hf.added_tokens_decoder.values()},
             key=len, reverse=True)
+
+    @property
+    def prefix_token_ids(self) -> list[int]:
+        """What the tokenizer puts before a text prompt (`[gMASK]<sop>` for GLM, BOS for Llama; often nothing)."""
+        if not hasattr(self, "_prefix"):
+            with self._encode_lock:
+                self._prefix = list(self.hf.encode("", add_special_tokens=True))
+        return self._prefix
 
     @property
     def vocab_size(self) -> int:
