@@ -7,7 +7,7 @@ same JSON as their last SSE event (server/sse.py).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -45,6 +45,22 @@ class APIError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
+# path prefix -> body builder, for routes that speak another API's error shape (Anthropic's /v1/messages)
+_ERROR_SHAPES: dict[str, Callable[[APIError], dict[str, Any]]] = {}
+
+
+def register_error_shape(path_prefix: str, body: Callable[[APIError], dict[str, Any]]) -> None:
+    _ERROR_SHAPES[path_prefix] = body
+
+
+def error_response(path: str, error: APIError) -> JSONResponse:
+    """The error in the shape of the API that `path` belongs to (OpenAI's unless registered otherwise)."""
+    build = next((b for prefix, b in _ERROR_SHAPES.items() if path.startswith(prefix)), None)
+    if build is None:
+        return error.response()
+    return JSONResponse(build(error), status_code=error.status, headers=error.headers)
+
+
 class ClientDisconnected(Exception):
     """The client closed the connection before its answer was ready (logged as status 499)."""
 
@@ -80,7 +96,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
         request.state.error_code = exc.code or exc.type
-        return exc.response()
+        return error_response(request.url.path, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import re
 import time
 import uuid
@@ -22,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.auth import APIKeyChecker, presented_key, takes_x_api_key
 from server.body_checks import json_body_problem
-from server.errors import APIError
+from server.errors import APIError, error_response
 from server.logs import log_request
 from server.state import ServerState
 
@@ -82,7 +81,7 @@ class RequestMiddleware:
                 body_receive, rejection = await self._buffer_body(receive, headers)
             if rejection is not None:
                 log["error"] = rejection.code
-                await _send_error(send_with_id, rejection)
+                await _send_error(send_with_id, rejection, path)
             else:
                 await self.app(scope, body_receive, send_with_id)
         except BaseException:
@@ -167,8 +166,8 @@ def _too_large(limit: int) -> APIError:
     return APIError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
 
 
-async def _send_error(send: Send, error: APIError) -> None:
-    body = json.dumps(error.body()).encode()
+async def _send_error(send: Send, error: APIError, path: str = "") -> None:
+    body = error_response(path, error).body
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
     await send({"type": "http.response.start", "status": error.status, "headers": headers})

@@ -98,7 +98,12 @@ def output_items(completion: ChatCompletion) -> list[dict[str, Any]]:
 # ---- the endpoint ----------------------------------------------------------------------------------------
 async def create_response(state: ServerState, request: Request, body: ResponsesRequest) -> Response:
     chat_body = to_chat_request(body)
-    run = await start_chat(state, request, chat_body, id_prefix="resp")
+    try:
+        run = await start_chat(state, request, chat_body, id_prefix="resp")
+    except APIError as e:  # the chat path names its own field; this API calls it max_output_tokens
+        if e.param == "max_completion_tokens":
+            e.param, e.message = "max_output_tokens", e.message.replace("max_completion_tokens", "max_output_tokens")
+        raise
     if body.stream:
         return NamedEventStream(ResponseEvents(state, body, run).events(), error_event=error_event,
                                 ping_interval=state.settings.sse_ping_interval, headers=run.headers,
