@@ -235,4 +235,6 @@ def _raw_string_grammar(xgr: Any, schema: dict[str, Any]) -> Any:
         return xgr.Grammar.from_ebnf(f"root ::= {options}")
     low, high = int(schema.get("minLength", 0)), schema.get("maxLength")
     repeat = f"{{{low},{int(high)}}}" if high is not None else (f"{{{low},}}" if low else "*")
-    return xgr.Grammar.from_ebnf(f"root ::= [^<]{repeat}")
+    # surrogate code points are excluded: xgrammar's negated class admits them, and their UTF-8 bytes
+    # are invalid (they decode to U+FFFD, so the text would change length)
+    return xgr.Grammar.from_ebnf(f"root ::= [^<\\uD800-\\uDFFF]{repeat}")
