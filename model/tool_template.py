@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from model.chat_template import ChatTemplate, ChatTemplateError
 
-ToolStyle = Literal["glm4", "chatglm3", "hermes", "llama3"]
+ToolStyle = Literal["glm4", "chatglm3", "glm45", "glm47", "hermes", "llama3"]
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 GLM4_SYSTEM = ("你是一个名为 ChatGLM 的人工智能助手。你是基于智谱AI训练的语言模型 GLM-4 模型开发的，"
@@ -45,12 +45,13 @@ GLM4_TOOLS_TEMPLATE = (
     "{%- for m in messages -%}<|{{ m.role }}|>{{ m.metadata or '' }}\n{{ m.content }}{%- endfor -%}"
     "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
 )
-# ChatGLM3 (chatglm3-6b, PROMPT.md): the tools list follows the system prompt as indented JSON.
+# ChatGLM3 (chatglm3-6b, build_chat_input) as text, for tokenizers that are not ChatGLM3's own: a system
+# turn's `tools` follow its content as indented JSON.
 CHATGLM3_TOOLS_TEMPLATE = (
     "[gMASK]sop"
-    "{%- if tools -%}<|system|>\n" + CHATGLM3_SYSTEM + "\n{{ tools | map(attribute='function') | list"
-    " | tojson(indent=4) }}{%- endif -%}"
-    "{%- for m in messages -%}<|{{ m.role }}|>{{ m.metadata or '' }}\n{{ m.content }}{%- endfor -%}"
+    "{%- for m in messages -%}<|{{ m.role }}|>{{ m.metadata or '' }}\n{{ m.content }}"
+    "{%- if m.tools is defined and m.tools is not none %}{{ '\\n' ~ (m.tools | tojson(indent=4)) }}{% endif -%}"
+    "{%- endfor -%}"
     "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
 )
 HERMES_TOOLS_PROMPT = (
@@ -60,10 +61,22 @@ HERMES_TOOLS_PROMPT = (
     "<tool_call></tool_call> XML tags:\n<tool_call>\n{{\"name\": <function-name>, \"arguments\": "
     "<args-json-object>}}\n</tool_call>")
 
+# How a checkpoint template takes tools: glm-4-9b-chat reads them off a message (`item['tools']`);
+# GLM-4-0414 reads `tools` but wants GLM turns (`role == 'observation'`, `metadata`); GLM-4.5+, Qwen,
+# Llama 3.1 read OpenAI-shaped `tools`, `tool_calls` and `role: tool` themselves.
+_TOOLS_ON_MESSAGE = re.compile(r"\[\s*['\"]tools['\"]\s*\]")
+_GLM_TURNS = re.compile(r"==\s*['\"]observation['\"]")
 
-def detect_tool_style(template_source: str, special_tokens: list[str] | set[str]) -> ToolStyle:
-    """The family's tool format, from its control tokens: GLM has `<|observation|>` (GLM-4 opens with
-    `<sop>`, ChatGLM3 with a bare `sop`), Llama 3 has `<|start_header_id|>`, the rest speak Hermes."""
+
+def detect_tool_style(template_source: str, special_tokens: list[str] | set[str], family: str = "hf") -> ToolStyle:
+    """The family's tool format. ChatGLM3 is known from its tokenizer (config.json's model_type and a
+    SentencePiece tokenizer.model); GLM-4.5+ templates write `<arg_key>` XML calls (GLM-4.7 without a
+    newline between the tags); other GLM has `<|observation|>` (ChatGLM3-style vocabularies open with a
+    bare `sop`); Llama 3 has `<|start_header_id|>`; the rest speak Hermes."""
+    if family == "chatglm3":
+        return "chatglm3"
+    if "<arg_key>" in template_source:
+        return "glm47" if "</arg_key><arg_value>" in template_source else "glm45"
     specials = set(special_tokens)
     if "<|observation|>" in specials or "<|observation|>" in template_source:
         if "<sop>" not in specials and "sop" in specials:
@@ -75,25 +88,42 @@ def detect_tool_style(template_source: str, special_tokens: list[str] | set[str]
 
 
 def renders_tools(template_source: str) -> bool:
-    """The template takes OpenAI-shaped `tools` itself (not GLM's per-message item['tools'] + metadata)."""
-    return (re.search(r"\btools\b", template_source) is not None and "item['tools']" not in template_source
-            and "metadata" not in template_source)
+    """The template takes the `tools` variable itself (not glm-4-9b-chat's per-message item['tools'])."""
+    return re.search(r"\btools\b", template_source) is not None and not _TOOLS_ON_MESSAGE.search(template_source)
 
 
 class ToolTemplate:
-    """Renders chats that carry tools, tool calls or tool results; plain chats go straight through."""
+    """Renders chats that carry tools, tool calls or tool results; plain chats go straight through.
+
+    `mode` says how: "native" (the checkpoint template, OpenAI messages), "glm_turns" (the checkpoint
+    template over GLM turns), "message_tools" (GLM turns, tools on the system turn: glm-4-9b-chat),
+    "chatglm3" (ChatGLM3's own encoding, tools on the system turn), "own" (the published layout below,
+    for templates that ignore tools) or "hermes" (ChatML rewrite)."""
 
     def __init__(self, chat_template: ChatTemplate, style: ToolStyle | None = None,
                  use_checkpoint_template: bool | None = None) -> None:
-        """`use_checkpoint_template` None: use it when it renders OpenAI tools; False: always bridge."""
+        """`use_checkpoint_template` None: use it when it renders tools; False: always bridge."""
         self.chat_template = chat_template
         tok = chat_template.tokenizer
-        self.style: ToolStyle = style or detect_tool_style(chat_template.source, tok.special_token_strings)
+        source = chat_template.source
+        self.style: ToolStyle = style or detect_tool_style(source, tok.special_token_strings,
+                                                           getattr(tok, "family", "hf"))
+        glm = self.style in ("glm4", "chatglm3")
+        if chat_template.segmentwise:
+            mode = "chatglm3"
+        elif glm and _TOOLS_ON_MESSAGE.search(source):
+            mode = "message_tools"
         # glmserve's GLM fallback template speaks GLM-4, never ChatGLM3's python tool_call format
-        native = renders_tools(chat_template.source) and not (self.style == "chatglm3" and chat_template.is_default_glm)
-        self.native = native if use_checkpoint_template is None else (use_checkpoint_template and native)
+        elif renders_tools(source) and not (self.style == "chatglm3" and chat_template.is_default_glm):
+            mode = "glm_turns" if glm and _GLM_TURNS.search(source) else "native"
+        else:
+            mode = "own" if glm else "hermes"
+        if use_checkpoint_template is False and mode not in ("own", "hermes"):
+            mode = "own" if glm else "hermes"
+        self.mode = mode
+        self.native = mode not in ("own", "hermes")
         own = {"glm4": GLM4_TOOLS_TEMPLATE, "chatglm3": CHATGLM3_TOOLS_TEMPLATE}.get(self.style)
-        self._own = ChatTemplate(tok, own) if own and not self.native else None
+        self._own = ChatTemplate(tok, own) if own and mode == "own" else None
 
     def encode(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
                add_generation_prompt: bool = True, **extra: Any) -> list[int]:
@@ -115,11 +145,21 @@ class ToolTemplate:
                     for m in messages]
         for tool in tools or []:
             _check_name(tool.get("function", {}).get("name"))
-        if self.native:
+        mode = self.mode
+        if mode == "native":
             return self.chat_template, messages, tools
-        if self._own is not None:
-            return self._own, glm_messages(messages, python_kwargs=self.style == "chatglm3"), tools
-        return self.chat_template, hermes_messages(messages, tools), None
+        if mode == "hermes":
+            return self.chat_template, hermes_messages(messages, tools), None
+        turns = glm_messages(messages, python_kwargs=self.style == "chatglm3")
+        if mode == "glm_turns":
+            return self.chat_template, turns, tools
+        if mode == "message_tools":
+            return self.chat_template, with_system_tools(turns, tools, ""), None
+        functions = [t.get("function", t) for t in tools] if tools else None
+        if self.style == "chatglm3":  # ChatGLM3's tool demo: function descriptions on the system turn
+            template = self.chat_template if mode == "chatglm3" else self._own
+            return template, with_system_tools(turns, functions, CHATGLM3_SYSTEM), None
+        return self._own, turns, tools
 
     def _neutralize(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -132,6 +172,19 @@ class ToolTemplate:
         if isinstance(value, dict):
             return {k: self._neutralize(v) for k, v in value.items()}
         return value
+
+
+def with_system_tools(turns: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                      intro: str) -> list[dict[str, Any]]:
+    """The tools on one system turn: the client's system message (its text, then `intro`) or a new first
+    turn holding `intro`."""
+    if not tools:
+        return turns
+    for i, turn in enumerate(turns):
+        if turn.get("role") == "system":
+            content = "\n".join(t for t in (turn.get("content") or "", intro) if t)
+            return [*turns[:i], {"role": "system", "content": content, "tools": tools}, *turns[i + 1:]]
+    return [{"role": "system", "content": intro, "tools": tools}, *turns]
 
 
 # ---- message rewrites ------------------------------------------------------------------------------
