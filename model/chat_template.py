@@ -102,8 +102,12 @@ class ChatTemplate:
                 masked.append(message)
         rendered = self.render(masked, tools, add_generation_prompt, **extra)
         parts = rendered.split(marker)
-        # parts alternate template text / content index when the template kept each content intact
-        if len(parts) != 2 * len(contents) + 1 or any(parts[i] != str((i - 1) // 2) for i in range(1, len(parts), 2)):
+        # parts alternate template text / content index when the template kept each content intact; a
+        # template that edits content (strip, split on </think>) edits the marker instead, which
+        # substituting the contents back would not reproduce
+        if len(parts) != 2 * len(contents) + 1 or any(parts[i] != str((i - 1) // 2) for i in range(1, len(parts), 2)) \
+                or "".join(p if i % 2 == 0 else contents[int(p)] for i, p in enumerate(parts)) \
+                != self.render(messages, tools, add_generation_prompt, **extra):
             return self._encode_neutralized(messages, tools, add_generation_prompt, **extra)
         return self._encode_parts([(part, i % 2 == 0) if i % 2 == 0 else (contents[int(part)], False)
                                    for i, part in enumerate(parts)])
