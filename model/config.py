@@ -338,6 +338,10 @@ class EngineConfig:
     # cost what they save (CPU, k = 4: alone +54%, 4 at once +8%, 8 +-0, 32 -3%)
     speculative_max_batch: int = 4
 
+    # a checkpoint's tokenizer that exists only as its own Python (auto_map) and that glmserve does not
+    # implement is refused unless this is set; then transformers runs that code (docs/SECURITY.md)
+    trust_remote_code: bool = False
+
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
             raise ValueError("max_num_seqs must be >= 1")

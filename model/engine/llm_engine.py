@@ -66,7 +66,7 @@ class LLMEngine:
         # a checkpoint without tokenizer files still serves token ids (no text, no stop strings)
         has_tokenizer = any(os.path.exists(os.path.join(loaded.path, f))
                             for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
-        return cls(loaded.model, ec, Tokenizer(loaded.path) if has_tokenizer else None, loaded)
+        return cls(loaded.model, ec, Tokenizer(loaded.path, ec.trust_remote_code) if has_tokenizer else None, loaded)
 
     # ---- requests ----------------------------------------------------------------------------------
     def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
