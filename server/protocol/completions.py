@@ -17,6 +17,8 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     best_of: int | None = None
     suffix: str | None = None
+    # vLLM's field: a text prompt starts with the tokenizer's own prefix (BOS, GLM's [gMASK]<sop>) unless false
+    add_special_tokens: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> "CompletionRequest":

@@ -5,6 +5,7 @@ request and their streams are merged in arrival order.
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
@@ -43,8 +44,11 @@ def prepare_prompts(state: ServerState, body: CompletionRequest) -> list[Prepare
     prepared = []
     for prompt in body.prompts():
         if isinstance(prompt, str):
-            ids = tokenizer.encode(prompt)
-            text = prompt
+            # the prompt's text stays text (control-token strings in it too); only the prefix is control
+            prefix = tokenizer.prefix_token_ids if body.add_special_tokens else []
+            ids = prefix + tokenizer.encode(prompt)
+            # echo with logprobs scores every token, the prefix too, so the echoed text starts with it
+            text = (tokenizer.decode(prefix, skip_special_tokens=False) if body.echo_logprobs else "") + prompt
         else:
             if any(t < 0 or t >= vocab for t in prompt):
                 raise bad_request(f"prompt token ids must be in [0, {vocab})", param="prompt", code="invalid_prompt")
@@ -72,7 +76,7 @@ async def create_completion(state: ServerState, request: Request, body: Completi
     if num_choices > MAX_CHOICES_PER_REQUEST:
         raise bad_request(f"this request asks for {num_choices} choices (prompts x n); at most "
                           f"{MAX_CHOICES_PER_REQUEST} are allowed", param="prompt", code="too_many_choices")
-    prompts = prepare_prompts(state, body)
+    prompts = await asyncio.to_thread(prepare_prompts, state, body)  # tokenizing 4 MB must not stall the loop
     scores_prompt = body.prompt_score_alternatives is not None
     if body.max_tokens == 0 and not scores_prompt:
         raise bad_request("max_tokens must be at least 1, got 0 (0 is allowed with echo and logprobs, or "
