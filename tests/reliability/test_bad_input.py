@@ -20,6 +20,17 @@ COMPLETIONS = "/v1/completions"
 OK = {"model": "tiny", "messages": user("hi"), "max_tokens": 2}
 
 
+# every class of invalid UTF-8, raw in the body (not as a \u escape): json.loads(bytes) used to decode
+# surrogates with 'surrogatepass' (then the tokenizer raised: a 500) and the rest was a 400 without a code
+RAW_INVALID_UTF8 = {
+    "surrogate_high": b"\xed\xa0\x80", "surrogate_low": b"\xed\xbf\xbf",
+    "overlong_slash_2": b"\xc0\xaf", "overlong_slash_3": b"\xe0\x80\xaf", "overlong_slash_4": b"\xf0\x80\x80\xaf",
+    "overlong_nul": b"\xc0\x80", "byte_ff": b"\xff", "byte_fe": b"\xfe", "lone_continuation": b"\x80",
+    "truncated_2": b"\xc3", "truncated_3": b"\xe4\xb8", "truncated_4": b"\xf0\x9f\x98",
+    "above_u10ffff": b"\xf4\x90\x80\x80", "five_byte_form": b"\xf8\x88\x80\x80\x80",
+}
+
+
 def nested(depth: int) -> str:
     return "[" * depth + "]" * depth
 
@@ -51,7 +62,18 @@ BAD: dict[str, tuple[str, str | bytes, int, str | None, str | None]] = {
     # top_k = 2**63 used to kill the engine loop
     "top_k_beyond_int64": (CHAT, json.dumps({**OK, "top_k": 2 ** 63}), 400, "top_k", "invalid_value"),
     "n_too_large": (CHAT, json.dumps({**OK, "n": 1000}), 400, "n", "invalid_value"),
-    "invalid_utf8": (CHAT, b'{"messages": [{"role": "user", "content": "\xff\xfe\xc3("}]}', 400, None, None),
+    "invalid_utf8": (CHAT, b'{"messages": [{"role": "user", "content": "\xff\xfe\xc3("}]}', 400, None,
+                     "invalid_encoding"),
+    **{f"raw_{name}": (CHAT, b'{"messages": [{"role": "user", "content": "a' + raw + b'b"}], "max_tokens": 2}', 400,
+                       None, "invalid_encoding") for name, raw in RAW_INVALID_UTF8.items()},
+    "raw_surrogate_in_model": (CHAT, b'{"model": "\xed\xb0\x80", "messages": [{"role": "user", "content": "a"}]}',
+                               400, None, "invalid_encoding"),
+    "raw_surrogate_in_prompt": (COMPLETIONS, b'{"prompt": "\xed\xa0\x80", "max_tokens": 2}', 400, None,
+                                "invalid_encoding"),
+    "raw_overlong_in_stop": (CHAT, json.dumps({**OK, "stop": ["XX"]}).encode().replace(b"XX", b"\xc0\xaf"), 400,
+                             None, "invalid_encoding"),
+    "utf16_with_lone_surrogate": (CHAT, b"\xff\xfe" + '{"model": "'.encode("utf-16-le") + b"\x00\xd8"
+                                  + '"}'.encode("utf-16-le"), 400, None, "invalid_encoding"),
     "lone_surrogate_content": (CHAT, '{"messages": [{"role": "user", "content": "a\\ud800b"}], "max_tokens": 2}',
                                400, None, "invalid_unicode"),
     "lone_surrogate_model": (CHAT, '{"model": "\\udc00", "messages": [{"role": "user", "content": "a"}]}',

@@ -6,6 +6,7 @@ per request renders tools, constrains decoding and reads tool calls back out of 
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
@@ -68,7 +69,8 @@ async def start_chat(state: ServerState, request: Request, body: ChatCompletionR
     check_model(state, body.model)
     plan = plan_tools(state, body)
     body = apply_plan(body, plan)
-    prompt_ids = encode_messages(state, body, plan)
+    # off the event loop: rendering and tokenizing 10,000 messages took ~2 s, during which nothing else ran
+    prompt_ids = await asyncio.to_thread(encode_messages, state, body, plan)
     plan = plan.with_reasoning(plan_reasoning(state, body, prompt_ids))
     budget = plan_max_tokens(state, len(prompt_ids), body.requested_max_tokens, body.max_tokens_param, "messages")
     params = sampling_params(state, body.to_sampling_params, budget.max_tokens,
