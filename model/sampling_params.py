@@ -41,6 +41,8 @@ class SamplingParams:
     prompt_logprobs: int | None = None  # the same for every prompt token after the first (vLLM's field)
     logit_bias: dict[int, float] | None = None
     skip_special_tokens: bool = True
+    # an embedding request (model/engine/pooling.py): "mean" or "last"; needs max_tokens 0 and n 1
+    pooling: str | None = None
     logits_processors: tuple[LogitsProcessor, ...] = field(default=(), compare=False, hash=False)
     # scheduling, not decoding: a lower priority is admitted first and preempted last (vLLM's convention);
     # sequences with different fairness keys (API keys, client addresses) share the sequence slots
@@ -71,7 +73,10 @@ class SamplingParams:
                f"presence_penalty must be in [-2, 2], got {self.presence_penalty}")
         _check("frequency_penalty", -2.0 <= self.frequency_penalty <= 2.0,
                f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}")
-        scoring_only = self.max_tokens == 0 and self.prompt_logprobs is not None
+        scoring_only = self.max_tokens == 0 and (self.prompt_logprobs is not None or self.pooling is not None)
+        if self.pooling is not None:
+            _check("pooling", self.pooling in ("mean", "last"), f"pooling must be mean or last, got {self.pooling!r}")
+            _check("pooling", self.max_tokens == 0 and self.n == 1, "a pooling request needs max_tokens 0 and n 1")
         _check("max_tokens", self.max_tokens >= 1 or scoring_only,
                f"max_tokens must be at least 1 (0 only to score a prompt with prompt_logprobs), got {self.max_tokens}")
         _check("min_tokens", 0 <= self.min_tokens <= self.max_tokens,

@@ -57,7 +57,7 @@ class BlockManager:
         """Block ids of the longest cached run of full blocks at the start of seq's tokens. The last
         token is never taken from the cache: its logits must be computed. Nor is anything for a sequence
         that still needs prompt logprobs: cached blocks hold K/V, not the logits that score the prompt."""
-        if not self.enable_prefix_caching or seq.needs_prompt_logprobs:
+        if not self.enable_prefix_caching or seq.needs_all_positions:
             return []
         hits: list[int] = []
         prev: bytes | None = None

@@ -13,6 +13,7 @@ import torch
 
 from model.config import EngineConfig, ModelConfig
 from model.engine.cpu_packing import mkldnn_available, pack_linears
+from model.engine.pooling import Pooler, PoolingChunk
 from model.engine.scheduler import ScheduledSeq
 from model.engine.sequence import Sequence
 from model.layers.attention import AttentionMetadata, PrefillSegment
@@ -71,6 +72,7 @@ class ModelRunner:
         self.dtype = next(model.parameters()).dtype
         self.max_blocks_per_seq = -(-max_model_len // self.block_size)
         self.num_blocks = self._num_blocks()
+        self.pooler = Pooler()  # embedding requests' running sums
         cfg = self.config
         # (layers, 2, num_blocks, block_size, kv_heads, head_dim)
         self.kv_cache = torch.zeros(cfg.num_hidden_layers, 2, self.num_blocks, self.block_size,
@@ -107,6 +109,7 @@ class ModelRunner:
         input_ids, positions, slots, logits_rows = [], [], [], []
         scored: list[tuple[Sequence, int, int, int]] = []  # (seq, first row, first position scored, count)
         segments: list[PrefillSegment] = []
+        pooled: list[PoolingChunk] = []
         row = 0
         bs = self.block_size
         for item in ordered:
@@ -125,6 +128,8 @@ class ModelRunner:
                 last = min(end, seq.num_prompt_tokens - 1)
                 if first < last:
                     scored.append((seq, row + first - start, first + 1, last - first))
+            if seq.params.pooling is not None:
+                pooled.append(PoolingChunk(seq, row, item.num_tokens, start, item.samples))
             row += item.num_tokens
             if item.samples:  # a drafted sequence samples at its last token and at every draft token
                 logits_rows += range(row - 1 - item.num_draft, row)
@@ -134,6 +139,8 @@ class ModelRunner:
             self._decode_metadata(meta, decodes)
         hidden = self.model(self._tensor(input_ids), self._tensor(positions), meta)
         scores = [self._score_prompt(hidden, *job) for job in scored]
+        if pooled:
+            self.pooler.pool(hidden, pooled)
         sampling = [s for s in ordered if s.samples]
         if not sampling:
             return StepOutput(torch.empty(0, self.config.vocab_size), [], scores)

@@ -113,4 +113,4 @@ class OutputProcessor:
             finish_reason=seq.finish_reason if finished else None, num_prompt_tokens=seq.num_prompt_tokens,
             num_cached_tokens=seq.num_cached_tokens, num_output_tokens=seq.num_output_tokens,
             stop_reason=seq.stop_reason if finished else None, logprobs=logprobs, metrics=metrics, error=error,
-            prompt_logprobs=prompt_logprobs)
+            prompt_logprobs=prompt_logprobs, embedding=seq.embedding if finished else None)

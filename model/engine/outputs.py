@@ -56,6 +56,7 @@ class RequestOutput:
     prompt_logprobs: list[TokenLogprob | None] | None = None
     metrics: RequestMetrics | None = None
     error: str | None = None
+    embedding: list[float] | None = None  # a pooling request's unit vector, on its one (finished) output
 
 
 @dataclass

@@ -43,6 +43,7 @@ class Sequence:
     # per prompt position: None for the first token, then TokenLogprob (only with params.prompt_logprobs)
     prompt_logprobs: list | None = None
     draft_token_ids: list[int] = field(default_factory=list)  # speculative tokens to verify this step
+    embedding: list[float] | None = None  # a pooling request's vector, once its prompt is computed
 
     def __post_init__(self) -> None:
         if not self.token_ids:
@@ -74,6 +75,11 @@ class Sequence:
     def needs_prompt_logprobs(self) -> bool:
         """Prompt logprobs were asked for and some prompt position has none yet."""
         return self.prompt_logprobs is not None and len(self.prompt_logprobs) < self.num_prompt_tokens
+
+    @property
+    def needs_all_positions(self) -> bool:
+        """Every prompt position must be computed here (prompt logprobs, mean pooling): no prefix cache."""
+        return self.needs_prompt_logprobs or self.params.pooling == "mean"
 
     @property
     def is_finished(self) -> bool:
