@@ -12,7 +12,6 @@ import asyncio
 import logging
 import queue
 import threading
-import time
 from typing import Any, AsyncIterator
 
 from model.config import EngineConfig
@@ -151,10 +150,6 @@ class AsyncEngine:
                 self._inbox.put(("abort", request_id))
                 self._wake.set()
 
-    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        """Raises RequestRejected / SamplingParamsError now, before any stream starts. Reads no mutable state."""
-        self.engine.validate(prompt_token_ids, params)
-
     async def abort(self, request_id: str) -> None:
         self._inbox.put(("abort", request_id))
         self._wake.set()
@@ -164,7 +159,7 @@ class AsyncEngine:
         try:
             while not self._stop.is_set():
                 self._drain_inbox()
-                if not (self.engine.has_unfinished() or self.engine.deferred_children):
+                if not self.engine.has_unfinished():
                     self._stats = self.engine.stats()
                     self._wake.wait(0.5)
                     self._wake.clear()
@@ -188,7 +183,7 @@ class AsyncEngine:
             if kind == "add":
                 request_id, prompt, params = payload
                 try:
-                    self.engine.add_request(request_id, prompt, params)
+                    self.engine.enqueue(request_id, prompt, params)  # validated in generate()
                 except Exception as e:  # noqa: BLE001 - reported to that request only
                     stream = self._streams.get(request_id)
                     if stream is not None:
@@ -204,13 +199,3 @@ class AsyncEngine:
                 self.engine.abort(out.request_id)
             return
         stream.put(out)
-
-    def wait_idle(self, timeout: float = 10.0) -> bool:
-        """Test helper: True once no sequence is running or waiting."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            s = self.engine.stats()
-            if s.num_running == 0 and s.num_waiting == 0 and self._inbox.empty():
-                return True
-            time.sleep(0.02)
-        return False

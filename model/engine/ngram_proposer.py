@@ -40,3 +40,20 @@ def propose(token_ids: list[int], max_tokens: int) -> list[int]:
                 if follow:
                     return follow
     return []
+
+
+def propose_drafts(running: list[Sequence], num_speculative_tokens: int, max_batch: int, max_model_len: int) -> None:
+    """Sets each running sequence's draft_token_ids for the coming step (empty when it does not draft).
+
+    Drafts are made only while at most `max_batch` sequences decode: past that the step is
+    compute-bound and verifying rejected drafts costs more than it saves (docs/BENCHMARKS.md)."""
+    for seq in running:
+        seq.draft_token_ids = []
+    decoding = [seq for seq in running if seq.num_uncomputed_tokens == 1]
+    if len(decoding) > max_batch:
+        return
+    for seq in decoding:
+        if can_speculate(seq):
+            room = min(num_speculative_tokens, seq.params.max_tokens - seq.num_output_tokens - 1,
+                       max_model_len - seq.num_tokens - 1)
+            seq.draft_token_ids = propose(seq.token_ids, room)

@@ -10,6 +10,7 @@ import torch
 from model import (AsyncEngine, EngineConfig, LLMEngine, RequestRejected, SamplingParams, SamplingParamsError,
                    load_model)
 from tests.helpers.checkpoints import build_tiny_llama
+from tests.helpers.faults import wait_engine_idle
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def test_long_prompt_is_prefilled_in_chunks_with_identical_output(tiny_dir: str,
     engine = _engine(tiny_dir, max_num_batched_tokens=32)
     prompt = _prompts(1, seed=5)[0] + _prompts(1, seed=6)[0]
     out = engine.generate([prompt], SamplingParams(temperature=0, max_tokens=12, min_tokens=12))[0][0]
-    assert engine.num_steps >= len(prompt) // 32 + 12
+    assert engine.stats().steps_total >= len(prompt) // 32 + 12
     assert out.token_ids == _hf_greedy(hf_tiny, prompt, 12)
 
 
@@ -67,9 +68,9 @@ def test_prefix_cache_hit_gives_same_output_and_computes_fewer_tokens(tiny_dir: 
     shared = _prompts(1, seed=7)[0] * 4  # ~hundreds of tokens
     params = SamplingParams(temperature=0, max_tokens=10, min_tokens=10)
     first = engine.generate([shared + [11, 12]], params)[0][0]
-    before = engine.num_prompt_tokens_total
+    before = engine.stats().prompt_tokens_total
     second = engine.generate([shared + [11, 12]], params)[0][0]
-    computed = engine.num_prompt_tokens_total - before
+    computed = engine.stats().prompt_tokens_total - before
     assert second.token_ids == first.token_ids
     assert second.num_cached_tokens >= len(shared) - engine.config.block_size
     assert computed <= len(shared) + 2 - second.num_cached_tokens
@@ -273,7 +274,7 @@ def test_async_engine_streams_and_cancel_aborts(tiny_dir: str) -> None:
         assert short[-1].finished and sum(len(o.token_ids) for o in short) == 4
 
     asyncio.run(scenario())
-    assert engine.wait_idle(10)
+    assert wait_engine_idle(engine, 10)
     stats = engine.engine.stats()
     assert stats.num_free_blocks == stats.num_total_blocks
     engine.shutdown()
@@ -345,3 +346,29 @@ def test_token_bytes_rebuild_text_split_inside_characters() -> None:
     text = "模型 🎉 ok"
     ids = tok.encode(text)
     assert bytes(b for i in ids for b in tok.token_bytes(i)).decode("utf-8") == text
+
+
+def test_n_choices_run_when_the_first_fails_on_its_first_token(tiny_dir: str) -> None:
+    """The first choice prefills for all n; if its first token fails, the other choices must still be
+    admitted and finish (before the fix generate() looped forever on the deferred choices)."""
+    import threading
+
+    engine = _engine(tiny_dir)
+    calls = []
+
+    def fails_once(output_ids, row):
+        calls.append(len(output_ids))
+        if len(calls) == 1:  # the first choice's first token: the children are not admitted yet
+            raise ValueError("first token lost")
+        return row
+
+    params = SamplingParams(n=3, temperature=0, max_tokens=4, ignore_eos=True, logits_processors=(fails_once,))
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(engine.generate([[5, 6, 7]], params)[0]), daemon=True)
+    worker.start()
+    worker.join(120)  # a hang is the bug; the run itself takes well under a second
+    assert not worker.is_alive(), "generate() never finished: the other choices were never admitted"
+    first, *others = result[0]
+    assert first.finish_reason == "error" and "first token lost" in first.error
+    assert [o.finish_reason for o in others] == ["length", "length"] and all(o.num_output_tokens == 4 for o in others)
+    assert not engine.has_unfinished() and engine.stats().num_free_blocks == engine.stats().num_total_blocks

@@ -118,12 +118,12 @@ def test_min_tokens_ban_applies_to_every_verification_row(tiny_dir: str) -> None
     params = SamplingParams(temperature=0, max_tokens=20, min_tokens=10, stop_token_ids=(99,), ignore_eos=True)
     engine.add_request("m", [5, 6, 7, 8], params)
     engine.step()  # prefill and the first token
-    [seq] = engine.requests["m"]
+    [seq] = engine.postprocessor.requests["m"]
     seq.num_computed_tokens += 1  # as after_step leaves a verified step: the last token's K/V computed
     seq.draft_token_ids = [99, 100]
     logits = torch.zeros(3, engine.model_config.vocab_size)
     logits[:, 99], logits[:, 42] = 5.0, 4.0  # the stop id is every row's argmax, 42 the best allowed
-    outs = engine._accept_drafts(seq, logits)
+    outs = engine.postprocessor._accept_drafts(seq, logits)
     assert [out.token_ids for out in outs] == [[42]] and not seq.is_finished
     engine.abort("m")
 

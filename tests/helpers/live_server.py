@@ -9,7 +9,7 @@
     with ThreadedServer(Settings(model=path)) as srv:                        # uvicorn in a thread
         srv.engine.stats()                                                   # the AsyncEngine itself
 
-ThreadedServer shares the test process, so a test can reach the engine (stats, LLMEngine.fault_hook);
+ThreadedServer shares the test process, so a test can reach the engine (stats, tests/helpers/faults.py);
 SubprocessServer is the real command line, signals and logs included.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Faults. An exception while one request is processed (LLMEngine.fault_hook) fails that request only:
+"""Faults. An exception while one request is processed (injected in Postprocessor.accept_token by tests/helpers/faults.py) fails that request only:
 a 500 in the OpenAI format, or a final SSE error event for a stream, while a concurrent request
 finishes normally and every KV block comes back. A dead engine loop fails every in-flight request,
 turns /ready and /health to 503, refuses new work, and the real process exits with code 3 so the
@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from server.lifecycle import ENGINE_DEAD_EXIT_CODE
+from tests.helpers.faults import failing_requests
 from tests.helpers.live_server import SubprocessServer, ThreadedServer
 from tests.reliability.support import AUTH, KEY, SERVER_ENV, SSEResult, assert_openai_error, openai_error, \
     parse_sse, tiny_args, user, wait_engine_idle
@@ -35,7 +36,7 @@ def tiny_threaded(model_dir: str) -> ThreadedServer:
 
 @pytest.fixture(scope="module")
 def hooked(tiny_llama_dir: str) -> ThreadedServer:
-    """In-process server: the test reaches srv.engine.engine.fault_hook and the server state."""
+    """In-process server: the test reaches the engine (tests/helpers/faults.py) and the server state."""
     with tiny_threaded(tiny_llama_dir) as srv:
         yield srv
 
@@ -78,21 +79,18 @@ def start_bystander(srv: ThreadedServer) -> tuple[Background, str]:
     return bystander, rid
 
 
-def fail_all_but(srv: ThreadedServer, spared: str) -> None:
+def fail_all_but(srv: ThreadedServer, spared: str):
     def hook(request_id: str) -> None:
         if request_id != spared:
             raise RuntimeError("injected fault")
 
-    srv.engine.engine.fault_hook = hook
+    return failing_requests(srv.engine.engine, hook)
 
 
 def test_fault_in_one_request_fails_it_with_a_500_and_spares_the_other(hooked: ThreadedServer) -> None:
     bystander, rid = start_bystander(hooked)
-    fail_all_but(hooked, rid)
-    try:
+    with fail_all_but(hooked, rid):
         resp = httpx.post(hooked.base_url + "/v1/chat/completions", json=SHORT, headers=AUTH, timeout=60)
-    finally:
-        hooked.engine.engine.fault_hook = None
     err = assert_openai_error(resp, 500)
     assert err["type"] == "server_error" and err["code"] == "generation_failed" and "injected fault" in err["message"]
     bystander.join(60)
@@ -102,11 +100,8 @@ def test_fault_in_one_request_fails_it_with_a_500_and_spares_the_other(hooked: T
 
 def test_fault_in_one_stream_ends_it_with_an_error_event(hooked: ThreadedServer) -> None:
     bystander, rid = start_bystander(hooked)
-    fail_all_but(hooked, rid)
-    try:
+    with fail_all_but(hooked, rid):
         victim = post_stream(hooked.base_url, SHORT)
-    finally:
-        hooked.engine.engine.fault_hook = None
     assert victim.status == 200 and victim.done and victim.finish_reasons == []
     err = openai_error(victim.events[-1])  # the last event before [DONE]
     assert err["type"] == "server_error" and err["code"] == "generation_failed"

@@ -8,6 +8,7 @@ import pytest
 from openai import APIError, AsyncOpenAI, OpenAI
 
 from tests.server.conftest import KEY, PING_S, user
+from tests.helpers.faults import failing_requests
 from tests.server.sse_util import post_stream
 
 MSG = user("Stream me a story.")
@@ -98,7 +99,7 @@ def test_completions_stream_equals_non_streamed(client: OpenAI) -> None:
 
 @pytest.fixture
 def failing_third_token(tiny_server):
-    """LLMEngine.fault_hook (the engine's test hook) fails each request at its third token."""
+    """Each request fails at its third token (tests/helpers/faults.py)."""
     calls: dict[str, int] = {}
 
     def hook(request_id: str) -> None:
@@ -106,9 +107,8 @@ def failing_third_token(tiny_server):
         if calls[request_id] == 3:
             raise RuntimeError("injected fault")
 
-    tiny_server.engine.engine.fault_hook = hook
-    yield
-    tiny_server.engine.engine.fault_hook = None
+    with failing_requests(tiny_server.engine.engine, hook):
+        yield
 
 
 def test_failure_after_stream_start_is_a_last_error_event_then_done(tiny_server, failing_third_token) -> None:
