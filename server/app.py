@@ -28,7 +28,7 @@ from server.auth import APIKeyChecker
 from server.errors import install_error_handlers
 from server.metrics import ServerMetrics
 from server.middleware import RequestMiddleware
-from server.routes import anthropic, health, openai, responses, tokenize
+from server.routes import anthropic, embeddings, health, openai, responses, tokenize
 from server.selftest import run_self_test
 from server.serving.admission import CLAMP_HEADER
 from server.serving.openai.choice import server_reasoning_format
@@ -77,8 +77,8 @@ def create_app(settings: Settings, engine: AsyncEngine) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(openai.router, dependencies=[Depends(require_key)])
-    # the other APIs clients speak: OpenAI Responses, Anthropic Messages, vLLM's /tokenize and /detokenize
-    for api in (responses, anthropic, tokenize):
+    # the other APIs clients speak: OpenAI Responses and embeddings, Anthropic Messages, vLLM's /tokenize
+    for api in (responses, embeddings, anthropic, tokenize):
         app.include_router(api.router, dependencies=[Depends(require_key)])
     tasks = _tasks_router()
     if tasks is not None:
