@@ -316,35 +316,54 @@ def preset_config(name: str, vocab_size: int, eos_token_ids: tuple[int, ...] = (
                        pad_token_id=pad_token_id, bos_token_id=bos_token_id, **p)
 
 
+def knob(default: Any, help: str, *, size: bool = False, aliases: tuple[str, ...] = ()) -> Any:
+    """A config field that is also a serve flag: `help` is its help text, `size` parses 512MiB-style
+    values, `aliases` are older flag spellings still accepted."""
+    return field(default=default, metadata={"help": help, "size": size, "aliases": aliases})
+
+
 @dataclass
 class EngineConfig:
-    """How the model worker runs: batch budgets, KV cache size, device and dtype."""
+    """How the model worker runs: batch budgets, KV cache size, device and dtype.
 
-    max_num_seqs: int = 32
-    max_num_batched_tokens: int = 512
-    block_size: int = 16
-    kv_cache_memory: int | None = None  # bytes; None -> kv_cache_fraction of free memory
-    kv_cache_fraction: float = 0.5
-    max_model_len: int | None = None  # None -> the model's max_position_embeddings
-    device: str = "auto"
-    dtype: str = "auto"  # auto: fp32 on CPU, bf16 on CUDA
-    enforce_eager: bool = False  # disables CUDA graphs / compiled decode
-    enable_prefix_caching: bool = True
-    num_threads: int | None = None
+    Each field is also a `glmserve serve --flag` and a GLMSERVE_<FIELD> variable, derived from this class
+    (server/settings.py); its `help` metadata is the flag's help text."""
+
+    max_num_seqs: int = knob(32, "sequences decoded together")
+    max_num_batched_tokens: int = knob(512, "tokens per engine step (prefill chunks and decodes together)")
+    block_size: int = knob(16, "tokens per KV cache block (a power of two)")
+    kv_cache_memory: int | None = knob(None, "KV cache size, e.g. 512MiB or 2GiB (default: kv_cache_fraction of "
+                                             "free memory)", size=True)
+    kv_cache_fraction: float = knob(0.5, "share of free memory the KV cache takes when kv_cache_memory is unset")
+    max_model_len: int | None = knob(None, "context length served, prompt + output (default: the model's)")
+    device: str = knob("auto", "auto | cpu | cuda | cuda:N")
+    dtype: str = knob("auto", "auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16")
+    enforce_eager: bool = knob(False, "no CUDA graphs / compiled decode")
+    enable_prefix_caching: bool = knob(True, "reuse the KV blocks of prompts seen before")
+    num_threads: int | None = knob(None, "torch threads for the engine; 1 is faster when other processes share "
+                                         "the cores")
     # n-gram speculative decoding (greedy and unseeded sampled requests): up to this many tokens proposed
     # per step from an earlier occurrence of the sequence's last tokens (prompt lookup); 0 = off
-    num_speculative_tokens: int = 0
+    num_speculative_tokens: int = knob(0, "n-gram speculative decoding: tokens proposed per step (0: off; 4 is a "
+                                          "good start on CPU)", aliases=("--speculative-tokens",))
     # ... only while at most this many sequences decode: a bigger batch is compute-bound and the extra rows
     # cost what they save (CPU, k = 4: alone +54%, 4 at once +8%, 8 +-0, 32 -3%)
-    speculative_max_batch: int = 4
+    speculative_max_batch: int = knob(4, "draft only while at most this many sequences decode")
 
     # a checkpoint's tokenizer that exists only as its own Python (auto_map) and that glmserve does not
     # implement is refused unless this is set; then transformers runs that code (docs/SECURITY.md)
-    trust_remote_code: bool = False
+    trust_remote_code: bool = knob(False, "run a checkpoint's own tokenizer code when glmserve has no built-in "
+                                          "equivalent (arbitrary Python from the model dir; docs/SECURITY.md)")
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
             raise ValueError("max_num_seqs must be >= 1")
+        if self.max_model_len is not None and self.max_model_len < 16:
+            raise ValueError("max_model_len must be >= 16")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError("num_threads must be >= 1")
+        if self.speculative_max_batch < 0:
+            raise ValueError("speculative_max_batch must be >= 0")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ValueError("block_size must be a power of two")
         if self.max_num_batched_tokens < 1:

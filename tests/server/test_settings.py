@@ -74,3 +74,25 @@ def test_cli_help_and_bad_flag_exit_codes() -> None:
     assert ok.returncode == 0 and "--drain-timeout" in ok.stdout
     bad = subprocess.run([sys.executable, "-m", "server", "--max-queue", "0"], capture_output=True, text=True)
     assert bad.returncode == 2 and "max_queue" in bad.stderr
+
+
+def test_every_engine_config_field_is_a_flag_and_a_variable(monkeypatch) -> None:
+    """The serve flags and GLMSERVE_* variables are derived from EngineConfig, so none can be missing."""
+    from dataclasses import fields
+
+    from model import EngineConfig
+
+    flags = {a for action in build_parser()._actions for a in action.option_strings}
+    for f in fields(EngineConfig):
+        assert "--" + f.name.replace("_", "-") in flags, f.name
+    monkeypatch.setenv("GLMSERVE_BLOCK_SIZE", "32")
+    s = settings_from(["--no-enable-prefix-caching", "--speculative-tokens", "4", "--kv-cache-fraction", "0.25"])
+    ec = s.engine_config()
+    assert (ec.block_size, ec.enable_prefix_caching, ec.num_speculative_tokens, ec.kv_cache_fraction) == (32, False, 4, 0.25)
+
+
+def test_engine_config_refusals_are_settings_errors() -> None:
+    with pytest.raises(ValidationError, match="block_size"):
+        Settings(block_size=12)
+    with pytest.raises(ValidationError, match="max_model_len"):
+        Settings(max_model_len=8)

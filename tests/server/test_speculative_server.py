@@ -1,4 +1,4 @@
-"""`--speculative-tokens`: a live server decodes with n-gram drafts, answers exactly as without them,
+"""`--num-speculative-tokens`: a live server decodes with n-gram drafts, answers exactly as without them,
 and reports the drafts in /metrics."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def test_speculative_server_answers_like_plain_decoding(tiny_llama_dir: str) -> 
     phrase = "the quick brown fox jumps over the lazy dog and "
     prompt = phrase * 6
     settings = Settings(model=tiny_llama_dir, served_model_name="tiny", self_test="off", kv_cache_memory="32MiB",
-                        speculative_tokens=4)
+                        num_speculative_tokens=4)
     with ThreadedServer(settings) as srv:
         body = {"model": "tiny", "prompt": prompt, "max_tokens": 48, "temperature": 0, "ignore_eos": True}
         got = httpx.post(srv.base_url + "/v1/completions", json=body, timeout=120).json()
