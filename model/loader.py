@@ -87,7 +87,9 @@ def load_model(source: str, device: str = "cpu", dtype: torch.dtype = torch.floa
         with open(args_path) as f:
             provenance = json.load(f)
     seconds = time.perf_counter() - start
-    log.info("loaded %s (%s, %.1fM params) in %.2fs", source, cfg.model_type, cfg.num_params() / 1e6, seconds)
+    active = f", {cfg.num_params(active=True) / 1e6:.1f}M active" if cfg.moe is not None else ""
+    log.info("loaded %s (%s, %.1fM params%s) in %.2fs", source, cfg.model_type, cfg.num_params() / 1e6, active,
+             seconds)
     return LoadedModel(model, cfg, model_dir, source, seconds, provenance)
 
 
