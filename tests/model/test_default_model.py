@@ -2,6 +2,7 @@
 HF `generate`, chat template rendering, and the incremental detokenizer."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -30,11 +31,16 @@ def tokenizer(model_dir: str) -> Tokenizer:
     return Tokenizer(model_dir)
 
 
-def test_second_load_of_default_model_is_fast(model_dir: str) -> None:
-    code = "import time; from model import load_model, resolve_model_dir; resolve_model_dir('default'); " \
-           "t=time.perf_counter(); load_model('default'); print(time.perf_counter()-t)"
+def test_second_load_of_default_model_reuses_the_cached_weights(model_dir: str) -> None:
+    """The GGUF is dequantized once; a later load reads the cached safetensors as they are (how long
+    that takes is a benchmark figure, docs/BENCHMARKS.md, not an assertion)."""
+    cached = os.path.join(model_dir, "model.safetensors")
+    before = os.stat(cached)
+    code = "import logging; logging.basicConfig(level=logging.INFO); from model import load_model; load_model('default')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert float(out.stdout.strip().splitlines()[-1]) < 3.0
+    after = os.stat(cached)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert "dequantized" not in out.stderr and "loaded default" in out.stderr
 
 
 def test_dequantized_weights_equal_transformers_gguf_loading(model_dir: str) -> None:
