@@ -85,9 +85,9 @@ def test_config_places_dense_and_sparse_layers_as_transformers_does(checkpoints)
 def test_engine_greedy_equals_transformers_generate(name: str, checkpoints) -> None:
     hf, path = checkpoints[name]
     gen = torch.Generator().manual_seed(3)
-    prompts = [torch.randint(2, 256, (n,), generator=gen).tolist() for n in (5, 17, 40, 70)]
-    got = engine_greedy(path, prompts, 10)
-    assert got == [hf_greedy(hf, p, 10) for p in prompts]
+    prompts = [torch.randint(2, 256, (n,), generator=gen).tolist() for n in (5, 19, 45)]  # 45: chunked prefill
+    got = engine_greedy(path, prompts, 8)
+    assert got == [hf_greedy(hf, p, 8) for p in prompts]
 
 
 @pytest.mark.parametrize("name", ["glm4_moe-grouped", "qwen3_moe-sparse-step"])

@@ -44,8 +44,8 @@ def test_logits_equal_transformers(name: str, checkpoints) -> None:
 def test_engine_greedy_equals_transformers_generate(checkpoints) -> None:
     hf, path = checkpoints["qwen3"]
     gen = torch.Generator().manual_seed(4)
-    prompts = [torch.randint(2, 256, (n,), generator=gen).tolist() for n in (4, 23, 61)]
-    assert engine_greedy(path, prompts, 10) == [hf_greedy(hf, p, 10) for p in prompts]
+    prompts = [torch.randint(2, 256, (n,), generator=gen).tolist() for n in (4, 23, 45)]
+    assert engine_greedy(path, prompts, 8) == [hf_greedy(hf, p, 8) for p in prompts]
 
 
 def test_export_is_read_by_transformers_unchanged(checkpoints, tmp_path: Path) -> None:
