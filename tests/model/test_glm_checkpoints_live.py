@@ -1,7 +1,8 @@
 """Each GLM replica served as a user would: `glmserve serve --model DIR`, unchanged, then the openai SDK.
 
 One server per replica (module-scoped, one at a time). Checked: chat works in Chinese, text round-trips
-through the tokenizer endpoints, each of the family's stop tokens ends a turn, a text completion starts
+through the tokenizer endpoints, each of the family's stop tokens ends a turn, a forced tool call comes
+back as `tool_calls` (the family's call format, forced by grammar), a text completion starts
 with the tokenizer's prefix unless `add_special_tokens: false`, and greedy output equals transformers'
 on the same weights (for model_type chatglm: transformers' Glm on the HF checkpoint the replica's
 ChatGLM-layout tensors were renamed from).
@@ -121,3 +122,15 @@ def test_text_completions_start_with_the_tokenizers_prefix(served, tokenizer) ->
     without = client.completions.create(**body, extra_body={"add_special_tokens": False})
     plain = len(tokenizer.encode(ROUND_TRIP))
     assert (with_prefix.usage.prompt_tokens, without.usage.prompt_tokens) == (plain + len(prefix), plain)
+
+
+def test_forced_tool_call_comes_back_as_tool_calls(served) -> None:
+    from tests.structured.conftest import TIME_TOOL, WEATHER_TOOL, assert_forced_call
+
+    name, _, srv = served
+    tools = [WEATHER_TOOL, TIME_TOOL]
+    # Z1's generation prompt opens <think>: the call is forced once the (budgeted) reasoning has closed
+    extra = {"thinking_token_budget": 8} if name == "GLM-Z1-9B-0414" else {}
+    reply = _client(srv).chat.completions.create(model="glm", messages=ASK, tools=tools, tool_choice="required",
+                                                 max_tokens=200, temperature=0, extra_body=extra)
+    assert_forced_call(reply.choices[0], tools)

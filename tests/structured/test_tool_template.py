@@ -98,6 +98,13 @@ def test_bad_tool_names_and_arguments_are_refused(default_tokenizer: Tokenizer) 
     ("<|start_header_id|>{% if tools %}{{ tools }}{% endif %}", ["<|eot_id|>"], "llama3"),
     ("<|start_header_id|>{{ messages }}", ["<|eot_id|>"], "hermes"),  # no tool support: the Hermes bridge
     ("<|im_start|>{{ messages }}", ["<|im_start|>", "<|im_end|>"], "hermes"),
+    ("<|observation|><tool_call>{{ n }}\n<arg_key>{{ k }}</arg_key>\n<arg_value>", ["<|observation|>"], "glm45"),
+    ("<|observation|><tool_call>{{ n }}<arg_key>{{ k }}</arg_key><arg_value>", ["<|observation|>"], "glm47"),
 ])
 def test_style_detection(source: str, specials: list[str], style: str) -> None:
     assert detect_tool_style(source, specials) == style
+
+
+def test_chatglm3_is_known_from_the_tokenizer_family_whatever_its_added_tokens() -> None:
+    # chatglm3-6b lists only <|user|> and <|observation|> as added tokens; its tokenizer family decides
+    assert detect_tool_style("{{ messages }}", ["<|user|>", "<|observation|>"], family="chatglm3") == "chatglm3"
