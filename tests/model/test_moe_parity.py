@@ -140,3 +140,14 @@ def test_router_stays_fp32_when_the_network_runs_in_bf16(checkpoints) -> None:
     with torch.no_grad():
         out = model.compute_logits(model(torch.randint(0, 256, (1, 8))))
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+@pytest.mark.parametrize("model_type, named", [
+    ("glm4_moe_lite", "glm4_moe_lite"),  # GLM-4.7-Flash: multi-latent attention, not implemented
+    ("qwen2_moe", "qwen2_moe"),
+])
+def test_moe_families_we_do_not_run_are_refused_by_name(model_type: str, named: str) -> None:
+    from model import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match=named):
+        ModelConfig.from_hf_dict({**TINY, "model_type": model_type, "n_routed_experts": 8, "num_experts": 8})
