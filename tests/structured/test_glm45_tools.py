@@ -118,6 +118,12 @@ def test_each_call_streams_as_soon_as_its_block_closes() -> None:
     assert stream.has_tool_calls
 
 
+def test_glm4_0414_call_with_the_space_its_template_writes_after_the_name() -> None:
+    # GLM-4-0414 renders a call turn as `<|assistant|>{{ meta }} \n{{ content }}`; the model writes it so
+    result = parser_for("glm4", TOOLS).parse('get_weather \n{"city": "Paris", "unit": "celsius"}')
+    assert calls(result) == [("get_weather", {"city": "Paris", "unit": "celsius"})] and result.content is None
+
+
 def test_template_variant_detection() -> None:
     glm45 = "{% for k, v in _args.items() %}\n<arg_key>{{ k }}</arg_key>\n<arg_value>{{ v }}</arg_value>\n"
     glm47 = "{% for k, v in _args.items() %}<arg_key>{{ k }}</arg_key><arg_value>{{ v }}</arg_value>"

@@ -37,6 +37,7 @@ CASES = [
     (R1, False, "<think>\nwrote the tag\n</think>\n4", "wrote the tag", "4"),
     (R1, False, "never closed", "never closed", ""),
     (GLM, True, "a < b and </thinking> is no marker</think>x", "a < b and </thinking> is no marker", "x"),
+    (GLM, True, "\n先算一下：2+2=4。\n</think>\n答案是 4。", "先算一下：2+2=4。", "答案是 4。"),  # Z1 after `\n<think>`
 ]
 
 
@@ -85,6 +86,7 @@ def test_settings_choices_are_the_formats() -> None:
 
 def test_prompt_tail_tells_where_the_output_starts() -> None:
     assert prompt_opens_reasoning("<|user|>hi<|assistant|><think>", GLM)
+    assert prompt_opens_reasoning("<|user|>\nhi\n<|assistant|>\n<think>", GLM)  # GLM-Z1-0414
     assert not prompt_opens_reasoning("<|user|>hi<|assistant|>", GLM)
     assert prompt_opens_reasoning("<｜Assistant｜>", R1)  # R1 output always starts inside
     assert prompt_closes_reasoning("<|assistant|>\n<think></think>", GLM)  # enable_thinking false
