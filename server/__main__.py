@@ -73,7 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"glmserve serve: invalid settings:\n{e}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    return serve(settings)
+    from model import UnsupportedModelError
+
+    try:
+        return serve(settings)
+    except UnsupportedModelError as e:  # a checkpoint we cannot serve: say why and what to do, no traceback
+        print(f"glmserve serve: cannot serve {settings.model}: {e}", file=sys.stderr)
+        return 2
 
 
 def build_app(settings: "Settings") -> "FastAPI":

@@ -15,6 +15,7 @@ import logging
 import os
 from typing import Any
 
+from model.config import UnsupportedModelError
 from model.glm_tokenizers.chatglm3 import CHATGLM3_SPECIAL_TOKENS, ChatGLM3Tokenizer
 from model.glm_tokenizers.tiktoken_file import glm4_fast_tokenizer, is_tiktoken_file
 
@@ -23,7 +24,7 @@ log = logging.getLogger("glmserve.tokenizer")
 __all__ = ["CHATGLM3_SPECIAL_TOKENS", "ChatGLM3Tokenizer", "RemoteCodeRefused", "load_backend", "tokenizer_family"]
 
 
-class RemoteCodeRefused(ValueError):
+class RemoteCodeRefused(UnsupportedModelError):
     """The checkpoint's tokenizer exists only as Python code shipped with it, and running it was not allowed."""
 
 

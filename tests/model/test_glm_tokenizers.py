@@ -132,3 +132,12 @@ def test_known_glm_checkpoints_never_run_their_remote_code_even_when_trusted(cha
     # the replicas' tokenization_chatglm.py raises if imported; ours is used whatever the flag says
     assert Tokenizer(chatglm3_dir, trust_remote_code=True).family == "chatglm3"
     assert Tokenizer(glm4_chat_dir, trust_remote_code=True).family == "glm4_tiktoken"
+
+
+def test_serve_refuses_a_remote_code_checkpoint_naming_the_file(glm4_0414_dir, tmp_path, capsys) -> None:
+    from server.__main__ import main
+
+    path = _remote_only_copy(glm4_0414_dir, tmp_path / "custom")
+    assert main(["--model", path, "--self-test", "off", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot serve" in err and "tokenization_custom.py" in err and "--trust-remote-code" in err
