@@ -195,3 +195,28 @@ def test_negative_budget_is_a_400(client: OpenAI) -> None:
 
     with pytest.raises(openai.BadRequestError):
         _create(client, extra_body={"thinking_token_budget": -1})
+
+
+@pytest.mark.parametrize("parser,expected", [("auto", "glm45"), ("none", None), ("deepseek_r1", "deepseek_r1")])
+def test_reasoning_parser_setting_and_what_the_prompt_says(scripted: ThreadedServer, parser: str, expected) -> None:
+    from model import ChatTemplate
+    from server.metrics import ServerMetrics
+    from server.protocol import ChatCompletionRequest
+    from server.serving.openai.choice import plan_reasoning, server_reasoning_format
+    from server.settings import Settings
+    from server.state import ServerState
+
+    engine = scripted.engine
+    state = ServerState(Settings(model=engine.model_path, reasoning_parser=parser, self_test="off"), engine,
+                        ServerMetrics("glm45"))
+    fmt, why = server_reasoning_format(state)
+    assert (fmt.name if fmt else None) == expected and why.startswith(parser)
+    template = ChatTemplate(engine.tokenizer)
+    thinking = ChatCompletionRequest(messages=ASK)
+    plan = plan_reasoning(state, thinking, template.encode(ASK))
+    assert (plan.fmt.name if plan else None) == expected
+    off = ChatCompletionRequest(messages=ASK, chat_template_kwargs={"enable_thinking": False})
+    assert plan_reasoning(state, off, template.encode(ASK, enable_thinking=False)) is None
+    # a prompt whose template closed the block (`<think></think>`) expects no reasoning either
+    closed = template.encode(ASK, enable_thinking=False)
+    assert plan_reasoning(state, thinking, closed) is None
