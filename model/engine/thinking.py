@@ -57,12 +57,17 @@ class ThinkSpan:
 
 
 def _find(haystack: list[int], needle: tuple[int, ...], start: int) -> int:
-    n = len(needle)
-    first = needle[0]
-    for i in range(start, len(haystack) - n + 1):
-        if haystack[i] == first and tuple(haystack[i:i + n]) == needle:
+    """First index >= start where `needle` occurs; list.index scans in C, as this runs every step."""
+    n, first = len(needle), needle[0]
+    i = start
+    while True:
+        try:
+            i = haystack.index(first, i)
+        except ValueError:
+            return -1
+        if tuple(haystack[i:i + n]) == needle:
             return i
-    return -1
+        i += 1
 
 
 class ThinkingBudgetProcessor:
