@@ -1,23 +1,28 @@
 """Tools in the prompt: OpenAI `tools`, assistant `tool_calls` and `role: "tool"` messages rendered in the
 format the checkpoint's family was trained on.
 
-    bridge = ToolTemplate(engine.chat_template)          # style detected from the template and tokenizer
+    bridge = ToolTemplate(engine.chat_template)          # style and mode detected from template and tokenizer
     ids = bridge.encode(messages, tools)                  # -> prompt token ids
 
-Styles (each the published format of its family):
-  glm4      GLM-4: tools in a `<|system|>` block ("# 可用工具", one `## name` + JSON per tool), a call is
-            `<|assistant|>name\\n{json args}`, a result is `<|observation|>\\n...`.
-  chatglm3  ChatGLM3: tools as a JSON list in the system prompt, a call is `<|assistant|>name\\n` +
-            "```python\\ntool_call(k=v)\\n```", a result is `<|observation|>\\n...`.
-  hermes    Qwen 2.5 / Hermes / SmolLM2 (ChatML): `<tools>` in the system prompt, a call is
-            `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`, results in `<tool_response>`.
+Styles (each the published format of its family; the tool-call parsers are chosen by it):
+  glm4      GLM-4 (glm-4-9b-chat, -hf, GLM-4-0414, Z1): a call is `<|assistant|>name\n{json args}`, a result
+            `<|observation|>\n...`; tools in a `<|system|>` block ("# 可用工具", one `## name` + JSON per tool).
+  chatglm3  ChatGLM3: tools as a JSON list after the system prompt, a call is `<|assistant|>name\n` +
+            "```python\ntool_call(k=v)\n```", a result `<|observation|>\n...`.
+  glm45     GLM-4.5 / 4.6 (and glm47, GLM-4.7): the checkpoint's template writes `<tool_call>name` + XML
+            `<arg_key>/<arg_value>` calls itself.
+  hermes    Qwen 2.5 / Qwen3 / Hermes / SmolLM2 (ChatML): `<tools>` in the system prompt, a call is
+            `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`, results in `<tool_response>`.
   llama3    Llama 3.1+: the checkpoint's own template renders tools; a call is {"name", "parameters"}.
 
-A checkpoint template that renders OpenAI-shaped tools itself (it uses the `tools` variable) is used as
-is. Otherwise GLM-family prompts come from the published-format templates below and ChatML prompts are
-rewritten into plain messages before the checkpoint's template renders them. Client-supplied text that
-the template emits verbatim (tool schemas, tool names) has special-token strings broken, so a tool
-description can never open a new turn.
+The checkpoint's own template is used as written whenever it takes tools: OpenAI messages as they are
+(GLM-4.5, Qwen, Llama), GLM turns (`observation` role, `metadata` = the called tool) with `tools` for
+GLM-4-0414's template, GLM turns with the tools on the system turn for glm-4-9b-chat's
+(`item['tools']`), and ChatGLM3's own segment-wise encoding with the function list on its system turn.
+Templates that ignore tools get the published layouts below (GLM) or a ChatML rewrite (Hermes). A
+client's system message and the tools share one system turn where the family's format merges them.
+Client-supplied text that the template emits verbatim (tool schemas, tool names) has special-token
+strings broken, so a tool description can never open a new turn.
 """
 from __future__ import annotations
 
@@ -162,6 +167,8 @@ class ToolTemplate:
         return self._own, turns, tools
 
     def _neutralize(self, value: Any) -> Any:
+        if self.chat_template.segmentwise:  # ChatGLM3 encodes all client text with SentencePiece alone
+            return value                    # (and its "sop" / "eop" are ordinary words there)
         if isinstance(value, str):
             for tok in self.chat_template.tokenizer.special_token_strings:
                 if tok and tok in value:
