@@ -316,6 +316,9 @@ def preset_config(name: str, vocab_size: int, eos_token_ids: tuple[int, ...] = (
                        pad_token_id=pad_token_id, bos_token_id=bos_token_id, **p)
 
 
+QUANTIZATIONS = ("none", "int8", "int4", "auto")
+
+
 def knob(default: Any, help: str, *, size: bool = False, aliases: tuple[str, ...] = ()) -> Any:
     """A config field that is also a serve flag: `help` is its help text, `size` parses 512MiB-style
     values, `aliases` are older flag spellings still accepted."""
@@ -350,6 +353,12 @@ class EngineConfig:
     # cost what they save (CPU, k = 4: alone +54%, 4 at once +8%, 8 +-0, 32 -3%)
     speculative_max_batch: int = knob(4, "draft only while at most this many sequences decode")
 
+    # weight-only quantization (model/quant): int8 per output channel, int4 in groups along the input;
+    # auto = a GGUF file's Q4_0/Q4_1/Q8_0 tensors served as stored, any other checkpoint unquantized
+    quantization: str = knob("none", "none | int8 | int4 | auto (a GGUF's Q4_0/Q4_1/Q8_0 served as stored)")
+    quantization_group_size: int = knob(32, "int4 group size along the input: 32 | 64 | 128 (a layer whose "
+                                            "input width it does not divide takes the next smaller)")
+
     # a checkpoint's tokenizer that exists only as its own Python (auto_map) and that glmserve does not
     # implement is refused unless this is set; then transformers runs that code (docs/SECURITY.md)
     trust_remote_code: bool = knob(False, "run a checkpoint's own tokenizer code when glmserve has no built-in "
@@ -374,6 +383,10 @@ class EngineConfig:
             raise ValueError("kv_cache_memory must be positive")
         if not 0 < self.kv_cache_fraction <= 1:
             raise ValueError("kv_cache_fraction must be in (0, 1]")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization {self.quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
+        if self.quantization_group_size not in (32, 64, 128):
+            raise ValueError("quantization_group_size must be 32, 64 or 128")
         if self.dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
             raise ValueError(f"dtype {self.dtype!r} is not one of auto, float32, bfloat16, float16")
 

@@ -18,6 +18,7 @@ from model.engine.scheduler import ScheduledSeq
 from model.engine.sequence import Sequence
 from model.layers.attention import AttentionMetadata, PrefillSegment
 from model.models.decoder import CausalLM
+from model.quant import QuantSpec, quantize_model
 
 log = logging.getLogger("glmserve.engine")
 
@@ -68,6 +69,9 @@ class ModelRunner:
         self.config = model.config
         self.engine_config = engine_config
         self.block_size = engine_config.block_size
+        if engine_config.quantization in ("int8", "int4"):  # before the KV cache sizes itself on free memory
+            spec = QuantSpec(engine_config.quantization, engine_config.quantization_group_size)
+            log.info("quantized %d modules to %s", quantize_model(model, spec), spec.method)
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.max_blocks_per_seq = -(-max_model_len // self.block_size)

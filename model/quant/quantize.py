@@ -1,0 +1,153 @@
+"""Float weights -> quantized modules, and the swap of a loaded model's nn.Linear / nn.Embedding.
+
+int8: symmetric, one scale per output channel (absmax / 127).
+int4: asymmetric min/max per group of `group_size` inputs, 16 levels: W ~ min + q * (max - min) / 15,
+      stored in the kernel's form (q - 8) * scale + zero with zero = min + 8 * scale.
+Scales are rounded to bf16 *before* the integer codes are chosen, so the codes fit the scales the kernel uses.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from model.quant.kernels import CPU_PACK_BLOCK_N, int4_rows_gatherable, int4_supported, pack_int4
+from model.quant.modules import Int4Embedding, Int4Linear, Int8Embedding, Int8Linear
+
+log = logging.getLogger("glmserve.quant")
+
+METHODS = ("int8", "int4")
+GROUP_SIZES = (32, 64, 128)
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    method: str  # int8 | int4
+    group_size: int = 32  # int4 only
+    embeddings: bool = True  # quantize the embedding and lm_head too
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"quantization method {self.method!r} is not one of {METHODS}")
+        if self.group_size not in GROUP_SIZES:
+            raise ValueError(f"int4 group size {self.group_size} is not one of {GROUP_SIZES}")
+
+
+def round_bf16(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.bfloat16).float()
+
+
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w (N, K) float -> (int8 (N, K), bf16 scales (N,))."""
+    w = w.float()
+    scales = round_bf16((w.abs().amax(dim=1) / 127).clamp(min=1e-10))
+    q = torch.round(w / scales.unsqueeze(1)).clamp(-127, 127).to(torch.int8)
+    return q, scales.to(torch.bfloat16)
+
+
+def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """w (N, K) float -> (q (N, K) int32 in 0..15, scale (N, K/g), zero (N, K/g)) with bf16-exact scales."""
+    n, k = w.shape
+    wg = w.float().reshape(n, k // group_size, group_size)  # (N, G, g)
+    lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)
+    scale = round_bf16(((hi - lo) / 15).clamp(min=1e-10))
+    zero = round_bf16(lo + 8 * scale)
+    q = torch.round((wg - zero.unsqueeze(-1)) / scale.unsqueeze(-1) + 8).clamp(0, 15).to(torch.int32)
+    return q.reshape(n, k), scale, zero
+
+
+def scales_and_zeros(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """(N, G) scale and zero -> the kernels' (G, N, 2) bf16 tensor."""
+    return torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
+
+
+def int4_linear(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int, device: torch.device,
+                bias: torch.Tensor | None = None) -> Int4Linear:
+    n, k = q.shape
+    return Int4Linear(pack_int4(q, device), scales_and_zeros(scale, zero).to(device), group_size, k, n, bias)
+
+
+def int4_embedding(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
+                   dtype: torch.dtype, device: torch.device) -> Int4Embedding:
+    return Int4Embedding(pack_int4(q, device), scales_and_zeros(scale, zero).to(device), group_size, dtype)
+
+
+def int4_group_for(out_features: int, in_features: int, wanted: int) -> int | None:
+    """The largest supported group size <= wanted that the layer's shape allows (576 inputs: 64, not 128)."""
+    for g in sorted(GROUP_SIZES, reverse=True):
+        if g <= wanted and int4_supported(out_features, in_features, g):
+            return g
+    return None
+
+
+def embedding_int4_ok(num_embeddings: int, embedding_dim: int, group_size: int, device: torch.device) -> bool:
+    return (num_embeddings % CPU_PACK_BLOCK_N == 0 and int4_rows_gatherable(device.type)
+            and int4_supported(num_embeddings, embedding_dim, group_size))
+
+
+def quantize_linear(linear: nn.Linear, spec: QuantSpec) -> nn.Module:
+    w, device = linear.weight.detach(), linear.weight.device
+    bias = linear.bias.detach().clone() if linear.bias is not None else None
+    if spec.method == "int4":
+        g = int4_group_for(linear.out_features, linear.in_features, spec.group_size)
+        if g is not None:
+            return int4_linear(*quantize_int4(w, g), g, device, bias)
+        log.info("int4 does not fit a (%d, %d) weight; int8 instead", linear.out_features, linear.in_features)
+    q, scales = quantize_int8(w)
+    return Int8Linear(q, scales.to(device), bias)
+
+
+def quantize_embedding(embedding: nn.Embedding, spec: QuantSpec) -> Int8Embedding | Int4Embedding:
+    w, device = embedding.weight.detach(), embedding.weight.device
+    v, h = w.shape
+    if spec.method == "int4":
+        g = int4_group_for(v, h, spec.group_size)
+        if g is not None and embedding_int4_ok(v, h, g, device):
+            return int4_embedding(*quantize_int4(w, g), g, w.dtype, device)
+        log.info("int4 embedding lookup unavailable for (%d, %d) on %s; int8 embedding", v, h, device)
+    q, scales = quantize_int8(w)
+    return Int8Embedding(q, scales.to(device), w.dtype)
+
+
+def quantize_model(model: nn.Module, spec: QuantSpec) -> int:
+    """Swaps the float nn.Linear layers (and, with spec.embeddings, the embedding and lm_head) of a loaded
+    CausalLM for quantized ones; modules that are quantized already (a GGUF served as stored) stay.
+    Returns how many modules were replaced."""
+    count = 0
+    tied = model.lm_head.weight is model.embed_tokens.weight if isinstance(model.lm_head, nn.Linear) else False
+    if spec.embeddings and type(model.embed_tokens) is nn.Embedding:
+        model.embed_tokens = quantize_embedding(model.embed_tokens, spec)
+        count += 1
+        if tied:
+            model.lm_head = model.embed_tokens.as_linear()  # one copy serves both
+            count += 1
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is not nn.Linear or (child is getattr(model, "lm_head", None) and not spec.embeddings):
+                continue
+            if child is model.lm_head and tied:
+                continue  # stays float with the float embedding it shares a weight with
+            setattr(module, name, quantize_linear(child, spec))
+            count += 1
+    return count
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Resident bytes of every parameter and buffer, each storage counted once (tied weights, shared
+    quantized tables); the RoPE tables count too, they are what the model holds."""
+    seen: set[int] = set()
+    total = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.device.type == "meta":
+            continue
+        try:
+            ptr, nbytes = t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()
+        except (NotImplementedError, RuntimeError):  # oneDNN-packed weights have no plain storage
+            total += t.numel() * t.element_size()
+            continue
+        if ptr not in seen:
+            seen.add(ptr)
+            total += nbytes
+    return total
