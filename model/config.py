@@ -359,6 +359,11 @@ class EngineConfig:
     quantization_group_size: int = knob(32, "int4 group size along the input: 32 | 64 | 128 (a layer whose "
                                             "input width it does not divide takes the next smaller)")
 
+    # LoRA adapters (model/lora): adapters resident on the device at once (the running sequences use at
+    # most this many; more registered ones wait on the host, least recently used evicted), and the largest r
+    max_loras: int = knob(4, "LoRA adapters resident at once (and used by one step at most); more wait, LRU")
+    max_lora_rank: int = knob(64, "largest LoRA rank r an adapter may have")
+
     # a checkpoint's tokenizer that exists only as its own Python (auto_map) and that glmserve does not
     # implement is refused unless this is set; then transformers runs that code (docs/SECURITY.md)
     trust_remote_code: bool = knob(False, "run a checkpoint's own tokenizer code when glmserve has no built-in "
@@ -383,6 +388,8 @@ class EngineConfig:
             raise ValueError("kv_cache_memory must be positive")
         if not 0 < self.kv_cache_fraction <= 1:
             raise ValueError("kv_cache_fraction must be in (0, 1]")
+        if self.max_loras < 1 or self.max_lora_rank < 1:
+            raise ValueError("max_loras and max_lora_rank must be >= 1")
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization {self.quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
         if self.quantization_group_size not in (32, 64, 128):

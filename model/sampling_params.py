@@ -48,6 +48,8 @@ class SamplingParams:
     # sequences with different fairness keys (API keys, client addresses) share the sequence slots
     priority: int = 0
     fairness_key: str | None = None
+    # which loaded LoRA adapter decodes this request (model/lora); None = the bare base model
+    lora_name: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

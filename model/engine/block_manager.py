@@ -30,6 +30,12 @@ def chain_hash(prev_hash: bytes | None, token_ids: list[int] | tuple[int, ...]) 
     return h.digest()
 
 
+def root_hash(seq: Sequence) -> bytes | None:
+    """The chain's start: None for the bare base, the adapter's load id under a LoRA adapter, so K/V
+    computed through one adapter is never served to another (or to the base)."""
+    return None if not seq.lora_id else b"lora:%d" % seq.lora_id
+
+
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
         self.block_size = block_size
@@ -60,7 +66,7 @@ class BlockManager:
         if not self.enable_prefix_caching or seq.needs_all_positions:
             return []
         hits: list[int] = []
-        prev: bytes | None = None
+        prev: bytes | None = root_hash(seq)
         bs = self.block_size
         for i in range((seq.num_tokens - 1) // bs):
             tokens = tuple(seq.token_ids[i * bs:(i + 1) * bs])
@@ -122,7 +128,7 @@ class BlockManager:
         num_full = min(seq.num_computed_tokens // bs, len(seq.block_table))
         for i in range(len(seq.block_hashes), num_full):
             tokens = tuple(seq.token_ids[i * bs:(i + 1) * bs])
-            prev = seq.block_hashes[i - 1] if i else None
+            prev = seq.block_hashes[i - 1] if i else root_hash(seq)
             block_hash = chain_hash(prev, tokens)
             seq.block_hashes.append(block_hash)
             block = self.blocks[seq.block_table[i]]

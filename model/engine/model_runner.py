@@ -64,6 +64,8 @@ def _available_memory(device: torch.device) -> int:
 
 
 class ModelRunner:
+    lora = None  # a model.lora.LoRAManager once LLMEngine loads an adapter; it wraps the projections
+
     def __init__(self, model: CausalLM, engine_config: EngineConfig, max_model_len: int) -> None:
         self.model = model
         self.config = model.config
@@ -139,6 +141,8 @@ class ModelRunner:
                 logits_rows += range(row - 1 - item.num_draft, row)
         meta = AttentionMetadata(slot_mapping=self._tensor(slots), prefills=segments,
                                  decode_start=row - len(decodes))
+        if self.lora is not None:  # LoRA (model/lora): this step's rows per adapter, one forward for all
+            self.lora.prepare_step([(item.seq.lora_id, item.num_tokens) for item in ordered])
         if decodes:
             self._decode_metadata(meta, decodes)
         hidden = self.model(self._tensor(input_ids), self._tensor(positions), meta)

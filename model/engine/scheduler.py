@@ -19,6 +19,7 @@ import bisect
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 from model.engine.block_manager import BlockManager
 from model.engine.fairness import SlotPolicy, order
@@ -60,6 +61,8 @@ class Scheduler:
         self.running: list[Sequence] = []  # sorted by fairness.order
         self.policy = SlotPolicy(max_num_seqs)
         self.num_preemptions = 0
+        # LoRA (model/lora): may this sequence join the running ones without exceeding --max-loras adapters
+        self.admission_gate: Callable[[Sequence, list[Sequence]], bool] | None = None
 
     def add(self, seq: Sequence, front: bool = False) -> None:
         seq.status = SequenceStatus.WAITING
@@ -124,6 +127,8 @@ class Scheduler:
         bm = self.block_manager
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.policy.next_waiting(self.waiting, self.running)
+            if self.admission_gate is not None and not self.admission_gate(seq, self.running):
+                break  # it waits until a running adapter's sequences finish (at most max_loras per step)
             if not bm.allocate(seq):
                 break
             self.waiting.remove(seq)

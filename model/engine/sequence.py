@@ -44,6 +44,7 @@ class Sequence:
     prompt_logprobs: list | None = None
     draft_token_ids: list[int] = field(default_factory=list)  # speculative tokens to verify this step
     embedding: list[float] | None = None  # a pooling request's vector, once its prompt is computed
+    lora_id: int = 0  # the LoRA adapter's load id (model/lora), 0 = the bare base; part of the block hashes
 
     def __post_init__(self) -> None:
         if not self.token_ids:
