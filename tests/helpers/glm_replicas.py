@@ -307,6 +307,18 @@ def _build_hf_glm4_family(dest: Path, model_type: str, template: str, name: str,
             if "norm" in pname or pname.endswith("bias"):
                 p.add_(torch.randn_like(p) * 0.1)
     model.save_pretrained(dest, max_shard_size="250KB")
+    # the hub's config.json as transformers 4.4x wrote it (top-level rope_theta / partial_rotary_factor),
+    # not transformers 5's spelling: what users actually download
+    _write_json(dest / "config.json", {
+        "architectures": [cls_model.__name__], "attention_bias": True, "attention_dropout": 0.0,
+        "eos_token_id": eos, "head_dim": HEAD_DIM, "hidden_act": "silu", "hidden_size": HIDDEN,
+        "initializer_range": 0.02, "intermediate_size": FFN, "max_position_embeddings": 2048,
+        "model_type": model_type, "num_attention_heads": HEADS, "num_hidden_layers": LAYERS,
+        "num_key_value_heads": KV_GROUPS, "pad_token_id": base, "partial_rotary_factor": 0.5,
+        "rms_norm_eps": config.rms_norm_eps, "rope_theta": 10000.0 if model_type == "glm4" else 10000.0 * 500,
+        "tie_word_embeddings": False, "torch_dtype": "float32",
+        "transformers_version": "4.51.3" if model_type == "glm4" else "4.46.0", "use_cache": True,
+        "vocab_size": vocab})
     _write_json(dest / "generation_config.json", {"_from_model_config": True, "do_sample": True, "eos_token_id": eos,
                                                    "pad_token_id": base, "temperature": 0.6, "top_p": 0.8,
                                                    "max_length": 2048, "transformers_version": "4.51.3"})

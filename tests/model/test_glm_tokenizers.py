@@ -141,3 +141,6 @@ def test_serve_refuses_a_remote_code_checkpoint_naming_the_file(glm4_0414_dir, t
     assert main(["--model", path, "--self-test", "off", "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert "cannot serve" in err and "tokenization_custom.py" in err and "--trust-remote-code" in err
+    # the flag reaches the tokenizer: now the checkpoint's file is imported (and the inert replica raises)
+    with pytest.raises(Exception, match="tokenization_custom.py was executed"):
+        main(["--model", path, "--self-test", "off", "--port", "0", "--trust-remote-code"])
