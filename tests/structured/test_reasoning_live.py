@@ -131,8 +131,11 @@ def _create(client: OpenAI, **extra):
                                              "max_tokens": 96, **extra})
 
 
-def test_reasoning_and_the_xml_call_come_back_separately(client: OpenAI) -> None:
-    choice = _create(client).choices[0]
+def test_reasoning_and_the_xml_call_come_back_separately(client: OpenAI, scripted: ThreadedServer) -> None:
+    reply = _create(client)
+    choice = reply.choices[0]
+    block = scripted.engine.tokenizer.encode(f"<think>{REASONING}</think>", allow_special=True)
+    assert reply.usage.completion_tokens_details.reasoning_tokens == len(block)
     extra = choice.message.model_extra
     assert extra["reasoning_content"] == REASONING and extra["reasoning"] == REASONING
     assert choice.message.content is None and choice.finish_reason == "tool_calls"
@@ -141,8 +144,11 @@ def test_reasoning_and_the_xml_call_come_back_separately(client: OpenAI) -> None
     assert json.loads(call.function.arguments) == {"city": "Paris", "unit": "celsius"}
 
 
-def test_streamed_reasoning_then_call_lose_and_duplicate_nothing(client: OpenAI) -> None:
-    chunks = list(_create(client, stream=True))
+def test_streamed_reasoning_then_call_lose_and_duplicate_nothing(client: OpenAI, scripted: ThreadedServer) -> None:
+    chunks = list(_create(client, stream=True, stream_options={"include_usage": True}))
+    block = scripted.engine.tokenizer.encode(f"<think>{REASONING}</think>", allow_special=True)
+    assert chunks[-1].usage.completion_tokens_details.reasoning_tokens == len(block)
+    chunks = chunks[:-1]
     reasoning, content, names, arguments, order = "", "", [], "", []
     for chunk in chunks:
         if not chunk.choices:

@@ -18,7 +18,7 @@ from server.errors import bad_request
 from server.protocol import (AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionRequest, ChoiceLogprobs)
 from server.serving.admission import check_model, clamp_headers, new_request_id, plan_max_tokens, sampling_params
 from server.serving.engine_stream import run_engine, until_disconnected
-from server.serving.openai.choice import ChoiceStream, parse_choice, plan_reasoning
+from server.serving.openai.choice import ChoiceStream, parse_choice, plan_reasoning, with_reasoning_tokens
 from server.serving.openai.logprobs import chat_logprobs, vllm_prompt_logprobs
 from server.serving.respond import RequestContext, begin_request, finish_json, stream_response
 from server.serving.openai.structured import ToolPlan, apply_plan, plan_tools, structured_output_processors, tool_template
@@ -96,6 +96,7 @@ async def create_chat_completion(state: ServerState, request: Request, body: Cha
 @dataclass
 class _ChoiceAcc:
     text: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
     logprobs: list[Any] = field(default_factory=list)
     finish_reason: str | None = None
     stop_reason: str | int | None = None
@@ -111,6 +112,7 @@ async def collect_chat(state: ServerState, body: ChatCompletionRequest, ctx: Req
         if out.prompt_logprobs is not None and prompt_logprobs is None:
             prompt_logprobs = vllm_prompt_logprobs(out.prompt_logprobs)
         acc.text.append(out.text_delta)
+        acc.token_ids += out.token_ids
         if body.logprobs and out.logprobs:
             acc.logprobs += out.logprobs
         if out.finished:
@@ -126,7 +128,8 @@ async def collect_chat(state: ServerState, body: ChatCompletionRequest, ctx: Req
             logprobs=ChoiceLogprobs(content=chat_logprobs(acc.logprobs)) if body.logprobs else None,
             finish_reason=finish, stop_reason=acc.stop_reason))
     return ChatCompletion(id=ctx.request_id, created=ctx.created, model=state.model_name, choices=choices,
-                          usage=ctx.trace.usage(), system_fingerprint=state.system_fingerprint,
+                          usage=with_reasoning_tokens(ctx.trace.usage(), plan.reasoning, [a.token_ids for a in accs]),
+                          system_fingerprint=state.system_fingerprint,
                           prompt_logprobs=prompt_logprobs,
                           timings=ctx.trace.timings() if state.settings.timings else None)
 
@@ -149,6 +152,7 @@ async def chat_chunks(state: ServerState, body: ChatCompletionRequest, ctx: Requ
 
     plan = plan or ToolPlan()
     choice_streams = [ChoiceStream(plan.reasoning, plan) for _ in range(body.n)]
+    choice_ids: list[list[int]] = [[] for _ in range(body.n)]  # for usage's reasoning_tokens
     for i in range(body.n):
         yield chunk(i, {"role": "assistant", "content": "", "refusal": None})
     async for out in outputs:
@@ -157,6 +161,8 @@ async def chat_chunks(state: ServerState, body: ChatCompletionRequest, ctx: Requ
             logprobs = {"content": [lp.model_dump() for lp in chat_logprobs(out.logprobs)], "refusal": None}
         # reasoning deltas, then content (held while it may be a tool call) and tool-call deltas
         stream = choice_streams[out.index]
+        if plan.reasoning is not None:
+            choice_ids[out.index] += out.token_ids
         deltas = stream.push(out.text_delta) + (stream.finish() if out.finished else [])
         if logprobs and not deltas:
             deltas = [{}]
@@ -172,7 +178,8 @@ async def chat_chunks(state: ServerState, body: ChatCompletionRequest, ctx: Requ
                 final["timings"] = ctx.trace.timings().model_dump()
             yield final
     if body.include_usage:
-        last = {**base, "choices": [], "usage": ctx.trace.usage().model_dump()}
+        usage = with_reasoning_tokens(ctx.trace.usage(), plan.reasoning, choice_ids)
+        last = {**base, "choices": [], "usage": usage.model_dump()}
         if state.settings.timings:
             last["timings"] = ctx.trace.timings().model_dump()
         yield last

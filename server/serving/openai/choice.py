@@ -1,6 +1,7 @@
 """One choice's generated text as the API returns it: reasoning, content and tool calls.
 
     reasoning = plan_reasoning(state, body, prompt_ids)     # None when the request expects no reasoning
+    usage = with_reasoning_tokens(usage, reasoning, [output_ids, ...])   # reasoning_tokens per request
     parsed = parse_choice(text, reasoning, tool_plan)       # ParsedChoice(reasoning, content, tool_calls)
     stream = ChoiceStream(reasoning, tool_plan)             # streamed: push(delta) / finish() -> deltas
 
@@ -20,12 +21,15 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from model import ThinkSpan
+
 from server.serving.openai.reasoning import (REASONING_FORMATS, ReasoningFormat, ReasoningSplitter,
                                              detect_reasoning_format, parse_reasoning, prompt_closes_reasoning,
                                              prompt_opens_reasoning)
 
 if TYPE_CHECKING:
-    from server.protocol import ChatCompletionRequest
+    from model import Tokenizer
+    from server.protocol import ChatCompletionRequest, Usage
     from server.serving.openai.structured import ToolPlan
     from server.state import ServerState
 
@@ -37,6 +41,28 @@ PROMPT_TAIL_TOKENS = 8  # enough to see `<think>` / `</think>` at the end of a r
 class ReasoningPlan:
     fmt: ReasoningFormat
     starts_inside: bool  # the prompt opened the think block
+    span: ThinkSpan | None = None  # the markers as token ids (budget, grammar gate, reasoning_tokens)
+
+    def num_reasoning_tokens(self, output_ids: list[int]) -> int:
+        """Tokens of one choice's think block, its markers included (usage's reasoning_tokens)."""
+        if self.span is None:
+            return 0
+        state, index = self.span.locate(output_ids)
+        return index if state == "closed" else len(output_ids) if state == "open" else 0
+
+
+def think_span(tokenizer: "Tokenizer", fmt: ReasoningFormat, starts_inside: bool) -> ThinkSpan:
+    skip = [tokenizer.encode(ws) for ws in ("\n", "\n\n", " ")]  # what may precede `<think>`
+    return ThinkSpan(tuple(tokenizer.encode(fmt.start, allow_special=True)),
+                     tuple(tokenizer.encode(fmt.end, allow_special=True)), starts_inside,
+                     frozenset(ids[0] for ids in skip if len(ids) == 1))
+
+
+def with_reasoning_tokens(usage: "Usage", reasoning: ReasoningPlan | None, outputs: list[list[int]]) -> "Usage":
+    """usage.completion_tokens_details.reasoning_tokens over the choices' output token ids."""
+    if reasoning is not None:
+        usage.completion_tokens_details.reasoning_tokens = sum(reasoning.num_reasoning_tokens(ids) for ids in outputs)
+    return usage
 
 
 @dataclass
@@ -75,10 +101,12 @@ def plan_reasoning(state: "ServerState", body: "ChatCompletionRequest", prompt_i
     fmt, _ = server_reasoning_format(state)
     if fmt is None or thinking_disabled(body):
         return None
-    tail = state.engine.tokenizer.decode(prompt_ids[-PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
+    tokenizer = state.engine.tokenizer
+    tail = tokenizer.decode(prompt_ids[-PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
     if prompt_closes_reasoning(tail, fmt):
         return None
-    return ReasoningPlan(fmt, prompt_opens_reasoning(tail, fmt))
+    inside = prompt_opens_reasoning(tail, fmt)
+    return ReasoningPlan(fmt, inside, think_span(tokenizer, fmt, inside))
 
 
 def parse_choice(text: str, reasoning: ReasoningPlan | None, tools: "ToolPlan | None") -> ParsedChoice:

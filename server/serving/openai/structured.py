@@ -21,8 +21,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from model import (ReasoningGate, StructuredOutputError, StructuredOutputs, ThinkingBudgetProcessor, ThinkSpan,
-                   ToolCallShape, ToolTemplate)
+from model import (ReasoningGate, StructuredOutputError, StructuredOutputs, ThinkingBudgetProcessor, ToolCallShape,
+                   ToolTemplate)
 from server.errors import bad_request
 from server.protocol import ChatCompletionRequest
 from server.serving.openai.choice import ReasoningPlan, server_reasoning_format, thinking_disabled
@@ -124,21 +124,13 @@ async def structured_output_processors(body: ChatCompletionRequest, state: Serve
                                        plan: ToolPlan) -> tuple[Any, ...]:
     """Logits processors making the reply follow response_format / the forced tool call, after any
     reasoning, and keeping reasoning within thinking_token_budget (or nothing)."""
-    span = _think_span(state, plan.reasoning) if plan.reasoning is not None else None
+    span = plan.reasoning.span if plan.reasoning is not None else None
     budget = body.thinking_token_budget
     limits = (ThinkingBudgetProcessor(span, budget),) if span is not None and budget is not None else ()
     grammar = await _grammar_processor(body, state, plan)
     if grammar is None:
         return limits
     return ((ReasoningGate(span, grammar) if span is not None else grammar),) + limits
-
-
-def _think_span(state: ServerState, reasoning: ReasoningPlan) -> ThinkSpan:
-    tokenizer = state.engine.tokenizer
-    skip = [tokenizer.encode(ws) for ws in ("\n", "\n\n", " ")]
-    return ThinkSpan(tuple(tokenizer.encode(reasoning.fmt.start, allow_special=True)),
-                     tuple(tokenizer.encode(reasoning.fmt.end, allow_special=True)), reasoning.starts_inside,
-                     frozenset(ids[0] for ids in skip if len(ids) == 1))
 
 
 async def _grammar_processor(body: ChatCompletionRequest, state: ServerState, plan: ToolPlan) -> Any | None:
