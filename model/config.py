@@ -199,7 +199,7 @@ def _moe_from(cfg: dict[str, Any]) -> MoeConfig:
             intermediate_size=cfg["moe_intermediate_size"], layers=tuple(range(first_sparse, n)),
             scoring="sigmoid", norm_topk_prob=bool(cfg.get("norm_topk_prob", True)),
             routed_scaling_factor=float(cfg.get("routed_scaling_factor", 1.0)),
-            num_groups=cfg.get("n_group", 1), topk_groups=cfg.get("topk_group", 1),
+            num_groups=cfg.get("n_group") or 1, topk_groups=cfg.get("topk_group") or 1,
             score_correction_bias=True, num_shared_experts=cfg.get("n_shared_experts", 1))
     # qwen3_moe: every decoder_sparse_step-th layer is sparse unless listed in mlp_only_layers
     step, dense_only = cfg.get("decoder_sparse_step", 1), set(cfg.get("mlp_only_layers") or [])
