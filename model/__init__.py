@@ -28,6 +28,8 @@ _EXPORTS = {
     "ThinkSpan": "model.engine.thinking",
     "ThinkingBudgetProcessor": "model.engine.thinking",
     "TokenLogprob": "model.engine.outputs",
+    "AdapterError": "model.lora.peft_format",
+    "AdapterInUse": "model.lora.manager",
     "LoadedModel": "model.loader",
     "load_model": "model.loader",
     "resolve_model_dir": "model.loader",

@@ -9,6 +9,7 @@ thread through an inbox, and awaits outputs that the thread delivers with call_s
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import queue
 import threading
@@ -154,6 +155,24 @@ class AsyncEngine:
         self._inbox.put(("abort", request_id))
         self._wake.set()
 
+    # ---- LoRA adapters: run on the loop thread between steps, so no step sees half a change -----------
+    async def load_lora(self, name: str, path: str):
+        return await self._on_loop(self.engine.load_lora, name, path)
+
+    async def unload_lora(self, name: str):
+        return await self._on_loop(self.engine.unload_lora, name)
+
+    def loras(self) -> list:
+        return self.engine.loras()
+
+    async def _on_loop(self, fn, *args):
+        if self._dead is not None or self._thread is None:
+            raise EngineDeadError(f"the engine loop is not running: {self._dead!r}")
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._inbox.put(("call", (future, fn, args)))
+        self._wake.set()
+        return await asyncio.wrap_future(future)
+
     # ---- the loop thread -----------------------------------------------------------------------------
     def _run(self) -> None:
         try:
@@ -191,6 +210,12 @@ class AsyncEngine:
             elif kind == "abort":
                 for out in self.engine.abort(payload):
                     self._deliver(out)
+            elif kind == "call":
+                future, fn, args = payload
+                try:
+                    future.set_result(fn(*args))
+                except Exception as e:  # noqa: BLE001 - the caller's error, not the loop's
+                    future.set_exception(e)
 
     def _deliver(self, out: RequestOutput) -> None:
         stream = self._streams.get(out.request_id)

@@ -22,6 +22,7 @@ from model.engine.postprocessor import Postprocessor
 from model.engine.sampler import Sampler
 from model.engine.scheduler import Scheduler
 from model.engine.sequence import Sequence
+from model.lora import Adapter, AdapterInUse, LoRAManager
 from model.loader import LoadedModel, load_model
 from model.models.decoder import CausalLM
 from model.sampling_params import SamplingParams
@@ -48,6 +49,7 @@ class LLMEngine:
         self.postprocessor = Postprocessor(self.scheduler, self.block_manager, self.sampler,
                                            OutputProcessor(tokenizer, eos, self.max_model_len))
         self._recent: deque[tuple[float, int]] = deque(maxlen=64)  # (time, tokens generated in the step)
+        self.lora: LoRAManager | None = None  # made at the first load_lora (the network stays as loaded until then)
 
     @classmethod
     def from_model(cls, source: str, engine_config: EngineConfig | None = None,
@@ -82,6 +84,9 @@ class LLMEngine:
         if any(t < 0 or t >= vocab for t in prompt_token_ids):
             raise RequestRejected(f"prompt token ids must be in [0, {vocab})", code="invalid_prompt", param="prompt")
         params.check_vocab(vocab)
+        if params.lora_name is not None and (self.lora is None or params.lora_name not in self.lora.adapters):
+            raise RequestRejected(f"no LoRA adapter named {params.lora_name!r} is loaded", code="model_not_found",
+                                  param="model")
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         self.validate(prompt_token_ids, params)
@@ -92,7 +97,39 @@ class LLMEngine:
         stream starts, on the caller's thread)."""
         if request_id in self.postprocessor.requests:
             raise ValueError(f"request id {request_id!r} is already running")
-        self.postprocessor.add([Sequence(request_id, list(prompt_token_ids), params, index=i) for i in range(params.n)])
+        lora_id = 0
+        if params.lora_name is not None:  # unloaded since validate(): refused, never run on another adapter
+            if self.lora is None or params.lora_name not in self.lora.adapters:
+                raise RequestRejected(f"the LoRA adapter {params.lora_name!r} was unloaded", code="model_not_found",
+                                      param="model")
+            lora_id = self.lora.id_of(params.lora_name)
+        self.postprocessor.add([Sequence(request_id, list(prompt_token_ids), params, index=i, lora_id=lora_id)
+                                for i in range(params.n)])
+
+    # ---- LoRA adapters (model/lora) ------------------------------------------------------------------
+    def load_lora(self, name: str, path: str) -> Adapter:
+        """Registers the PEFT adapter at path under name; AdapterError (a ValueError) says why not."""
+        if self.lora is None:
+            self.lora = LoRAManager(self.runner.model, self.config.max_loras, self.config.max_lora_rank)
+            self.runner.lora = self.lora
+            self.scheduler.admission_gate = self._lora_gate
+        return self.lora.load(name, path)
+
+    def unload_lora(self, name: str) -> Adapter:
+        """KeyError when not loaded; AdapterInUse while a live request uses it (it is never cut)."""
+        if self.lora is None or name not in self.lora.adapters:
+            raise KeyError(name)
+        lora_id = self.lora.id_of(name)
+        users = sum(1 for seqs in self.postprocessor.requests.values() if any(s.lora_id == lora_id for s in seqs))
+        if users:
+            raise AdapterInUse(f"the LoRA adapter {name!r} is in use by {users} running request(s)")
+        return self.lora.unload(name)
+
+    def loras(self) -> list[Adapter]:
+        return list(self.lora.adapters.values()) if self.lora is not None else []
+
+    def _lora_gate(self, seq: Sequence, running: list[Sequence]) -> bool:
+        return self.lora.can_admit(seq.lora_id, {s.lora_id for s in running})
 
     def abort(self, request_id: str) -> list[RequestOutput]:
         return self.postprocessor.abort(request_id)
