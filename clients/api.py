@@ -1,7 +1,7 @@
 """What every HTTP client here shares: server URL and key defaults, auth headers, SSE parsing, errors.
 
 Clients speak the published OpenAI protocol only, so they work against any compatible server.
-No torch, no `model`, no `server` imports (DESIGN.md).
+No torch, no `model`, no `server` imports (docs/ARCHITECTURE.md).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DESIGN.md: clients/ import neither `model` nor `server` and need no torch."""
+"""docs/ARCHITECTURE.md: clients/ import neither `model` nor `server` and need no torch."""
 from __future__ import annotations
 
 import ast

@@ -1,4 +1,4 @@
-"""DESIGN.md import rules for server/: only names from `model` (model/__init__.py), never a model
+"""docs/ARCHITECTURE.md ("Who may import whom") for server/: only names from `model` (model/__init__.py), never a model
 submodule, never torch, never clients."""
 from __future__ import annotations
 

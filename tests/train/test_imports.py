@@ -1,4 +1,4 @@
-"""DESIGN.md import rules for model/train: never the server, fastapi, the clients or the engine."""
+"""docs/ARCHITECTURE.md import rules for model/train: never the server, fastapi, the clients or the engine."""
 from __future__ import annotations
 
 import ast
