@@ -115,10 +115,6 @@ class ModelConfig:
         if self.hidden_act not in ("silu", "swiglu"):
             raise UnsupportedModelError(f"hidden_act {self.hidden_act!r} is not supported (only silu/SwiGLU)")
 
-    @property
-    def rotary_dim(self) -> int:
-        return int(self.head_dim * self.rope.partial_rotary_factor)
-
     def is_moe_layer(self, layer_idx: int) -> bool:
         return self.moe is not None and layer_idx in self.moe.layers
 

@@ -131,7 +131,6 @@ class IncrementalDetokenizer:
     token_ids: list[int] = field(default_factory=list)
     prefix_offset: int = 0
     read_offset: int = 0
-    text: str = ""
 
     def add(self, token_id: int) -> str:
         self.token_ids.append(token_id)
@@ -143,7 +142,6 @@ class IncrementalDetokenizer:
         delta = full_text[len(prefix_text):]
         self.prefix_offset = self.read_offset
         self.read_offset = len(self.token_ids)
-        self.text += delta
         return delta
 
     def flush(self) -> str:
@@ -154,7 +152,6 @@ class IncrementalDetokenizer:
         delta = delta.rstrip(REPLACEMENT_CHAR)
         self.read_offset = len(self.token_ids)
         self.prefix_offset = self.read_offset
-        self.text += delta
         return delta
 
 

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 class SeqTextState:
     detokenizer: IncrementalDetokenizer
     stops: StopStringMatcher
-    num_emitted_tokens: int = 0
 
 
 class OutputProcessor:
