@@ -2,6 +2,7 @@
 
     glmserve serve [--model default] [--port 8000] ...   the HTTP server (server/__main__.py)
     glmserve info [MODEL]                                 load a model, print its config and load time
+    glmserve run-batch -i requests.jsonl -o results.jsonl  an OpenAI batch file, offline (server/batch)
     glmserve train tokenizer|pretrain|sft ...             training (model/train/__main__.py)
     glmserve chat | bench | summarize | translate ...     HTTP clients (clients/)
     glmserve eval summarize|translate|perplexity --data FILE   quality evaluation over HTTP (clients/eval.py)
@@ -14,6 +15,7 @@ import sys
 COMMANDS = {
     "serve": ("server.__main__", "serve the model over HTTP"),
     "info": ("server.info", "print a model's config and load time"),
+    "run-batch": ("server.batch.__main__", "run an OpenAI batch file (JSONL) through the model offline"),
     "train": ("model.train.__main__", "train a tokenizer, pretrain or fine-tune"),
     "chat": ("clients.chat", "streaming terminal chat"),
     "bench": ("clients.bench", "load generator for any OpenAI-compatible server"),
