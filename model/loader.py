@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import torch
 
-from model.config import ModelConfig, default_cache_dir
+from model.config import EngineConfig, ModelConfig, default_cache_dir
 from model.models.decoder import CausalLM
 from model.models.registry import build_model, weight_map_for
 from model.models.weight_map import expected_names
@@ -68,8 +68,36 @@ def resolve_model_dir(source: str, cache_dir: str | None = None) -> str:
 
 
 def load_model(source: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
-               cache_dir: str | None = None) -> LoadedModel:
+               cache_dir: str | None = None, engine_config: EngineConfig | None = None) -> LoadedModel:
+    """With engine_config: a memory preflight first (model/preflight.py), and its quantization picks how a
+    GGUF's quantized tensors load (auto / int4: as stored, model/quant/gguf_load.py)."""
     start = time.perf_counter()
+    quantization = engine_config.quantization if engine_config is not None else "none"
+    gguf_path = default_model_gguf() if source == "default" else Path(source) if source.endswith(".gguf") else None
+    if engine_config is not None:  # before any weight is read (or a GGUF dequantized)
+        from model.preflight import check_memory
+
+        check_memory(str(gguf_path or source), engine_config, device, dtype)
+    if gguf_path is not None and quantization in ("auto", "int4"):
+        from model.quant.gguf_load import load_gguf_stored
+
+        model, cfg, model_dir = load_gguf_stored(gguf_path, quantization, torch.device(device), dtype, cache_dir)
+    else:
+        model, cfg, model_dir = _load_float(source, device, dtype, cache_dir)
+    provenance = {}
+    args_path = os.path.join(model_dir, "training_args.json")
+    if os.path.exists(args_path):
+        with open(args_path) as f:
+            provenance = json.load(f)
+    seconds = time.perf_counter() - start
+    active = f", {cfg.num_params(active=True) / 1e6:.1f}M active" if cfg.moe is not None else ""
+    log.info("loaded %s (%s, %.1fM params%s) in %.2fs", source, cfg.model_type, cfg.num_params() / 1e6, active,
+             seconds)
+    return LoadedModel(model, cfg, model_dir, source, seconds, provenance)
+
+
+def _load_float(source: str, device: str, dtype: torch.dtype, cache_dir: str | None
+                ) -> tuple[CausalLM, ModelConfig, str]:
     model_dir = resolve_model_dir(source, cache_dir)
     with open(os.path.join(model_dir, "config.json")) as f:
         cfg = ModelConfig.from_hf_dict(json.load(f))
@@ -81,16 +109,7 @@ def load_model(source: str, device: str = "cpu", dtype: torch.dtype = torch.floa
     if missing:
         raise ValueError(f"checkpoint {model_dir} lacks {len(missing)} tensors, e.g. {sorted(missing)[:4]}")
     model.eval()
-    provenance = {}
-    args_path = os.path.join(model_dir, "training_args.json")
-    if os.path.exists(args_path):
-        with open(args_path) as f:
-            provenance = json.load(f)
-    seconds = time.perf_counter() - start
-    active = f", {cfg.num_params(active=True) / 1e6:.1f}M active" if cfg.moe is not None else ""
-    log.info("loaded %s (%s, %.1fM params%s) in %.2fs", source, cfg.model_type, cfg.num_params() / 1e6, active,
-             seconds)
-    return LoadedModel(model, cfg, model_dir, source, seconds, provenance)
+    return model, cfg, model_dir
 
 
 def iter_checkpoint_tensors(model_dir: str) -> Iterator[tuple[str, torch.Tensor]]:
