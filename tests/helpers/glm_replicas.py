@@ -16,6 +16,7 @@ an HF `glm` model's tensors renamed into ChatGLM's layout (the same network), so
     build_glm4_chat_hf_replica THUDM/glm-4-9b-chat-hf    glm, tokenizer.json
     build_glm4_0414_replica   THUDM/GLM-4-9B-0414        glm4, tokenizer.json, its own tool template
     build_glm_z1_replica      THUDM/GLM-Z1-9B-0414       glm4, tokenizer.json, <think> generation prompt
+    build_glm4_moe_replica    zai-org/GLM-4.5-Air        glm4_moe (the architecture work's, at the end)
 """
 from __future__ import annotations
 
@@ -354,9 +355,6 @@ def build_glm_z1_replica(dest: str | Path) -> str:
     """THUDM/GLM-Z1-9B-0414: model_type glm4, tokenizer.json, `<think>` opened by the generation prompt."""
     return _cached(dest, lambda d: _build_hf_glm4_family(d, "glm4", glm_templates.GLM_Z1_0414,
                                                          "THUDM/GLM-Z1-9B-0414", seed=7))
-
-
-# ---- GLM-4.5 (glm4_moe): build_glm4_moe_replica is added here by the architectures work ----------------
 
 
 # ---- GLM-4.5 (glm4_moe) ---------------------------------------------------------------------------------
