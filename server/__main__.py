@@ -87,9 +87,13 @@ def build_app(settings: "Settings") -> "FastAPI":
     from model import AsyncEngine
     from server.app import create_app
 
+    from server.lora import startup_adapters
+
     engine_config = settings.engine_config()
     logging.getLogger("glmserve.server").info("loading model", extra={"fields": {"model": settings.model}})
-    return create_app(settings, AsyncEngine.from_model(settings.model, engine_config, cache_dir=settings.cache_dir))
+    engine = AsyncEngine.from_model(settings.model, engine_config, cache_dir=settings.cache_dir)
+    startup_adapters(settings, engine)  # --lora NAME=DIR
+    return create_app(settings, engine)
 
 
 def serve(settings: "Settings") -> int:

@@ -23,7 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.responses import Response
 
 from model import AsyncEngine
-from server import faults
+from server import faults, lora
 from server.auth import APIKeyChecker
 from server.errors import install_error_handlers
 from server.metrics import ServerMetrics
@@ -80,6 +80,7 @@ def create_app(settings: Settings, engine: AsyncEngine) -> FastAPI:
     # the other APIs clients speak: OpenAI Responses and embeddings, Anthropic Messages, vLLM's /tokenize
     for api in (responses, embeddings, anthropic, tokenize):
         app.include_router(api.router, dependencies=[Depends(require_key)])
+    app.include_router(lora.router)  # its own admin-key check (server/lora.py)
     tasks = _tasks_router()
     if tasks is not None:
         app.include_router(tasks, dependencies=[Depends(require_key)])

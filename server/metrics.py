@@ -88,6 +88,11 @@ class ServerMetrics:
         self.generation_tokens_hist = Histogram(P + "request_generation_tokens",
                                                 "Number of generation tokens processed.", m,
                                                 buckets=(1, 8, 32, 128, 512, 2048, 8192, 32768), registry=r)
+        # per LoRA adapter (server/lora.py): engine requests and generated tokens
+        self.lora_requests = Counter(P + "lora_requests", "Engine requests per LoRA adapter.",
+                                     m + ["lora_name"], registry=r)
+        self.lora_generation_tokens = Counter(P + "lora_generation_tokens", "Generated tokens per LoRA adapter.",
+                                              m + ["lora_name"], registry=r)
         self.http_requests = Counter(P + "http_requests", "HTTP requests by route, method and status.",
                                      ["method", "route", "status"], registry=r)
         self.http_latency = Histogram(P + "http_request_duration_seconds", "HTTP request duration by route.",
@@ -113,6 +118,13 @@ class ServerMetrics:
         child = self.itl.labels(self.model_name)
         for _ in range(num_tokens):
             child.observe(seconds / num_tokens)
+
+    def observe_lora_request(self, lora_name: str) -> None:
+        self.lora_requests.labels(self.model_name, lora_name).inc()
+
+    def observe_lora_tokens(self, lora_name: str, num_tokens: int) -> None:
+        if num_tokens:
+            self.lora_generation_tokens.labels(self.model_name, lora_name).inc(num_tokens)
 
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
         self.http_requests.labels(method, route, str(status)).inc()

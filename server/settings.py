@@ -69,6 +69,14 @@ class ServerSettings(BaseSettings):
     api_key: Annotated[list[str], NoDecode] = flag([], "accepted Bearer key; repeat for several")
     api_key_file: str | None = flag(None, "file with one accepted key per line")
     metrics_auth: bool = flag(False, "require an API key on /metrics too")
+    admin_key: Annotated[list[str], NoDecode] = flag(
+        [], "key that may load and unload LoRA adapters at run time (repeat for several; needed once API keys "
+            "are set)")
+    # LoRA adapters beside the base (server/lora.py); `model: NAME` picks one
+    lora: Annotated[list[str], NoDecode] = flag([], "a PEFT LoRA adapter NAME=DIR served beside the base "
+                                                    "(repeat for several)")
+    enable_lora_runtime_updates: bool = flag(False, "POST /v1/load_lora_adapter and /v1/unload_lora_adapter")
+    lora_allowed_root: str | None = flag(None, "adapter directories must lie under this directory")
     cors_origins: Annotated[list[str], NoDecode] = flag(
         [], "allow browser calls from this origin (repeat for several); default: CORS off", name="--cors-origin")
     # behaviour
@@ -80,7 +88,7 @@ class ServerSettings(BaseSettings):
     log_level: str = flag("info", "log level")
     web_dir: str | None = flag(None, "static web page directory served at / (default: clients/web)")
 
-    @field_validator("api_key", "cors_origins", mode="before")
+    @field_validator("api_key", "cors_origins", "admin_key", "lora", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         # GLMSERVE_API_KEY="k1,k2" names several keys (GLMSERVE_CORS_ORIGINS several origins);
@@ -114,7 +122,8 @@ class ServerSettings(BaseSettings):
         if self.api_key_file:
             with open(self.api_key_file) as f:
                 keys += [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
-        return keys
+        # an admin key (LoRA updates, server/lora.py) is also an API key, once the API has keys at all
+        return keys + [k for k in self.admin_key if k not in keys] if keys else keys
 
     def resolved_web_dir(self) -> str | None:
         if self.web_dir is not None:

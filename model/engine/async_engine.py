@@ -166,12 +166,19 @@ class AsyncEngine:
         return self.engine.loras()
 
     async def _on_loop(self, fn, *args):
+        return await asyncio.wrap_future(self._submit(fn, *args))
+
+    def call_on_loop(self, fn, *args):
+        """fn(*args) on the loop thread, waited for here (start-up, before the server listens)."""
+        return self._submit(fn, *args).result()
+
+    def _submit(self, fn, *args) -> concurrent.futures.Future:
         if self._dead is not None or self._thread is None:
             raise EngineDeadError(f"the engine loop is not running: {self._dead!r}")
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._inbox.put(("call", (future, fn, args)))
         self._wake.set()
-        return await asyncio.wrap_future(future)
+        return future
 
     # ---- the loop thread -----------------------------------------------------------------------------
     def _run(self) -> None:

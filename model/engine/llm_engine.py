@@ -10,10 +10,9 @@ import os
 import time
 from collections import deque
 
-import torch
-
 from model.config import EngineConfig
 from model.engine.block_manager import BlockManager
+from model.engine.cpu_threads import apply_num_threads
 from model.engine.model_runner import ModelRunner
 from model.engine.ngram_proposer import propose_drafts
 from model.engine.output_processor import OutputProcessor
@@ -55,8 +54,7 @@ class LLMEngine:
     def from_model(cls, source: str, engine_config: EngineConfig | None = None,
                    cache_dir: str | None = None) -> "LLMEngine":
         ec = engine_config or EngineConfig()
-        if ec.num_threads:
-            torch.set_num_threads(ec.num_threads)
+        apply_num_threads(ec.num_threads)  # --num-threads, else the CPUs this process may use (cgroup, affinity)
         loaded = load_model(source, device=ec.resolved_device(), dtype=ec.resolved_dtype(), cache_dir=cache_dir)
         # a checkpoint without tokenizer files still serves token ids (no text, no stop strings)
         has_tokenizer = any(os.path.exists(os.path.join(loaded.path, f))

@@ -60,6 +60,7 @@ class LoRAManager:
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.num_loads_to_device = 0
+        self.num_mixed_steps = 0
 
     # ---- registry ----------------------------------------------------------------------------------
     def load(self, name: str, path: str) -> Adapter:
@@ -112,6 +113,8 @@ class LoRAManager:
                 index = torch.cat([torch.arange(lo, hi) for lo, hi in runs]).to(self.device)
                 groups.append(LoRAGroup(weights, index))
         self.step.groups = groups
+        if len(groups) + (sum(n for i, n in spans if not i) > 0) > 1:
+            self.num_mixed_steps += 1  # rows of two or more adapters (or adapters and the base) in one forward
 
     def _resident(self, lora_id: int, needed: set[int]) -> dict:
         if lora_id in self.resident:

@@ -36,14 +36,25 @@ def _card(state: ServerState) -> ModelCard:
                      max_model_len=state.max_model_len, provenance=state.engine.provenance or None)
 
 
+def _adapter_cards(state: ServerState) -> list[ModelCard]:
+    """One card per LoRA adapter, its parent the base (server/lora.py)."""
+    return [ModelCard(id=a.name, created=int(a.loaded_at), root=a.path, parent=state.model_name,
+                      max_model_len=state.max_model_len, provenance=a.provenance or None)
+            for a in state.engine.loras()]
+
+
 @router.get("/models", response_model=ModelList, responses=ERRORS)
 async def list_models(request: Request) -> ModelList:
-    return ModelList(data=[_card(get_state(request))])
+    state = get_state(request)
+    return ModelList(data=[_card(state), *_adapter_cards(state)])
 
 
 @router.get("/models/{model_id:path}", response_model=ModelCard, responses=ERRORS)
 async def get_model(model_id: str, request: Request) -> ModelCard:
     state = get_state(request)
+    adapter = next((card for card in _adapter_cards(state) if card.id == model_id), None)
+    if adapter is not None:
+        return adapter
     if model_id not in state.settings.accepted_model_names():
         raise APIError(404, f"The model `{model_id}` does not exist.", param="model", code="model_not_found")
     return _card(state)

@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from model import SamplingParams, SamplingParamsError
 from server.errors import APIError, bad_request
+from server.lora import select_adapter
 from server.state import ServerState
 
 CLAMP_HEADER = "X-GLMServe-Max-Tokens-Clamped"
@@ -18,7 +19,10 @@ def new_request_id(prefix: str) -> str:
 
 
 def check_model(state: ServerState, requested: str | None) -> None:
-    """404 for a model this server does not serve; a missing `model` means the served one."""
+    """404 for a model this server does not serve; a missing `model` means the served one. A loaded LoRA
+    adapter's name picks that adapter for this request (server/lora.py)."""
+    if select_adapter(state, requested):
+        return
     if requested is not None and requested not in state.settings.accepted_model_names():
         raise APIError(404, f"The model `{requested}` does not exist. This server serves `{state.model_name}`.",
                        param="model", code="model_not_found")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from typing import AsyncIterator, Awaitable, TypeVar
 
 from starlette.requests import Request
 
 from model import EngineDeadError, RequestOutput, RequestRejected, SamplingParams, SamplingParamsError
 from server.errors import APIError, ClientDisconnected, bad_request
+from server.lora import ADAPTER
 from server.serving.trace import RequestTrace
 from server.state import ServerState, Ticket
 
@@ -27,6 +29,9 @@ async def run_engine(state: ServerState, ticket: Ticket, trace: RequestTrace, re
     puts an APIError there to end a request that outlived --drain-timeout. Leaving early (client gone,
     cut) cancels the pump, which closes engine.generate, which aborts the request in the engine."""
     queue: asyncio.Queue = asyncio.Queue()
+    adapter = ADAPTER.get()  # the LoRA adapter `model` named (server/lora.py), None = the base
+    if adapter is not None and params.lora_name is None:
+        params = dataclasses.replace(params, lora_name=adapter)
 
     async def pump() -> None:
         try:
@@ -38,12 +43,16 @@ async def run_engine(state: ServerState, ticket: Ticket, trace: RequestTrace, re
 
     task = asyncio.create_task(pump())
     state.engine_queues[request_id] = queue
+    if params.lora_name is not None:
+        state.metrics.observe_lora_request(params.lora_name)
     try:
         while (item := await queue.get()) is not _END:
             if isinstance(item, BaseException):
                 raise item
             ticket.started()
             trace.on_output(item)
+            if params.lora_name is not None:
+                state.metrics.observe_lora_tokens(params.lora_name, len(item.token_ids))
             if item.finished and item.finish_reason == "error":
                 raise APIError(500, f"generation failed: {item.error or 'unknown error'}", code="generation_failed")
             if item.finished and item.finish_reason == "abort":

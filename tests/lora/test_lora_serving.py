@@ -1,0 +1,116 @@
+"""Served base + LoRA adapters over HTTP (the openai SDK as the client): each adapter's greedy output
+equals its PEFT-merged checkpoint's, with requests of other adapters and of the bare base in the same
+steps; base requests are unchanged; /v1/models lists the adapters; metrics count per adapter."""
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from model import EngineConfig, LLMEngine, SamplingParams
+from tests.helpers.live_server import ThreadedServer
+
+PROMPTS = [[1, 504, 3310, 2231, 918], [1, 10442, 7, 887], [1, 42, 4242, 31337, 90, 901, 17]]  # token ids
+MAX_TOKENS = 8
+
+
+def reference(model_dir: str, prompts: list[list[int]]) -> list[str]:
+    """Greedy completions of a checkpoint served alone (the merged copy, or the bare base)."""
+    engine = LLMEngine.from_model(model_dir, EngineConfig(kv_cache_memory=16 << 20))
+    outs = engine.generate(prompts, SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True))
+    return [o[0].text_delta for o in outs]
+
+
+async def completions_together(base_url: str, jobs: list[tuple[str, list[int]]]) -> list[str]:
+    """All (model, prompt ids) completions at once; returns each one's text."""
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=base_url + "/v1", api_key="unused")
+
+    async def one(model: str, prompt: list[int]) -> str:
+        reply = await client.completions.create(model=model, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0,
+                                                extra_body={"ignore_eos": True})
+        return reply.choices[0].text
+
+    try:
+        return await asyncio.gather(*(one(m, p) for m, p in jobs))
+    finally:
+        await client.close()
+
+
+def settings(model: str, **kw):
+    from server.settings import Settings
+
+    return Settings(model=model, kv_cache_memory=32 << 20, self_test="off", max_num_seqs=16, **kw)
+
+
+@pytest.fixture(scope="module")
+def llama_server(tiny_llama_dir, llama_adapters):
+    loras = [f"{name}={adapter}" for name, (adapter, _) in llama_adapters.items()]
+    with ThreadedServer(settings(tiny_llama_dir, lora=loras, max_loras=3)) as srv:
+        yield srv
+
+
+def test_llama_adapters_and_base_batched_together_equal_merged_checkpoints(llama_server, tiny_llama_dir,
+                                                                             llama_adapters):
+    base = llama_server.state.model_name
+    jobs = [(m, p) for p in PROMPTS for m in (base, *llama_adapters)]
+    got = asyncio.run(completions_together(llama_server.base_url, jobs))
+    want = {base: reference(tiny_llama_dir, PROMPTS)}
+    want.update({name: reference(merged, PROMPTS) for name, (_, merged) in llama_adapters.items()})
+    for (model, prompt), ids in zip(jobs, got):
+        assert ids == want[model][PROMPTS.index(prompt)], (model, prompt)
+    for name in llama_adapters:  # every adapter changes what the model says
+        assert want[name] != want[base]
+    assert llama_server.engine.engine.lora.num_mixed_steps > 0  # adapters and base shared forwards
+
+
+def test_models_lists_adapters_with_the_base_as_parent(llama_server, llama_adapters):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=llama_server.base_url + "/v1", api_key="unused")
+    cards = {m.id: m for m in client.models.list().data}
+    base = llama_server.state.model_name
+    for name, (adapter, _) in llama_adapters.items():
+        assert cards[name].model_extra["parent"] == base
+        assert cards[name].model_extra["root"].endswith("adapter")
+    assert cards[base].model_extra.get("parent") is None
+    assert client.models.retrieve("a2").id == "a2"
+
+
+def test_chat_picks_the_adapter_by_model_name(llama_server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=llama_server.base_url + "/v1", api_key="unused")
+    messages = [{"role": "user", "content": "Hello there"}]
+    replies = {m: client.chat.completions.create(model=m, messages=messages, max_tokens=6, temperature=0).choices[0]
+               .message.content for m in (llama_server.state.model_name, "a1", "a1")}
+    assert len(set(replies.values())) == 2  # the adapter answers differently from the base, the same each time
+    with pytest.raises(Exception) as err:
+        client.chat.completions.create(model="nope", messages=messages, max_tokens=2)
+    assert getattr(err.value, "status_code", None) == 404
+
+
+def test_metrics_count_requests_and_tokens_per_adapter(llama_server):
+    asyncio.run(completions_together(llama_server.base_url, [("a3", [1, 2000, 3000])]))
+    text = httpx.get(llama_server.base_url + "/metrics").text
+    lines = [line for line in text.splitlines() if 'lora_name="a3"' in line]
+    requests = [line for line in lines if line.startswith("vllm:lora_requests_total") or "lora_requests_total" in line]
+    tokens = [line for line in lines if "lora_generation_tokens_total" in line]
+    assert requests and float(requests[0].split()[-1]) >= 1
+    assert tokens and float(tokens[0].split()[-1]) >= MAX_TOKENS
+
+
+def test_glm_adapter_and_base_batched_together_equal_merged_checkpoint(tiny_glm_dir, glm_adapter):
+    adapter, merged = glm_adapter
+    with ThreadedServer(settings(tiny_glm_dir, lora=[f"g1={adapter}"])) as srv:
+        base = srv.state.model_name
+        jobs = [(m, p) for p in PROMPTS for m in (base, "g1")]
+        got = asyncio.run(completions_together(srv.base_url, jobs))
+        mixed = srv.engine.engine.lora.num_mixed_steps
+    want = {base: reference(tiny_glm_dir, PROMPTS), "g1": reference(merged, PROMPTS)}
+    assert want["g1"] != want[base]
+    for (model, prompt), ids in zip(jobs, got):
+        assert ids == want[model][PROMPTS.index(prompt)], (model, prompt)
+    assert mixed > 0
