@@ -38,6 +38,8 @@ CASES = [
     (R1, False, "never closed", "never closed", ""),
     (GLM, True, "a < b and </thinking> is no marker</think>x", "a < b and </thinking> is no marker", "x"),
     (GLM, True, "\n先算一下：2+2=4。\n</think>\n答案是 4。", "先算一下：2+2=4。", "答案是 4。"),  # Z1 after `\n<think>`
+    (GLM, True, "半个\ufffd</think>答", "半个", "答"),  # a budget forced </think> mid-character
+    (GLM, True, "a\ufffd b\ufffd \n</think>", "a\ufffd b", ""),  # only the tail goes
 ]
 
 

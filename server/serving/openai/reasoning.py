@@ -16,7 +16,8 @@ deltas equal the non-streamed result however the text was cut. Formats:
                starts inside the block (an opening `<think>` the model writes anyway is dropped); text
                before `</think>` is reasoning even when the prompt is not seen to open it.
 Whitespace at the edges of the reasoning and between `</think>` and the answer is dropped (templates
-re-render both stripped); a choice that never opens a block keeps its text exactly.
+re-render both stripped), as is U+FFFD ending the reasoning (half a character cut by a thinking budget);
+a choice that never opens a block keeps its text exactly.
 """
 from __future__ import annotations
 
@@ -171,15 +172,23 @@ class ReasoningSplitter:
         return self._reasoning(text, closing=False), False
 
     def _reasoning(self, text: str, closing: bool) -> str:
-        """Reasoning with its leading and trailing whitespace removed across deltas."""
+        """Reasoning with its leading and trailing whitespace removed across deltas (and a broken
+        character right before `</think>`: a thinking budget can force the marker mid-character)."""
         if not self.reasoning_started:
             text = text.lstrip()
         combined = self.held_ws + text
-        body = combined.rstrip()
+        body = _strip_tail(combined)
         self.held_ws = "" if closing else combined[len(body):]
         if body:
             self.reasoning_started = True
         return body
+
+
+def _strip_tail(text: str) -> str:
+    end = len(text)
+    while end and (text[end - 1].isspace() or text[end - 1] == "\ufffd"):
+        end -= 1
+    return text[:end]
 
 
 def parse_reasoning(text: str, fmt: ReasoningFormat, starts_inside: bool = False) -> ReasoningResult:
