@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         names = [extra.get("flag") or "--" + name.replace("_", "-"), *extra.get("aliases", [])]
         default = info.get_default(call_default_factory=True)
         help_text = info.description if "default" in info.description else f"{info.description} (default: {default})"
-        p.add_argument(*names, dest=name, help=help_text, **_argparse_kind(info.annotation))
+        kind = {} if extra.get("size") else _argparse_kind(info.annotation)  # sizes: '512MiB', parsed by Settings
+        p.add_argument(*names, dest=name, help=help_text, **kind)
     return p
 
 

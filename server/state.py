@@ -37,6 +37,7 @@ class Ticket:
         self._state = state
         self._queued = True
         self._closed = False
+        self.fairness_key: str | None = None  # whose request (the middleware's API-key digest or address)
 
     def started(self) -> None:
         if self._queued:

@@ -41,6 +41,7 @@ class SamplingFields(BaseModel):
     prompt_logprobs: int | None = None  # score the prompt: its tokens' logprobs plus this many alternatives
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    priority: int = 0  # lower is scheduled first (vLLM's field); see docs/API.md
 
     @field_validator("stop")
     @classmethod
@@ -72,7 +73,8 @@ class SamplingFields(BaseModel):
             seed=self.seed, stop=tuple(self.stop or ()), stop_token_ids=tuple(self.stop_token_ids or ()),
             include_stop_str_in_output=self.include_stop_str_in_output, max_tokens=max_tokens,
             min_tokens=self.min_tokens, ignore_eos=self.ignore_eos, logprobs=logprobs, logit_bias=bias,
-            skip_special_tokens=self.skip_special_tokens, prompt_logprobs=self.prompt_logprobs)
+            skip_special_tokens=self.skip_special_tokens, prompt_logprobs=self.prompt_logprobs,
+            priority=self.priority)
         optional = dict(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
                         repetition_penalty=self.repetition_penalty)
         kwargs.update({k: v for k, v in optional.items() if v is not None})

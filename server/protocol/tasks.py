@@ -1,7 +1,10 @@
 """/v1/summarize and /v1/translate on the wire: requests (with to_sampling_params) and responses.
 
     SummarizeRequest(text="...", max_length=60, length_unit="words", style="bullets", language="en")
-    TranslateRequest(text="...", target_lang="en", source_lang="auto", glossary={"模型": "model"})
+    TranslateRequest(text="...", target_lang="en", source_lang="auto", glossary={"模型": "model"}, max_tokens=2048)
+
+`text` may be at most --task-max-input-chars (500,000) characters; `max_tokens` caps the tokens
+generated across all of a request's chunks (server/serving/tasks/task_engine.py).
 
 Language codes are checked by the service (server/serving/tasks/langdetect.py) so an unknown code is a 400
 naming the field, like every other invalid value.
@@ -37,6 +40,10 @@ class TaskSamplingFields(BaseModel):
     frequency_penalty: float = 0.0
     seed: int | None = None
     user: str | None = None
+    # the cost cap: tokens generated across every chunk of the request (None: as many as the plan needs)
+    max_tokens: int | None = Field(None, ge=1)
+    priority: int = 0  # lower is scheduled first, as on chat completions
+
 
     def to_sampling_params(self, max_tokens: int, min_tokens: int = 0) -> SamplingParams:
         """Raises SamplingParamsError for out-of-range values (the service turns it into a 400)."""
@@ -44,7 +51,7 @@ class TaskSamplingFields(BaseModel):
         temperature = DEFAULT_TEMPERATURE if self.temperature is None else self.temperature
         return SamplingParams(temperature=temperature, presence_penalty=self.presence_penalty,
                               frequency_penalty=self.frequency_penalty, seed=self.seed, max_tokens=max_tokens,
-                              min_tokens=min(min_tokens, max_tokens),
+                              min_tokens=min(min_tokens, max_tokens), priority=self.priority,
                               **{k: v for k, v in optional.items() if v is not None})
 
 

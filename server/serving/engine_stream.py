@@ -32,6 +32,8 @@ async def run_engine(state: ServerState, ticket: Ticket, trace: RequestTrace, re
     adapter = ADAPTER.get()  # the LoRA adapter `model` named (server/lora.py), None = the base
     if adapter is not None and params.lora_name is None:
         params = dataclasses.replace(params, lora_name=adapter)
+    if ticket.fairness_key is not None and params.fairness_key is None:  # the scheduler shares slots by it
+        params = dataclasses.replace(params, fairness_key=ticket.fairness_key)
 
     async def pump() -> None:
         try:

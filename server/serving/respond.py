@@ -54,6 +54,7 @@ def begin_request(state: ServerState, request: Request, request_id: str, stream:
                   prompt: Any = None) -> RequestContext:
     """Admission (429 / 503 raise here) once the request is known to be valid."""
     ticket = state.admit()
+    ticket.fairness_key = getattr(request.state, "fairness_key", None)  # set by server/middleware.py
     log = request_log(request)
     log.update(model=state.model_name, id=request_id, stream=stream)
     if prompt is not None:  # only with --log-prompts

@@ -5,9 +5,15 @@
     async for delta in runner.stream(ids, max_tokens=256): ...
 
 Every engine request goes through engine_stream.run_engine, so usage, timings, metrics, the drain and
-aborts (client gone -> task cancelled -> engine.abort) work as they do for chat completions. At most
-max_num_seqs of one HTTP request's engine requests are in flight, so a 200,000-character document
-does not fill the engine's queue ahead of other clients.
+aborts (client gone -> task cancelled -> engine.abort) work as they do for chat completions.
+
+Fair sharing: one HTTP request holds one admission ticket however many engine requests it fans out
+into, so its fan-out is capped instead: at most --task-max-concurrent-chunks (2) of them are in the
+engine at once (a 200,000-character word used to take all 8 sequence slots for 150 s). They also
+carry the request's fairness key, so the scheduler counts them against the client's share. The
+request's `max_tokens` caps the tokens generated across all its chunks: a chunk reserves at most
+what is left unreserved as its own max_tokens and gives back what it did not use when it ends, so
+the total never exceeds the cap (chunks that find nothing left generate nothing).
 """
 from __future__ import annotations
 
@@ -26,13 +32,23 @@ from server.state import ServerState
 T = TypeVar("T")
 
 
+def check_task_input(state: ServerState, text: str) -> None:
+    """The documented input-size limit (--task-max-input-chars), before any tokenizing or planning."""
+    limit = state.settings.task_max_input_chars
+    if len(text) > limit:
+        raise APIError(400, f"text is {len(text)} characters long; this server accepts at most {limit} "
+                       "(--task-max-input-chars)", param="text", code="input_too_long")
+
+
 class TaskRunner:
     def __init__(self, state: ServerState, ctx: RequestContext, body: Any) -> None:
         self.state = state
         self.ctx = ctx
         self.body = body  # a TaskSamplingFields: owns to_sampling_params
         self._ids = itertools.count()
-        self._slots = asyncio.Semaphore(max(1, state.settings.max_num_seqs))
+        self._slots = asyncio.Semaphore(state.settings.task_max_concurrent_chunks)
+        self.max_output_tokens: int | None = getattr(body, "max_tokens", None)  # across all chunks
+        self.num_reserved_tokens = 0  # generated so far plus what running chunks may still generate
 
     @property
     def tokenizer(self) -> Any:
@@ -55,16 +71,28 @@ class TaskRunner:
         return sampling_params(self.state, build, max_tokens)
 
     async def stream(self, prompt_ids: list[int], max_tokens: int, min_tokens: int = 0) -> AsyncIterator[str]:
-        """Text deltas of one generation. Closing the iterator early aborts it in the engine."""
-        params = self.params(len(prompt_ids), max_tokens, min_tokens)
-        request_id = f"{self.ctx.request_id}-{next(self._ids)}"
+        """Text deltas of one generation. Closing the iterator early aborts it in the engine. It
+        generates at most what it could reserve of the request's max_tokens (nothing once spent)."""
         async with self._slots:
+            params = self.params(len(prompt_ids), max_tokens, min_tokens)
+            reserved = params.max_tokens
+            if self.max_output_tokens is not None:
+                reserved = min(reserved, self.max_output_tokens - self.num_reserved_tokens)
+                if reserved < 1:
+                    return
+                if reserved < params.max_tokens:
+                    params = self.params(len(prompt_ids), reserved, min(min_tokens, reserved))
+            self.num_reserved_tokens += reserved
+            generated = 0
+            request_id = f"{self.ctx.request_id}-{next(self._ids)}"
             outputs = run_engine(self.state, self.ctx.ticket, self.ctx.trace, request_id, prompt_ids, params)
             try:
                 async for out in outputs:
+                    generated += len(out.token_ids)
                     if out.text_delta:
                         yield out.text_delta
             finally:
+                self.num_reserved_tokens -= reserved - min(generated, reserved)  # give back the unused part
                 await outputs.aclose()
 
     async def complete(self, prompt_ids: list[int], max_tokens: int) -> str:

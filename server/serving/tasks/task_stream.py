@@ -12,6 +12,7 @@ from typing import Any, AsyncIterator, Callable
 
 from server.serving.admission import sampling_params
 from server.serving.respond import RequestContext
+from server.serving.tasks.task_engine import check_task_input
 from server.state import ServerState
 
 Extra = dict[str, Any] | Callable[[], dict[str, Any]]
@@ -39,5 +40,6 @@ async def task_events(state: ServerState, ctx: RequestContext, object_name: str,
 
 def check_sampling(state: ServerState, body: Any) -> None:
     """Out-of-range sampling values are a 400 before any work starts (the service builds the real
-    SamplingParams per generation, with their own max_tokens)."""
+    SamplingParams per generation, with their own max_tokens); so is a text over the size limit."""
+    check_task_input(state, body.text)
     sampling_params(state, lambda n, **_: body.to_sampling_params(n), 1)

@@ -49,11 +49,17 @@ def _hard_split(text: str, count_tokens: CountTokens, budget: int) -> list[str]:
     pieces: list[str] = []
     rest = text
     while rest:
-        n_tokens = count_tokens(rest)
+        # Count a window just over the budget, never the whole rest: counting the rest on every slice
+        # made a 200,000-character word cost minutes of tokenizing (quadratic in its length).
+        window = min(len(rest), 16 * budget)
+        n_tokens = count_tokens(rest[:window])
+        while n_tokens <= budget and window < len(rest):
+            window = min(len(rest), window * 2)
+            n_tokens = count_tokens(rest[:window])
         if n_tokens <= budget:
             pieces.append(rest)
             break
-        size = max(1, int(len(rest) * budget / n_tokens * 0.9))
+        size = max(1, int(window * budget / n_tokens * 0.9))
         while size > 1 and count_tokens(rest[:size]) > budget:
             size = int(size * 0.8)
         cut = rest.rfind(" ", size // 2, size)
