@@ -144,3 +144,30 @@ def test_serve_refuses_a_remote_code_checkpoint_naming_the_file(glm4_0414_dir, t
     # the flag reaches the tokenizer: now the checkpoint's file is imported (and the inert replica raises)
     with pytest.raises(Exception, match="tokenization_custom.py was executed"):
         main(["--model", path, "--self-test", "off", "--port", "0", "--trust-remote-code"])
+
+
+def test_tiktoken_conversion_is_exact_on_a_full_size_vocabulary(tmp_path: Path) -> None:
+    """49k ranks (the default model's byte-level merges, in merge order) cover what a 500-token replica
+    cannot: tokens reachable by several splits, long whole-piece lookups."""
+    import base64
+
+    from model import resolve_model_dir
+    from model.glm_tokenizers.tiktoken_file import glm4_fast_tokenizer
+    from tests.helpers.glm_replicas import GLM4_SPECIALS, _glm4_added_tokens, _gpt2_chars
+
+    spec = json.loads((Path(resolve_model_dir("default")) / "tokenizer.json").read_text(encoding="utf-8"))
+    byte_of = {c: b for b, c in enumerate(_gpt2_chars())}
+    ranks = {bytes([b]): b for b in range(256)}
+    for merge in spec["model"]["merges"]:
+        left, right = merge.split(" ") if isinstance(merge, str) else merge
+        ranks.setdefault(bytes(byte_of[c] for c in left + right), len(ranks))
+    with open(tmp_path / "tokenizer.model", "wb") as f:
+        for token, rank in ranks.items():
+            f.write(base64.b64encode(token) + b" " + str(rank).encode() + b"\n")
+    config = {"added_tokens_decoder": _glm4_added_tokens(len(ranks)), "eos_token": GLM4_SPECIALS[0]}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    ours, ref = glm4_fast_tokenizer(str(tmp_path / "tokenizer.model"), config), RefGlm4Tiktoken(str(tmp_path))
+    text = Path(__file__).read_text(encoding="utf-8")[:6000] + "".join(TEXTS)  # code, prose, Chinese, emoji
+    lines = text.splitlines(keepends=True)
+    assert [ours.encode(t, add_special_tokens=False, split_special_tokens=True) for t in lines] == \
+        [ref.encode(t) for t in lines]
