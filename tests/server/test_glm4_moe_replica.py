@@ -10,6 +10,13 @@ from tests.helpers.live_server import SubprocessServer
 
 MESSAGES = [{"role": "user", "content": "你好，请介绍一下北京。"}]
 MAX_TOKENS = 12
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "天气",
+                                           "parameters": {"type": "object", "properties": {
+                                               "city": {"type": "string"}, "days": {"type": "integer"}}}}}]
+# tools, a system turn, and an earlier answer whose reasoning the template drops (it precedes the last user turn)
+TOOL_CHAT = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "北京天气？"},
+             {"role": "assistant", "content": "北京今天晴。", "reasoning_content": "想一想"},
+             {"role": "user", "content": "明天呢？"}]
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +48,22 @@ def _transformers_greedy(path: str) -> tuple[list[bytes], str]:
 
 
 def test_glmserve_serves_the_glm45_air_replica_with_transformers_greedy_output(replica: str) -> None:
+    import httpx
     from openai import OpenAI
+    from transformers import AutoTokenizer
 
     expected, finish = _transformers_greedy(replica)
+    template_ids = AutoTokenizer.from_pretrained(replica).apply_chat_template(
+        TOOL_CHAT, tools=TOOLS, add_generation_prompt=True, return_dict=False)
     with SubprocessServer(["--model", replica, "--self-test", "off", "--max-model-len", "512"]) as srv:
         client = OpenAI(base_url=srv.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
         model = client.models.list().data[0].id
         reply = client.chat.completions.create(model=model, messages=MESSAGES, temperature=0, max_tokens=MAX_TOKENS,
                                                logprobs=True)
+        tokenized = httpx.post(srv.base_url + "/tokenize", timeout=60,
+                               json={"model": model, "messages": TOOL_CHAT, "tools": TOOLS}).json()
+    # tools, system and earlier turns render as the checkpoint's own chat_template.jinja does
+    assert tokenized["tokens"] == template_ids
     choice = reply.choices[0]
     # compared token by token (raw bytes): the text depends on which control tokens the server shows
     got = [bytes(lp.bytes) for lp in choice.logprobs.content]
