@@ -142,7 +142,7 @@ class ToolTemplate:
 
     def _prepare(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
                  ) -> tuple[ChatTemplate, list[dict[str, Any]], list[dict[str, Any]] | None]:
-        uses_tools = bool(tools) or any(m.get("role") == "tool" or m.get("tool_calls") for m in messages)
+        uses_tools = bool(tools) or any(m.get("role") in ("tool", "function") or m.get("tool_calls") for m in messages)
         if not uses_tools:
             return self.chat_template, messages, tools
         tools = self._neutralize(tools) if tools else None
@@ -237,7 +237,7 @@ def glm_messages(messages: list[dict[str, Any]], python_kwargs: bool) -> list[di
     out: list[dict[str, Any]] = []
     for m in messages:
         role, content = m.get("role"), m.get("content") or ""
-        if role == "tool":
+        if role in ("tool", "function"):  # `function` is the legacy OpenAI name of a tool result
             out.append({"role": "observation", "content": content})
         elif role == "assistant" and m.get("tool_calls"):
             if content:
