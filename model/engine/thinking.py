@@ -13,7 +13,7 @@ multi-token marker works as long as the model writes it in its canonical tokeniz
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -72,18 +72,27 @@ def _find(haystack: list[int], needle: tuple[int, ...], start: int) -> int:
 
 class ThinkingBudgetProcessor:
     """Once `budget` reasoning tokens are out and the block is still open, only the end marker's next
-    token stays possible, so the model closes its reasoning and answers."""
+    token stays possible, so the model closes its reasoning and answers. `mid_character(ids)` (optional)
+    says the output ends inside a UTF-8 character: up to MAX_GRACE_TOKENS more are allowed to finish it,
+    so the reasoning does not end in half a character."""
 
-    def __init__(self, span: ThinkSpan, budget: int) -> None:
+    MAX_GRACE_TOKENS = 3  # a UTF-8 character is at most 4 bytes
+
+    def __init__(self, span: ThinkSpan, budget: int, mid_character: Callable[[list[int]], bool] | None = None) -> None:
         self.span = span
         self.budget = budget
+        self.mid_character = mid_character
 
     def __call__(self, output_token_ids: list[int], logits_row: torch.Tensor) -> torch.Tensor:
         state, begin = self.span.locate(output_token_ids)
         if state != "open":
             return logits_row
         done = self.span.partial_end(output_token_ids)
-        if len(output_token_ids) - begin - done < self.budget:
+        over = len(output_token_ids) - begin - done - self.budget
+        if over < 0:
+            return logits_row
+        if (not done and over < self.MAX_GRACE_TOKENS and self.mid_character is not None
+                and len(output_token_ids) > begin and self.mid_character(output_token_ids[begin:])):
             return logits_row
         forced = self.span.end_ids[done]
         keep = logits_row[forced].clone() if torch.isfinite(logits_row[forced]) else logits_row.new_tensor(0.0)

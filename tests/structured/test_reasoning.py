@@ -177,6 +177,17 @@ def test_budget_forces_the_end_marker_once_spent() -> None:
     assert two([1], row.clone()).argmax() == 8 and two([1, 8], row.clone()).argmax() == 9
 
 
+def test_budget_lets_a_character_finish_before_closing() -> None:
+    lead = 9  # stands for a token that leaves a UTF-8 character open
+
+    budget = ThinkingBudgetProcessor(SPAN, budget=2, mid_character=lambda ids: ids[-1] == lead)
+    row = torch.randn(10)
+    assert torch.equal(budget([START, 1, lead], row.clone()), row)  # spent, but mid-character: one more
+    assert budget([START, 1, 2], row.clone()).argmax() == END
+    grace = ThinkingBudgetProcessor.MAX_GRACE_TOKENS
+    assert budget([START, 1] + [lead] * (grace + 1), row.clone()).argmax() == END  # the grace is bounded
+
+
 def test_gate_applies_the_grammar_after_the_block_only() -> None:
     seen: list[list[int]] = []
 

@@ -126,11 +126,19 @@ async def structured_output_processors(body: ChatCompletionRequest, state: Serve
     reasoning, and keeping reasoning within thinking_token_budget (or nothing)."""
     span = plan.reasoning.span if plan.reasoning is not None else None
     budget = body.thinking_token_budget
-    limits = (ThinkingBudgetProcessor(span, budget),) if span is not None and budget is not None else ()
+    limits: tuple[Any, ...] = ()
+    if span is not None and budget is not None:
+        limits = (ThinkingBudgetProcessor(span, budget, _mid_character(state)),)
     grammar = await _grammar_processor(body, state, plan)
     if grammar is None:
         return limits
     return ((ReasoningGate(span, grammar) if span is not None else grammar),) + limits
+
+
+def _mid_character(state: ServerState) -> Any:
+    """Whether output ids end inside a UTF-8 character (their decoded tail is U+FFFD)."""
+    tokenizer = state.engine.tokenizer
+    return lambda ids: tokenizer.decode(ids[-4:], skip_special_tokens=False).endswith("\ufffd")
 
 
 async def _grammar_processor(body: ChatCompletionRequest, state: ServerState, plan: ToolPlan) -> Any | None:
