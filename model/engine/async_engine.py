@@ -101,6 +101,14 @@ class AsyncEngine:
         return self.engine.loaded.path if self.engine.loaded else None
 
     @property
+    def quantization(self) -> str:
+        return self.engine.runner.quantization
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.engine.runner.weight_bytes
+
+    @property
     def provenance(self) -> dict:
         return self.engine.loaded.provenance if self.engine.loaded else {}
 

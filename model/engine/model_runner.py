@@ -18,7 +18,7 @@ from model.engine.scheduler import ScheduledSeq
 from model.engine.sequence import Sequence
 from model.layers.attention import AttentionMetadata, PrefillSegment
 from model.models.decoder import CausalLM
-from model.quant import QuantSpec, quantize_model
+from model.quant import QuantSpec, describe_quantization, quantize_model, weight_bytes
 
 log = logging.getLogger("glmserve.engine")
 
@@ -87,6 +87,8 @@ class ModelRunner:
             layer.attn.kv_cache = self.kv_cache[i]
         if self.device.type == "cpu" and not engine_config.enforce_eager and mkldnn_available():
             log.info("packed %d linear layers for oneDNN", pack_linears(model))
+        self.quantization = describe_quantization(model)  # what the model holds, for /v1/models and info
+        self.weight_bytes = weight_bytes(model)
         log.info("KV cache: %d blocks x %d tokens (%.1f MiB)", self.num_blocks, self.block_size,
                  self.kv_cache.numel() * self.kv_cache.element_size() / 2**20)
 

@@ -7,7 +7,7 @@ here after loading (the model runner calls it, as it does the oneDNN packing), a
 the same modules straight from a file's Q4_0 / Q4_1 / Q8_0 blocks.
 """
 from model.quant.modules import Int4Embedding, Int4Linear, Int8Embedding, Int8Linear, QUANT_MODULES
-from model.quant.quantize import QuantSpec, quantize_model, weight_bytes
+from model.quant.quantize import QuantSpec, describe_quantization, quantize_model, weight_bytes
 
 __all__ = ["Int4Embedding", "Int4Linear", "Int8Embedding", "Int8Linear", "QUANT_MODULES", "QuantSpec",
-           "quantize_model", "weight_bytes"]
+           "describe_quantization", "quantize_model", "weight_bytes"]

@@ -151,3 +151,14 @@ def weight_bytes(model: nn.Module) -> int:
             seen.add(ptr)
             total += nbytes
     return total
+
+
+def describe_quantization(model: nn.Module) -> str:
+    """'none', or the quantized kinds a model holds, e.g. 'int4 (group 32) + int8' (a GGUF's Q8_0 embedding)."""
+    kinds = set()
+    for m in model.modules():
+        if isinstance(m, (Int4Linear, Int4Embedding)):
+            kinds.add(f"int4 (group {m.group_size})")
+        elif isinstance(m, (Int8Linear, Int8Embedding)):
+            kinds.add("int8")
+    return " + ".join(sorted(kinds)) if kinds else "none"

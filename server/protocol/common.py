@@ -136,6 +136,8 @@ class ModelCard(BaseModel):
     root: str | None = None
     parent: str | None = None
     max_model_len: int | None = None
+    quantization: str | None = None  # the served weights: none, int8, int4 (group 32), ...
+    weight_bytes: int | None = None  # resident bytes of the weights
     # training_args.json of a checkpoint glmserve trained (task, base, data hash, steps, eval loss)
     provenance: dict[str, Any] | None = None
 

@@ -33,7 +33,8 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 
 def _card(state: ServerState) -> ModelCard:
     return ModelCard(id=state.model_name, created=int(state.started_at), root=state.engine.model_path,
-                     max_model_len=state.max_model_len, provenance=state.engine.provenance or None)
+                     max_model_len=state.max_model_len, provenance=state.engine.provenance or None,
+                     quantization=state.engine.quantization, weight_bytes=state.engine.weight_bytes)
 
 
 def _adapter_cards(state: ServerState) -> list[ModelCard]:
