@@ -190,8 +190,7 @@ def _literal(xgr: Any, text: str) -> Any:
 def _python_kwargs_grammar(xgr: Any, parameters: dict[str, Any], json_grammar: Any) -> Any:
     """`tool_call(k1=v1, k2=v2)` over the schema's required properties (all of them when none is
     required), each value a JSON literal valid for the property's own schema."""
-    props: dict[str, Any] = (parameters or {}).get("properties") or {}
-    names = [n for n in (parameters or {}).get("required") or list(props) if n in props]
+    props, names = _argument_names(parameters)
     parts = [_literal(xgr, "tool_call(")]
     for i, name in enumerate(names):
         if not name.isidentifier():
