@@ -138,7 +138,7 @@ def _engine_fields() -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields(EngineConfig):
         annotation = Annotated[hints[f.name], NoDecode] if f.metadata.get("size") else hints[f.name]
-        extra = {"aliases": list(f.metadata["aliases"])} if f.metadata.get("aliases") else None
+        extra = {"aliases": list(f.metadata["aliases"]), "size": bool(f.metadata.get("size"))}
         out[f.name] = (annotation, Field(f.default, description=f.metadata.get("help"), json_schema_extra=extra))
     return out
 

@@ -96,3 +96,7 @@ def test_engine_config_refusals_are_settings_errors() -> None:
         Settings(block_size=12)
     with pytest.raises(ValidationError, match="max_model_len"):
         Settings(max_model_len=8)
+
+
+def test_size_flags_take_units() -> None:
+    assert settings_from(["--kv-cache-memory", "128MiB"]).kv_cache_memory == 128 * 1024 ** 2
