@@ -72,7 +72,9 @@ class Tokenizer:
         if piece is None:
             return []
         table = _byte_decoder()
-        if all(ch in table for ch in piece):  # byte-level BPE (GPT-2 style, as SmolLM2 and GLM-4 use)
+        # byte-level BPE (GPT-2 style, as SmolLM2 and GLM-4 use); a SentencePiece piece is text ("é" is one
+        # character there, two UTF-8 bytes, not the byte 0xE9 it stands for in the byte-level alphabet)
+        if self.family != "chatglm3" and all(ch in table for ch in piece):
             return [table[ch] for ch in piece]
         if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):  # sentencepiece byte fallback
             return [int(piece[3:5], 16)]

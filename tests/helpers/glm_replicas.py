@@ -35,7 +35,8 @@ CORPUS = ("GLM models call tools and answer in Chinese and English. 你好，北
           "def tool_call(**kwargs):\n    return kwargs  # Python code, indented\n\n"
           '{"city": "北京", "unit": "celsius", "temperature": 22}\n'
           "The quick brown fox jumps over the lazy dog 1234567890 times! 😀🎉\n"
-          "人工智能助手可以回答问题、写代码和翻译文本。上海、深圳和杭州都是大城市。\n") * 30
+          "人工智能助手可以回答问题、写代码和翻译文本。上海、深圳和杭州都是大城市。\n"
+          "Un café crème, s'il vous plaît: naïve façade, Ärger über Öl.\n") * 30
 
 GLM4_SPECIALS = ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
                  "<|assistant|>", "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>",

@@ -171,3 +171,13 @@ def test_tiktoken_conversion_is_exact_on_a_full_size_vocabulary(tmp_path: Path) 
     lines = text.splitlines(keepends=True)
     assert [ours.encode(t, add_special_tokens=False, split_special_tokens=True) for t in lines] == \
         [ref.encode(t) for t in lines]
+
+
+def test_token_bytes_are_each_pieces_own_bytes(chatglm3, glm4) -> None:
+    ours, ref = chatglm3
+    sp = ref.sp
+    for i in range(sp.vocab_size()):
+        if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i)):
+            assert bytes(ours.token_bytes(i)) == sp.id_to_piece(i).replace("\u2581", " ").encode(), i
+    ours, ref = glm4
+    assert all(bytes(ours.token_bytes(rank)) == token for token, rank in ref.ranks.items())
