@@ -34,8 +34,12 @@ class Tokenizer:
     def prefix_token_ids(self) -> list[int]:
         """What the tokenizer puts before a text prompt (`[gMASK]<sop>` for GLM, BOS for Llama; often nothing)."""
         if not hasattr(self, "_prefix"):
+            # what add_special_tokens puts before a probe text's own ids (a suffix such as EOS is not a prefix)
             with self._encode_lock:
-                self._prefix = list(self.hf.encode("", add_special_tokens=True))
+                full = list(self.hf.encode("hi", add_special_tokens=True))
+                plain = list(self.hf.encode("hi", add_special_tokens=False))
+            start = next((i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), 0)
+            self._prefix = full[:start]
         return self._prefix
 
     @property
