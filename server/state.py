@@ -111,6 +111,7 @@ class ServerState:
         return int(max(1, min(300, math.ceil(seconds))))
 
     def record_finished(self, num_output_tokens: int) -> None:
+        """Each finished choice moves the running mean output length (an exponential average, 0.1 weight)."""
         self.mean_output_tokens = 0.9 * self.mean_output_tokens + 0.1 * max(1, num_output_tokens)
 
     def cut_all(self, error: APIError) -> int:

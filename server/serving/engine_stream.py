@@ -53,6 +53,8 @@ async def run_engine(state: ServerState, ticket: Ticket, trace: RequestTrace, re
                 raise item
             ticket.started()
             trace.on_output(item)
+            if item.finished:
+                state.record_finished(item.num_output_tokens)  # the mean output length behind Retry-After
             if params.lora_name is not None:
                 state.metrics.observe_lora_tokens(params.lora_name, len(item.token_ids))
             if item.finished and item.finish_reason == "error":

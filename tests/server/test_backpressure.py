@@ -73,3 +73,34 @@ def test_metrics_auth_protects_metrics(busy_server) -> None:
     ok = httpx.get(busy_server.base_url + "/metrics", headers={"Authorization": f"Bearer {KEY}"})
     assert ok.status_code == 200 and "glmserve:num_requests_running" in ok.text
     assert httpx.get(busy_server.base_url + "/health").status_code == 200
+
+
+def test_retry_after_follows_the_measured_mean_output_length(busy_server) -> None:
+    """Every finished choice feeds the running mean that Retry-After multiplies by the queue depth."""
+    client = OpenAI(base_url=busy_server.base_url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+    state = busy_server.state
+    before = state.mean_output_tokens
+    for _ in range(3):
+        reply = client.chat.completions.create(model="tiny", messages=user("hi"), max_tokens=4,
+                                               extra_body={"ignore_eos": True})
+        assert reply.usage.completion_tokens == 4
+    expected = before
+    for _ in range(3):
+        expected = 0.9 * expected + 0.1 * 4
+    assert abs(state.mean_output_tokens - expected) < 1e-9
+    # with the same queue and throughput, a longer mean output means a longer wait
+    running = client.chat.completions.create(model="tiny", messages=user("long"), max_tokens=1000, stream=True,
+                                             extra_body={"ignore_eos": True})
+    next(iter(running))
+    wait_for(lambda: state.engine.stats().generation_throughput > 0, timeout=60)
+    state.num_queued += 20
+    try:
+        state.mean_output_tokens = 4.0
+        short = state.retry_after_seconds()
+        state.mean_output_tokens = 4000.0
+        assert state.retry_after_seconds() > short
+    finally:
+        state.num_queued -= 20
+        state.mean_output_tokens = expected
+        running.close()
+    wait_for(lambda: state.num_queued == 0 and state.num_active == 0, timeout=60)
