@@ -109,7 +109,7 @@ class ChatTemplate:
                 or "".join(p if i % 2 == 0 else contents[int(p)] for i, p in enumerate(parts)) \
                 != self.render(messages, tools, add_generation_prompt, **extra):
             return self._encode_neutralized(messages, tools, add_generation_prompt, **extra)
-        return self._encode_parts([(part, i % 2 == 0) if i % 2 == 0 else (contents[int(part)], False)
+        return self._encode_parts([(part, True) if i % 2 == 0 else (contents[int(part)], False)
                                    for i, part in enumerate(parts)])
 
     def _encode_parts(self, parts: list[tuple[str, bool]]) -> list[int]:
