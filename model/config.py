@@ -17,12 +17,12 @@ class UnsupportedModelError(ValueError):
 
 # model_type -> family. "llama" covers every plain pre-norm Llama-style network.
 LLAMA_TYPES = {"llama", "mistral", "qwen2", "smollm", "smollm2", "qwen3", "qwen3_moe"}
-GLM_TYPES = {"glm", "glm4", "chatglm", "glm4_moe"}
+GLM_TYPES = {"glm", "glm4", "chatglm", "glm4_moe", "glm4_moe_lite"}
 # GLM-4.5 keeps GLM's partial rotary but rotates the two halves like Llama, not adjacent pairs
 INTERLEAVED_ROPE_TYPES = {"glm", "glm4", "chatglm"}
 # q/k RMSNorm over each head before RoPE (GLM-4.5 only when its config says use_qk_norm)
 QK_NORM_TYPES = {"qwen3", "qwen3_moe"}
-MOE_TYPES = {"qwen3_moe", "glm4_moe"}
+MOE_TYPES = {"qwen3_moe", "glm4_moe", "glm4_moe_lite"}
 SUPPORTED_ROPE_TYPES = {"default", "linear", "llama3"}
 
 
@@ -74,6 +74,25 @@ class MoeConfig:
 
 
 @dataclass(frozen=True)
+class MlaConfig:
+    """Multi-latent attention (GLM-4.7-Flash `glm4_moe_lite`, DeepSeek-V2/3 style): q through an optional
+    low-rank bottleneck, K/V expanded per head from one `kv_lora_rank` latent plus a shared rotary key.
+    We cache the expanded K and V, so a head's value width must equal its key width."""
+
+    q_lora_rank: int | None
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+
+    def __post_init__(self) -> None:
+        if self.v_head_dim != self.qk_nope_head_dim + self.qk_rope_head_dim:
+            raise UnsupportedModelError(
+                f"multi-latent attention with v_head_dim={self.v_head_dim} != qk_nope_head_dim + qk_rope_head_dim="
+                f"{self.qk_nope_head_dim + self.qk_rope_head_dim} is not supported (the KV cache holds one head size)")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     model_type: str
     vocab_size: int
@@ -100,6 +119,7 @@ class ModelConfig:
     # GLM-4.5 checkpoints hold this many multi-token-prediction layers after the last decoder layer
     # (model.layers.{num_hidden_layers}...); the loader skips their tensors
     num_mtp_layers: int = 0
+    mla: MlaConfig | None = None  # then head_dim is the q/k head width and every query head has its own K/V
 
     def __post_init__(self) -> None:
         if self.model_type not in LLAMA_TYPES | GLM_TYPES:
@@ -124,6 +144,12 @@ class ModelConfig:
         q = self.num_attention_heads * self.head_dim
         kv = self.num_key_value_heads * self.head_dim
         attn = h * (q + 2 * kv) + q * h + 2 * h
+        if self.mla is not None:
+            a = self.mla
+            heads, rank = self.num_attention_heads, a.kv_lora_rank
+            q_params = h * q if a.q_lora_rank is None else a.q_lora_rank * (h + q + 1)
+            attn = (q_params + h * (rank + a.qk_rope_head_dim) + rank
+                    + rank * heads * (a.qk_nope_head_dim + a.v_head_dim) + heads * a.v_head_dim * h + 2 * h)
         dense = 3 * h * self.intermediate_size
         total = n * (attn + dense)
         if self.moe is not None:
@@ -143,6 +169,8 @@ class ModelConfig:
         model_type = cfg.get("model_type", "")
         if model_type == "chatglm":
             return _from_chatglm_dict(cfg)
+        if model_type == "glm4_moe_lite":
+            cfg = _mla_as_expanded_heads(cfg)
         if model_type not in LLAMA_TYPES | GLM_TYPES:
             raise UnsupportedModelError(
                 f"model_type {model_type!r} is not supported; supported: {sorted(LLAMA_TYPES | GLM_TYPES)}")
@@ -153,8 +181,9 @@ class ModelConfig:
         rope_params = dict(cfg.get("rope_parameters") or {})
         legacy_scaling = cfg.get("rope_scaling") or {}
         partial = rope_params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 0.5 if is_glm else 1.0))
-        rope = _rope_from(rope_params or legacy_scaling, cfg.get("rope_theta", 10000.0), partial,
-                          interleaved=model_type in INTERLEAVED_ROPE_TYPES)
+        interleaved = model_type in INTERLEAVED_ROPE_TYPES or (
+            model_type == "glm4_moe_lite" and bool(cfg.get("rope_interleave", True)))
+        rope = _rope_from(rope_params or legacy_scaling, cfg.get("rope_theta", 10000.0), partial, interleaved)
         attention_bias = bool(cfg.get("attention_bias", model_type == "qwen2"))
         return cls(
             model_type=model_type,
@@ -178,8 +207,25 @@ class ModelConfig:
             qk_norm=model_type in QK_NORM_TYPES or bool(cfg.get("use_qk_norm", False)),
             attention_output_bias=attention_bias and model_type in QK_NORM_TYPES,
             moe=_moe_from(cfg) if model_type in MOE_TYPES else None,
-            num_mtp_layers=int(cfg.get("num_nextn_predict_layers") or 0) if model_type == "glm4_moe" else 0,
+            num_mtp_layers=int(cfg.get("num_nextn_predict_layers") or 0) if model_type in MOE_TYPES else 0,
+            mla=_mla_from(cfg) if model_type == "glm4_moe_lite" else None,
         )
+
+
+def _mla_from(cfg: dict[str, Any]) -> MlaConfig:
+    return MlaConfig(q_lora_rank=cfg.get("q_lora_rank"), kv_lora_rank=cfg["kv_lora_rank"],
+                     qk_nope_head_dim=cfg["qk_nope_head_dim"], qk_rope_head_dim=cfg["qk_rope_head_dim"],
+                     v_head_dim=cfg["v_head_dim"])
+
+
+def _mla_as_expanded_heads(cfg: dict[str, Any]) -> dict[str, Any]:
+    """GLM-4.7-Flash's config in the terms of our decoder: one K/V head per query head of the q/k width,
+    the rotary part of each head rotated (interleaved pairs when rope_interleave)."""
+    rope_dim, head_dim = cfg["qk_rope_head_dim"], cfg["qk_nope_head_dim"] + cfg["qk_rope_head_dim"]
+    rope_params = dict(cfg.get("rope_parameters") or {})
+    rope_params["partial_rotary_factor"] = rope_dim / head_dim
+    return {**cfg, "head_dim": head_dim, "num_key_value_heads": cfg["num_attention_heads"],
+            "rope_parameters": rope_params, "partial_rotary_factor": rope_dim / head_dim}
 
 
 def _moe_from(cfg: dict[str, Any]) -> MoeConfig:
@@ -187,12 +233,14 @@ def _moe_from(cfg: dict[str, Any]) -> MoeConfig:
     n = cfg["num_hidden_layers"]
     # the hub's configs say num_experts (Qwen) / n_routed_experts (GLM); transformers 5 may write num_local_experts
     num_experts = cfg.get("num_experts") or cfg.get("n_routed_experts") or cfg.get("num_local_experts")
-    if cfg["model_type"] == "glm4_moe":
-        # layers [0, first_k_dense_replace) are dense, the rest sparse
+    if cfg["model_type"] in ("glm4_moe", "glm4_moe_lite"):
+        # layers [0, first_k_dense_replace) are dense, the rest sparse; GLM-4.7-Flash may list them instead
         first_sparse = cfg.get("first_k_dense_replace", 1)
+        layers = (tuple(i for i, t in enumerate(cfg["mlp_layer_types"]) if t == "sparse") if cfg.get("mlp_layer_types")
+                  else tuple(range(first_sparse, n)))
         return MoeConfig(
             num_experts=num_experts, num_experts_per_tok=cfg["num_experts_per_tok"],
-            intermediate_size=cfg["moe_intermediate_size"], layers=tuple(range(first_sparse, n)),
+            intermediate_size=cfg["moe_intermediate_size"], layers=layers,
             scoring="sigmoid", norm_topk_prob=bool(cfg.get("norm_topk_prob", True)),
             routed_scaling_factor=float(cfg.get("routed_scaling_factor", 1.0)),
             num_groups=cfg.get("n_group") or 1, topk_groups=cfg.get("topk_group") or 1,

@@ -36,7 +36,7 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, rope: RopeConfig, head_dim: int, max_positions: int) -> None:
         super().__init__()
-        self.rotary_dim = int(head_dim * rope.partial_rotary_factor)
+        self.rotary_dim = round(head_dim * rope.partial_rotary_factor)  # a fraction like 64/192 is inexact
         self.head_dim = head_dim
         self.interleaved = rope.interleaved
         inv_freq = inverse_frequencies(rope, self.rotary_dim)

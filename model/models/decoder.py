@@ -1,6 +1,7 @@
 """The one GLM/Llama-family decoder: pre-norm blocks of RoPE attention (GQA, optional QKV bias,
 full or partial rotary, optional per-head q/k norms) and a gated SiLU MLP or a sparse MoE of them
-(Qwen3-MoE, GLM-4.5), with GLM-4's optional sandwich norms.
+(Qwen3-MoE, GLM-4.5), with GLM-4's optional sandwich norms; GLM-4.7-Flash's multi-latent attention in
+place of the attention.
 
 Serving calls it with flattened tokens (T,) and an AttentionMetadata; training with (B, T) and no
 metadata (dense causal attention).
@@ -14,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from model.config import ModelConfig
 from model.layers.attention import Attention, AttentionMetadata
+from model.layers.mla import LatentAttention
 from model.layers.mlp import GatedMLP
 from model.layers.moe import SparseMoE
 from model.layers.norm import RMSNorm
@@ -24,9 +26,13 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, layer_idx: int = 0) -> None:
         super().__init__()
         self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.attn = Attention(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
-                              cfg.attention_bias, rotary, qk_norm_eps=cfg.rms_norm_eps if cfg.qk_norm else None,
-                              output_bias=cfg.attention_output_bias)
+        if cfg.mla is not None:
+            self.attn: Attention = LatentAttention(cfg.hidden_size, cfg.num_attention_heads, cfg.mla,
+                                                   cfg.attention_bias, rotary)
+        else:
+            self.attn = Attention(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
+                                  cfg.attention_bias, rotary, qk_norm_eps=cfg.rms_norm_eps if cfg.qk_norm else None,
+                                  output_bias=cfg.attention_output_bias)
         self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         if cfg.is_moe_layer(layer_idx):
             self.mlp: nn.Module = SparseMoE(cfg.hidden_size, cfg.moe)

@@ -5,7 +5,7 @@ import torch
 
 from model.config import ModelConfig
 from model.models.decoder import CausalLM
-from model.models.glm import CHATGLM_WEIGHTS, GLM4_MOE_WEIGHTS, GLM_WEIGHTS
+from model.models.glm import CHATGLM_WEIGHTS, GLM4_MOE_LITE_WEIGHTS, GLM4_MOE_WEIGHTS, GLM_WEIGHTS
 from model.models.llama import LLAMA_WEIGHTS
 from model.models.qwen3 import QWEN3_MOE_WEIGHTS, QWEN3_WEIGHTS
 from model.models.weight_map import WeightMap
@@ -15,6 +15,7 @@ _WEIGHT_MAPS: dict[str, WeightMap] = {
     "smollm": LLAMA_WEIGHTS, "smollm2": LLAMA_WEIGHTS,
     "qwen3": QWEN3_WEIGHTS, "qwen3_moe": QWEN3_MOE_WEIGHTS,
     "glm": GLM_WEIGHTS, "glm4": GLM_WEIGHTS, "chatglm": CHATGLM_WEIGHTS, "glm4_moe": GLM4_MOE_WEIGHTS,
+    "glm4_moe_lite": GLM4_MOE_LITE_WEIGHTS,
 }
 
 

@@ -1,4 +1,5 @@
-"""Mixture-of-experts checkpoints (GLM-4.5 `glm4_moe`, `qwen3_moe`) written by transformers: our network
+"""Mixture-of-experts checkpoints (GLM-4.5 `glm4_moe`, GLM-4.7-Flash `glm4_moe_lite` with multi-latent
+attention, `qwen3_moe`) written by transformers: our network
 gives transformers' logits (fp32, 1e-4), the serving engine's greedy output equals transformers'
 `generate`, our export is what transformers reads, and GLM-4.5's MTP layers are skipped at load."""
 from __future__ import annotations
@@ -20,6 +21,8 @@ TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_la
             num_key_value_heads=2, head_dim=16, max_position_embeddings=256)
 GLM = dict(moe_intermediate_size=32, n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1,
            first_k_dense_replace=1, attention_bias=True, norm_topk_prob=True)
+MLA = dict(moe_intermediate_size=32, n_routed_experts=8, num_experts_per_tok=2, kv_lora_rank=16, qk_rope_head_dim=8,
+           qk_nope_head_dim=24, v_head_dim=32, num_key_value_heads=4)
 
 # each a routing feature transformers defines and we must match
 CONFIGS = {
@@ -31,6 +34,12 @@ CONFIGS = {
     # unnormalized weights, two shared experts, no dense layer
     "glm4_moe-unnormed": ("glm4_moe", {**GLM, "norm_topk_prob": False, "n_shared_experts": 2,
                                        "first_k_dense_replace": 0}),
+    # GLM-4.7-Flash style: multi-latent attention (q through a low-rank bottleneck), interleaved rotary pairs
+    "glm4_moe_lite": ("glm4_moe_lite", {**MLA, "q_lora_rank": 24, "n_group": 2, "topk_group": 1,
+                                        "routed_scaling_factor": 1.8, "attention_bias": True}),
+    # no q bottleneck, half-split rotary, every layer sparse
+    "glm4_moe_lite-plain-q": ("glm4_moe_lite", {**MLA, "q_lora_rank": None, "rope_interleave": False,
+                                                "mlp_layer_types": ["sparse"] * 3}),
     "qwen3_moe": ("qwen3_moe", dict(moe_intermediate_size=32, num_experts=8, num_experts_per_tok=2,
                                     norm_topk_prob=True, mlp_only_layers=[0])),
     "qwen3_moe-sparse-step": ("qwen3_moe", dict(moe_intermediate_size=32, num_experts=8, num_experts_per_tok=3,
@@ -41,16 +50,21 @@ CONFIGS = {
 def _hf_class(arch: str):
     import transformers as tf
 
-    return {"glm4_moe": tf.Glm4MoeForCausalLM, "qwen3_moe": tf.Qwen3MoeForCausalLM}[arch]
+    return {"glm4_moe": tf.Glm4MoeForCausalLM, "glm4_moe_lite": tf.Glm4MoeLiteForCausalLM,
+            "qwen3_moe": tf.Qwen3MoeForCausalLM}[arch]
 
 
 def _hf_model(name: str):
     import transformers as tf
 
     arch, extra = CONFIGS[name]
-    config_class = {"glm4_moe": tf.Glm4MoeConfig, "qwen3_moe": tf.Qwen3MoeConfig}[arch]
+    config_class = {"glm4_moe": tf.Glm4MoeConfig, "glm4_moe_lite": tf.Glm4MoeLiteConfig,
+                    "qwen3_moe": tf.Qwen3MoeConfig}[arch]
     torch.manual_seed(0)
-    hf = _hf_class(arch)(config_class(**TINY, **extra, pad_token_id=0, eos_token_id=1)).eval()
+    keys = {**TINY, **extra}
+    if arch == "glm4_moe_lite":
+        keys.pop("head_dim")  # Glm4MoeLiteConfig reads head_dim as qk_rope_head_dim
+    hf = _hf_class(arch)(config_class(**keys, pad_token_id=0, eos_token_id=1)).eval()
     randomize(hf, router_std=0.2)
     return hf
 
@@ -81,7 +95,7 @@ def test_config_places_dense_and_sparse_layers_as_transformers_does(checkpoints)
         assert cfg.moe.layers == hf_sparse, name
 
 
-@pytest.mark.parametrize("name", ["glm4_moe-grouped", "qwen3_moe"])
+@pytest.mark.parametrize("name", ["glm4_moe-grouped", "glm4_moe_lite", "qwen3_moe"])
 def test_engine_greedy_equals_transformers_generate(name: str, checkpoints) -> None:
     hf, path = checkpoints[name]
     gen = torch.Generator().manual_seed(3)
@@ -90,7 +104,7 @@ def test_engine_greedy_equals_transformers_generate(name: str, checkpoints) -> N
     assert got == [hf_greedy(hf, p, 8) for p in prompts]
 
 
-@pytest.mark.parametrize("name", ["glm4_moe-grouped", "qwen3_moe-sparse-step"])
+@pytest.mark.parametrize("name", ["glm4_moe-grouped", "glm4_moe_lite", "qwen3_moe-sparse-step"])
 def test_export_is_read_by_transformers_unchanged(name: str, checkpoints, tmp_path: Path) -> None:
     hf, path = checkpoints[name]
     assert export_roundtrip(path, tmp_path / "export", _hf_class(CONFIGS[name][0])) < 1e-5
@@ -142,12 +156,11 @@ def test_router_stays_fp32_when_the_network_runs_in_bf16(checkpoints) -> None:
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
 
 
-@pytest.mark.parametrize("model_type, named", [
-    ("glm4_moe_lite", "glm4_moe_lite"),  # GLM-4.7-Flash: multi-latent attention, not implemented
-    ("qwen2_moe", "qwen2_moe"),
-])
-def test_moe_families_we_do_not_run_are_refused_by_name(model_type: str, named: str) -> None:
+def test_moe_families_we_do_not_run_are_refused_by_name() -> None:
     from model import UnsupportedModelError
 
-    with pytest.raises(UnsupportedModelError, match=named):
-        ModelConfig.from_hf_dict({**TINY, "model_type": model_type, "n_routed_experts": 8, "num_experts": 8})
+    with pytest.raises(UnsupportedModelError, match="qwen2_moe"):
+        ModelConfig.from_hf_dict({**TINY, "model_type": "qwen2_moe", "num_experts": 8})
+    # DeepSeek-V3-style MLA with narrower values than keys: the expanded KV cache holds one head size
+    with pytest.raises(UnsupportedModelError, match="v_head_dim"):
+        ModelConfig.from_hf_dict({**TINY, **MLA, "model_type": "glm4_moe_lite", "v_head_dim": 16})
