@@ -1,4 +1,4 @@
-"""CUDA checks of the MoE networks (glm4_moe, qwen3_moe); skipped without a GPU.
+"""CUDA checks of the MoE networks (glm4_moe, glm4_moe_lite, qwen3_moe); skipped without a GPU.
 
     python -m pytest -q -o addopts="" -m gpu tests/gpu/test_moe_cuda.py
 """
@@ -24,6 +24,11 @@ def _tiny(tmp_path, arch: str) -> str:
     if arch == "glm4_moe":
         hf = tf.Glm4MoeForCausalLM(tf.Glm4MoeConfig(**TINY, n_routed_experts=8, n_group=2, topk_group=1,
                                                     attention_bias=True, use_qk_norm=True, routed_scaling_factor=2.5))
+    elif arch == "glm4_moe_lite":
+        keys = {k: v for k, v in TINY.items() if k != "head_dim"}  # read as qk_rope_head_dim by this config
+        hf = tf.Glm4MoeLiteForCausalLM(tf.Glm4MoeLiteConfig(
+            **keys | dict(num_key_value_heads=4), n_routed_experts=8, kv_lora_rank=32, q_lora_rank=48,
+            qk_rope_head_dim=16, qk_nope_head_dim=48, v_head_dim=64))
     else:
         hf = tf.Qwen3MoeForCausalLM(tf.Qwen3MoeConfig(**TINY, num_experts=8, norm_topk_prob=True))
     randomize(hf, router_std=0.2)
@@ -31,7 +36,7 @@ def _tiny(tmp_path, arch: str) -> str:
     return str(tmp_path / arch)
 
 
-@pytest.mark.parametrize("arch", ["glm4_moe", "qwen3_moe"])
+@pytest.mark.parametrize("arch", ["glm4_moe", "glm4_moe_lite", "qwen3_moe"])
 def test_cuda_moe_logits_match_cpu_fp32(tmp_path, arch: str) -> None:
     path = _tiny(tmp_path, arch)
     cpu = load_model(path).model
