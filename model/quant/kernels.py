@@ -20,15 +20,18 @@ CPU_PACK_BLOCK_N = 64  # rows the CPU int4 packer interleaves (see gather_int4_r
 
 
 def int4_supported(out_features: int, in_features: int, group_size: int) -> bool:
-    return out_features % INT4_N_MULTIPLE == 0 and in_features % group_size == 0 and in_features % 2 == 0
+    # CPU: N % 16 (its packer), K % group; CUDA also tiles K by at least 32
+    return out_features % INT4_N_MULTIPLE == 0 and in_features % group_size == 0 and in_features % 32 == 0
 
 
 def pack_int4(q: torch.Tensor, device: torch.device) -> torch.Tensor:
     """q: (N, K) integer values in 0..15 -> the kernel's packed weight on `device`."""
     if device.type == "cuda":
-        # the CUDA packer takes two nibbles per byte, even k in the high nibble; tensor-core tiles of 8
+        # the CUDA packer takes two nibbles per byte, even k in the high nibble, and tiles K in innerKTiles
+        # x 16: the largest of 8, 4, 2 that divides K (576 inputs: 4)
         pairs = (q[:, ::2].to(torch.uint8) << 4) | q[:, 1::2].to(torch.uint8)
-        return torch.ops.aten._convert_weight_to_int4pack(pairs.to(device), 8)
+        tiles = next(t for t in (8, 4, 2) if q.shape[1] % (16 * t) == 0)
+        return torch.ops.aten._convert_weight_to_int4pack(pairs.to(device), tiles)
     return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
 
 

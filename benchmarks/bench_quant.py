@@ -1,0 +1,176 @@
+"""Quantized weights on the default model: decode speed, resident bytes, peak RSS while loading, perplexity.
+
+    python -m benchmarks.bench_quant decode                 # batch-1 and 32-stream tok/s, variants interleaved
+    python -m benchmarks.bench_quant rss                    # one child process per variant: RSS while loading
+    python -m benchmarks.bench_quant perplexity             # `glmserve eval perplexity` against each variant served
+    python -m benchmarks.bench_quant serve --variant int4-q41 --port 8031   # one variant over HTTP
+
+Variants (all on the default SmolLM2-135M Q4_1 GGUF):
+  fp32, bf16        the float paths (the GGUF dequantized once, cached)
+  int8              --quantization int8: per-channel int8 from the fp32 weights (embedding/lm_head int8 too)
+  int8-femb         int8 layers, float embedding and lm_head
+  int4-q41          --quantization auto: the file's Q4_1 codes as stored, its Q8_0 embedding/lm_head as int8
+  int4-q41-e4       --quantization int4 on the GGUF: Q4_1 as stored, the Q8_0 embedding/lm_head requantized to int4
+  int4-rq32, int4-rq128   int4 requantized from the fp32 weights, group 32 / 128 (576-wide inputs take 64)
+Decode figures take the variants in turn, `--reps` times, so load from other processes hits them alike.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+VARIANTS = {  # name -> (dtype, quantization, group size, quantize embedding/lm_head)
+    "fp32": ("float32", "none", 32, True), "bf16": ("bfloat16", "none", 32, True),
+    "int8": ("float32", "int8", 32, True), "int8-femb": ("float32", "int8", 32, False),
+    "int4-q41": ("float32", "auto", 32, True), "int4-q41-e4": ("float32", "int4", 32, True),
+    "int4-rq32": ("float32", "int4-requant", 32, True), "int4-rq128": ("float32", "int4-requant", 128, True),
+}
+PROMPT = "Write a detailed essay about the history of tea, its trade routes and its culture."
+
+
+def build_engine(variant: str, max_num_seqs: int = 32, kv_mib: int = 256):
+    """The variant's LLMEngine. The GGUF-as-stored variants load through load_model(engine_config=...)."""
+    from model import EngineConfig, LLMEngine, QuantSpec, Tokenizer, load_model, quantize_model, resolve_model_dir
+
+    dtype, quant, group, embeddings = VARIANTS[variant]
+    source = resolve_model_dir("default") if quant in ("none", "int8", "int4-requant") else "default"
+    method = "int4" if quant == "int4-requant" else quant
+    ec = EngineConfig(max_num_seqs=max_num_seqs, kv_cache_memory=kv_mib << 20, dtype=dtype, quantization=method,
+                      quantization_group_size=group)
+    loaded = load_model(source, dtype=ec.resolved_dtype(), engine_config=ec)
+    if not embeddings:  # quantize the layers here, leave embedding/lm_head float, and tell the runner not to
+        quantize_model(loaded.model, QuantSpec(method, group, embeddings=False))
+        ec = EngineConfig(max_num_seqs=max_num_seqs, kv_cache_memory=kv_mib << 20, dtype=dtype)
+    return LLMEngine(loaded.model, ec, Tokenizer(loaded.path), loaded)
+
+
+def decode_rate(engine, num_streams: int, max_tokens: int) -> float:
+    """Aggregate decode tok/s of num_streams greedy requests, from the step after every prompt's first token."""
+    from model import SamplingParams
+
+    prompt = engine.tokenizer.encode(PROMPT)
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    for i in range(num_streams):
+        engine.add_request(f"b{i}", prompt + [i + 3], params)  # distinct prompts: no shared-prefix shortcut
+    started, tokens, t0 = set(), 0, None
+    while engine.has_unfinished():
+        outs = engine.step()
+        if t0 is not None:
+            tokens += sum(len(o.token_ids) for o in outs)
+        started |= {o.request_id for o in outs if o.token_ids}
+        if t0 is None and len(started) == num_streams:
+            t0 = time.perf_counter()
+    return tokens / (time.perf_counter() - t0)
+
+
+def cmd_decode(args) -> None:
+    import torch
+
+    from model import weight_bytes
+
+    torch.set_num_threads(args.threads)
+    engines = {v: build_engine(v) for v in args.variants}
+    for engine in engines.values():  # warm-up: oneDNN primitives, allocator
+        decode_rate(engine, 2, 8)
+    rates: dict[str, dict[str, list[float]]] = {v: {"b1": [], "b32": []} for v in engines}
+    for _ in range(args.reps):
+        for v, engine in engines.items():
+            rates[v]["b1"].append(decode_rate(engine, 1, args.tokens))
+            rates[v]["b32"].append(decode_rate(engine, 32, args.tokens_32))
+    params = engines[args.variants[0]].model_config.num_params()
+    for v, engine in engines.items():
+        wb = weight_bytes(engine.runner.model)
+        print(json.dumps({"variant": v, "quantization": engine.runner.quantization,
+                          "b1_tok_s_median": round(statistics.median(rates[v]["b1"]), 1),
+                          "b32_tok_s_median": round(statistics.median(rates[v]["b32"]), 1),
+                          "b1_all": [round(r, 1) for r in rates[v]["b1"]],
+                          "b32_all": [round(r, 1) for r in rates[v]["b32"]],
+                          "weight_bytes": wb, "bytes_per_param": round(wb / params, 3)}), flush=True)
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def cmd_rss_one(args) -> None:
+    import torch  # noqa: F401 - imported before the baseline is read
+
+    import model.loader  # noqa: F401
+    import transformers  # noqa: F401
+
+    from model import weight_bytes
+
+    base = _status_kib("VmRSS")
+    engine = build_engine(args.variant, kv_mib=16)
+    print(json.dumps({"variant": args.variant, "baseline_rss_mib": base // 1024, "peak_rss_mib": _status_kib("VmHWM") // 1024,
+                      "final_rss_mib": _status_kib("VmRSS") // 1024,
+                      "weight_mib": round(weight_bytes(engine.runner.model) / 2**20, 1)}), flush=True)
+
+
+def cmd_rss(args) -> None:
+    for v in args.variants:
+        subprocess.run([sys.executable, "-m", "benchmarks.bench_quant", "rss-one", "--variant", v], check=True)
+
+
+def cmd_serve(args) -> None:
+    import uvicorn
+
+    from model import AsyncEngine
+    from server.app import create_app
+    from server.settings import Settings
+
+    settings = Settings(model="default", port=args.port, self_test="off", served_model_name="default")
+    app = create_app(settings, AsyncEngine(build_engine(args.variant, max_num_seqs=8, kv_mib=128)))
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_config=None, access_log=False)
+
+
+def cmd_perplexity(args) -> None:
+    import httpx
+
+    for v in args.variants:
+        port = args.port
+        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_quant", "serve", "--variant", v,
+                                 "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + 600
+            while time.time() < deadline:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(2)
+            start = time.perf_counter()
+            out = subprocess.run([sys.executable, "-m", "server.cli", "eval", "perplexity", "--data", args.data,
+                                  "--url", f"http://127.0.0.1:{port}"], capture_output=True, text=True, check=True)
+            report = json.loads(out.stdout)
+            print(json.dumps({"variant": v, "seconds": round(time.perf_counter() - start, 1),
+                              **{k: report[k] for k in report if not isinstance(report[k], (list, dict))}}), flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("command", choices=["decode", "rss", "rss-one", "serve", "perplexity"])
+    p.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
+    p.add_argument("--variant", default="int4-q41")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--tokens", type=int, default=64, help="decode tokens per batch-1 measurement")
+    p.add_argument("--tokens-32", type=int, default=32, help="decode tokens per stream in the 32-stream measurement")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--port", type=int, default=8031)
+    p.add_argument("--data", default="data/eval/summarize.jsonl")
+    args = p.parse_args()
+    {"decode": cmd_decode, "rss": cmd_rss, "rss-one": cmd_rss_one, "serve": cmd_serve,
+     "perplexity": cmd_perplexity}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
