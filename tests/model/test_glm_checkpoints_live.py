@@ -136,3 +136,18 @@ def test_forced_tool_call_comes_back_as_tool_calls(served) -> None:
     reply = _client(srv).chat.completions.create(model="glm", messages=ASK, tools=tools, tool_choice="required",
                                                  max_tokens=200, temperature=0, extra_body=extra)
     assert_forced_call(reply.choices[0], tools)
+
+
+def test_streamed_chat_carries_the_same_text(served) -> None:
+    _, _, srv = served
+    client = _client(srv)
+    body = dict(model="glm", messages=ASK, max_tokens=MAX_TOKENS, temperature=0)
+    whole = client.chat.completions.create(**body).choices[0].message
+    chunks = list(client.chat.completions.create(**body, stream=True))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+
+    def field(obj, name: str) -> str:
+        return getattr(obj, name, None) or ""
+
+    assert "".join(field(d, "content") for d in deltas) == field(whole, "content")
+    assert "".join(field(d, "reasoning_content") for d in deltas) == field(whole, "reasoning_content")
