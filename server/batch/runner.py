@@ -34,13 +34,22 @@ class BatchSummary:
 
 
 def _open_for_append(path: str | Path) -> IO[str]:
-    """Append mode; a torn last line (killed mid-write) is closed off so the next result starts clean."""
-    out = open(path, "a+", encoding="utf-8")
-    if out.tell() > 0:
-        out.seek(out.tell() - 1)
-        if out.read(1) != "\n":
-            out.write("\n")
-    return out
+    """Append mode; a torn last line (a run killed mid-write) is cut off first, so the file stays JSONL."""
+    path = Path(path)
+    if path.exists():
+        with open(path, "rb+") as f:
+            end = pos = f.seek(0, 2)
+            while pos > 0:  # back to just after the last newline
+                step = min(4096, pos)
+                f.seek(pos - step)
+                newline = f.read(step).rfind(b"\n")
+                if newline >= 0:
+                    pos = pos - step + newline + 1
+                    break
+                pos -= step
+            if pos != end:
+                f.truncate(pos)
+    return open(path, "a", encoding="utf-8")
 
 
 async def run_batch(app: Any, input_path: str | Path, output_path: str | Path, concurrency: int,

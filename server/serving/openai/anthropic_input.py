@@ -4,8 +4,10 @@
 
 system -> a system message; text blocks -> content; an assistant turn's tool_use blocks -> its tool_calls
 (input dumped as JSON arguments); a user turn's tool_result blocks -> tool messages (ahead of the turn's
-text, as the results answer the previous turn); thinking blocks are dropped (earlier reasoning is not
-re-rendered). tool_choice auto / any / tool / none -> auto / required / the named function / none.
+text, as the results answer the previous turn); an assistant turn's thinking blocks -> its
+reasoning_content (templates that re-render earlier reasoning use it). tool_choice auto / any / tool /
+none -> auto / required / the named function / none; `thinking` -> thinking_token_budget, or
+enable_thinking false when disabled.
 """
 from __future__ import annotations
 
@@ -39,11 +41,21 @@ def to_chat_request(body: CountTokensRequest, max_tokens: int | None = None) -> 
             fields["parallel_tool_calls"] = False
     if isinstance(body, MessagesRequest):
         fields.update(stop=body.stop_sequences, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
-                      stream=body.stream)
+                      stream=body.stream, **_thinking(body.thinking))
     try:
         return ChatCompletionRequest(**{k: v for k, v in fields.items() if v is not None})
     except ValueError as e:  # pydantic: a value the chat schema refuses
         raise bad_request(str(e).splitlines()[-1] if str(e) else "invalid request") from e
+
+
+def _thinking(thinking: dict[str, Any] | None) -> dict[str, Any]:
+    """Anthropic's thinking switch as the chat path's reasoning fields (for reasoning checkpoints)."""
+    if not thinking:
+        return {}
+    if thinking.get("type") == "disabled":
+        return {"chat_template_kwargs": {"enable_thinking": False}}
+    budget = thinking.get("budget_tokens")
+    return {"thinking_token_budget": budget} if isinstance(budget, int) and budget >= 0 else {}
 
 
 def _text(content: Any, param: str) -> str:
@@ -62,6 +74,7 @@ def _turn(message: AnthropicMessage, param: str) -> list[ChatMessage]:
     if isinstance(message.content, str):
         return [ChatMessage(role=message.role, content=message.content)]
     texts: list[str] = []
+    thoughts: list[str] = []  # an assistant turn's thinking, for templates that re-render it
     calls: list[dict[str, Any]] = []
     results: list[ChatMessage] = []
     for j, block in enumerate(message.content):
@@ -69,6 +82,8 @@ def _turn(message: AnthropicMessage, param: str) -> list[ChatMessage]:
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text" and isinstance(block.get("text"), str):
             texts.append(block["text"])
+        elif kind == "thinking" and message.role == "assistant" and isinstance(block.get("thinking"), str):
+            thoughts.append(block["thinking"])
         elif kind in DROPPED_BLOCKS:
             continue
         elif kind == "tool_use" and message.role == "assistant":
@@ -80,7 +95,8 @@ def _turn(message: AnthropicMessage, param: str) -> list[ChatMessage]:
                               "thinking, tool_use in assistant turns and tool_result in user turns are)", param=where)
     out = list(results)
     if message.role == "assistant":
-        out.append(ChatMessage(role="assistant", content="".join(texts), tool_calls=calls or None))
+        out.append(ChatMessage(role="assistant", content="".join(texts), tool_calls=calls or None,
+                               reasoning_content="".join(thoughts) or None))
     elif texts or not results:
         out.append(ChatMessage(role="user", content="".join(texts)))
     return out
