@@ -58,6 +58,10 @@ def _remote_tokenizer_file(tok_cfg: dict[str, Any]) -> str | None:
 
 def load_backend(model_dir: str, trust_remote_code: bool = False) -> tuple[Any, str]:
     tok_cfg = _read_json(os.path.join(model_dir, "tokenizer_config.json"))
+    jinja = os.path.join(model_dir, "chat_template.jinja")  # where transformers 5 saves a template
+    if os.path.exists(jinja):
+        with open(jinja, encoding="utf-8") as f:
+            tok_cfg["chat_template"] = f.read()
     family = tokenizer_family(model_dir)
     model_file = os.path.join(model_dir, "tokenizer.model")
     if family == "chatglm3":

@@ -181,3 +181,10 @@ def test_token_bytes_are_each_pieces_own_bytes(chatglm3, glm4) -> None:
             assert bytes(ours.token_bytes(i)) == sp.id_to_piece(i).replace("\u2581", " ").encode(), i
     ours, ref = glm4
     assert all(bytes(ours.token_bytes(rank)) == token for token, rank in ref.ranks.items())
+
+
+def test_a_chat_template_jinja_file_is_the_template(glm4_chat_dir: str, tmp_path: Path) -> None:
+    path = tmp_path / "glm4"
+    shutil.copytree(glm4_chat_dir, path)
+    (path / "chat_template.jinja").write_text("[gMASK]<sop>{{ messages[0].content }}", encoding="utf-8")
+    assert Tokenizer(str(path)).chat_template == "[gMASK]<sop>{{ messages[0].content }}"
