@@ -6,13 +6,26 @@ from typing import Any
 
 SCHEDULES = ("linear", "cosine", "constant")
 
+# Fine-tuning defaults per method (docs/TRAINING.md, "Defaults that learn"): LoRA trains a few small
+# matrices from zero and wants a ~10x higher rate than full fine-tuning, and no weight decay (decay pulls
+# B A back towards the base: PEFT's examples and LLaMA-Factory's LoRA recipes use none; 2e-4 is the rate
+# of Unsloth's and PEFT's LoRA notebooks). Full fine-tuning keeps 2e-5 and a mild decay.
+LORA_DEFAULTS = {"lr": 2e-4, "weight_decay": 0.0}
+FULL_SFT_DEFAULTS = {"lr": 2e-5, "weight_decay": 0.1}
+PRETRAIN_DEFAULTS = {"lr": 1e-3, "weight_decay": 0.1}
+# a small data set still gets enough optimizer steps: with the automatic batch size each epoch has at
+# least MIN_STEPS_PER_EPOCH steps (batch 8, 4, 2 or 1), and a run has at least min_steps in all
+MIN_STEPS_PER_EPOCH = 10
+DEFAULT_MIN_STEPS = 30
+AUTO_BATCH_SIZES = (8, 4, 2, 1)
+
 
 @dataclass
 class OptimConfig:
     """AdamW with linear warmup, then linear or cosine decay to min_lr_ratio * lr."""
 
     lr: float = 3e-4
-    weight_decay: float = 0.1
+    weight_decay: float = 0.1  # the CLI picks per method: LORA_DEFAULTS / FULL_SFT_DEFAULTS below
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
@@ -63,11 +76,12 @@ class TrainConfig:
     """The loop: batch geometry, length, evaluation, checkpoints, precision and parallelism."""
 
     out_dir: str
-    batch_size: int = 8  # sequences per micro-batch per process
+    batch_size: int = 8  # sequences per micro-batch per process; 0 = auto (fit_to_data)
     grad_accum: int = 1  # micro-batches per optimizer step
     max_len: int = 256
     epochs: float = 1.0
     max_steps: int | None = None  # overrides epochs when set
+    min_steps: int = 0  # without max_steps: train at least this many optimizer steps (more epochs)
     eval_ratio: float = 0.05  # held-out fraction when no separate eval file is given
     eval_every: int = 0  # 0: only at the end (the end is always evaluated)
     save_every: int = 0  # resumable checkpoint every N steps and at the last step; 0: none (the export is always written)
@@ -83,9 +97,11 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "grad_accum", "max_len", "keep_checkpoints", "log_every"):
+        for name in ("grad_accum", "max_len", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.batch_size < 0 or self.min_steps < 0:
+            raise ValueError("batch_size (0 = auto) and min_steps must be >= 0")
         if self.epochs <= 0:
             raise ValueError("epochs must be positive")
         if self.max_steps is not None and self.max_steps < 1:
@@ -99,3 +115,25 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def fit_to_data(cfg: TrainConfig, num_examples: int, world_size: int = 1) -> TrainConfig:
+    """Resolves batch_size 0 (auto) and min_steps for a data set of num_examples sequences.
+
+    Auto batch: the largest of AUTO_BATCH_SIZES whose epoch has >= MIN_STEPS_PER_EPOCH optimizer steps
+    (40 chat lines: batch 4, as PEFT's recipe that learns them). Then, unless max_steps is set, a run
+    shorter than min_steps optimizer steps trains min_steps (the epochs stretch)."""
+    from dataclasses import replace
+
+    batch = cfg.batch_size
+    if batch == 0:
+        per_step = cfg.grad_accum * world_size
+        batch = next((b for b in AUTO_BATCH_SIZES if -(-num_examples // (b * per_step)) >= MIN_STEPS_PER_EPOCH),
+                     AUTO_BATCH_SIZES[-1])
+    out = replace(cfg, batch_size=batch)
+    if cfg.max_steps is None and cfg.min_steps:
+        global_batch = batch * cfg.grad_accum * world_size
+        steps = max(1, -(-int(cfg.epochs * num_examples) // global_batch))
+        if steps < cfg.min_steps:
+            out = replace(out, max_steps=cfg.min_steps)
+    return out

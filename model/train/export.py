@@ -72,6 +72,26 @@ def materialize(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], lora: Lor
     return model.eval()
 
 
+def export_adapter(out_dir: str, cfg: ModelConfig, state_dict: dict[str, torch.Tensor], lora: LoraConfig,
+                   base_path: str, training_args: dict[str, Any]) -> str:
+    """Writes only the LoRA matrices, in PEFT's layout under the base architecture's module names
+    (model/lora/peft_format.py), plus training_args.json (the server shows it as the adapter's provenance)."""
+    from model.lora.peft_format import write_adapter
+
+    weights = {}
+    for name, a in state_dict.items():
+        if not name.endswith(".lora_A"):
+            continue
+        module = name[:-len(".lora_A")]  # layers.{i}.attn.qkv_proj
+        _, layer, owner, proj = module.split(".")
+        weights[(int(layer), f"{owner}.{proj}")] = (a, state_dict[module + ".lora_B"])
+    if not weights:
+        raise ValueError("the state dict holds no LoRA matrices (train with --lora-rank > 0)")
+    write_adapter(out_dir, cfg, weights, lora.rank, lora.alpha, base_path)
+    _write_json(os.path.join(out_dir, "training_args.json"), training_args)
+    return out_dir
+
+
 def export_checkpoint(out_dir: str, model: CausalLM, hf_tokenizer, training_args: dict[str, Any],
                       base_dir: str | None = None, stop_ids: list[int] | None = None) -> str:
     """Writes the checkpoint files into out_dir. With base_dir (fine-tuning), config.json and

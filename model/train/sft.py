@@ -5,7 +5,10 @@ r"""Supervised fine-tuning of a checkpoint on chat JSONL, fully or with LoRA.
 
 The base is anything load_model reads (`default`, an HF dir, a GGUF file). Conversations are rendered
 with the base's own chat template and only assistant tokens are targets (chat_data.py). The export
-keeps the base's config.json and tokenizer, with LoRA merged into the weights.
+keeps the base's config.json and tokenizer, with LoRA merged into the weights; with --save-adapter-only
+it is the adapter alone in PEFT's layout, which `glmserve serve --lora NAME=DIR` and PEFT load:
+
+    glmserve train sft --base default --data facts.jsonl --out runs/facts --lora-rank 8 --save-adapter-only
 """
 from __future__ import annotations
 
@@ -15,10 +18,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from model.train.chat_data import load_chat_jsonl
-from model.train.config import LoraConfig, TrainConfig
+from model.train.config import LoraConfig, TrainConfig, fit_to_data
 from model.train.data import TokenDataset, data_files_exist, file_sha256
 from model.train.distributed import DistInfo, distributed_run
-from model.train.export import export_checkpoint, materialize
+from model.train.export import export_adapter, export_checkpoint, materialize
 from model.train.lora import apply_lora, count_parameters
 from model.train.provenance import training_args
 from model.train.trainer import Trainer, TrainResult
@@ -34,6 +37,7 @@ class SFTConfig:
     eval_data: str | None = None
     lora: LoraConfig = field(default_factory=LoraConfig)
     skip_bad_lines: bool = False
+    save_adapter_only: bool = False  # with LoRA: write the PEFT adapter layout instead of a merged checkpoint
 
 
 def _datasets(cfg: SFTConfig, tokenizer, template) -> tuple[TokenDataset, TokenDataset | None]:
@@ -73,16 +77,24 @@ def run_sft(cfg: SFTConfig, info: DistInfo | None = None) -> TrainResult:
         log.info("base %s: %.1fM params, %.2fM trainable", cfg.base, total / 1e6, trainable / 1e6)
         data_hash = file_sha256([cfg.data])
         fingerprint = {"data_sha256": data_hash, "base": loaded.path, "lora": asdict(cfg.lora), "task": "sft"}
-        trainer = Trainer(model, train_set, eval_set, cfg.train, info, fingerprint)
+        train_cfg = fit_to_data(cfg.train, len(train_set), info.world_size)
+        if (train_cfg.batch_size, train_cfg.max_steps) != (cfg.train.batch_size, cfg.train.max_steps):
+            log.info("%d training conversations: batch size %d, %s optimizer steps", len(train_set),
+                     train_cfg.batch_size, train_cfg.max_steps or "epoch-based")
+        trainer = Trainer(model, train_set, eval_set, train_cfg, info, fingerprint)
         result = trainer.train()
         state = trainer.full_state_dict()
         if info.is_main:
-            merged = materialize(loaded.config, state, cfg.lora)
-            args = training_args("sft", result, cfg.train, info, base=cfg.base, base_path=loaded.path,
+            args = training_args("sft", result, train_cfg, info, base=cfg.base, base_path=loaded.path,
                                  base_provenance=loaded.provenance or None, data=[cfg.data], data_sha256=data_hash,
                                  eval_data=cfg.eval_data, num_conversations=len(train_set),
                                  lora=asdict(cfg.lora) if cfg.lora.enabled else None,
                                  trainable_params=trainable, total_params=total)
-            export_checkpoint(cfg.train.out_dir, merged, tokenizer.hf, args, base_dir=loaded.path)
-            log.info("exported %s", cfg.train.out_dir)
+            if cfg.save_adapter_only and cfg.lora.enabled:
+                export_adapter(cfg.train.out_dir, loaded.config, state, cfg.lora, loaded.path, args)
+                log.info("exported the LoRA adapter (PEFT layout) to %s", cfg.train.out_dir)
+            else:
+                merged = materialize(loaded.config, state, cfg.lora)
+                export_checkpoint(cfg.train.out_dir, merged, tokenizer.hf, args, base_dir=loaded.path)
+                log.info("exported %s", cfg.train.out_dir)
     return result
