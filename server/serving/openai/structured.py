@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,13 +86,20 @@ def plan_tools(state: ServerState, body: ChatCompletionRequest) -> ToolPlan:
 
 
 def _reasoning_markers_are_special(state: ServerState, body: ChatCompletionRequest) -> bool:
-    """`<think>` / `</think>` / `<tool_call>` are added tokens in GLM-4.5 and Qwen3 vocabularies: a
-    reasoning request is detokenized with them kept, or the parser could not see where thinking ends."""
+    """Whether decoding with skip_special_tokens would drop `<think>` / `</think>` / `<tool_call>` (special
+    added tokens, as in the scripted test model; GLM-4.5's and Qwen3's own are added but not special): a
+    reasoning request then keeps special tokens, or the parser could not see where thinking ends."""
     fmt, _ = server_reasoning_format(state)
     if fmt is None or thinking_disabled(body):
         return False
-    specials = set(state.engine.tokenizer.special_token_strings)
-    return any(marker in specials for marker in fmt.markers)
+    tokenizer = state.engine.tokenizer
+    return any(_dropped_when_skipping_specials(tokenizer, marker) for marker in fmt.markers)
+
+
+@functools.lru_cache(maxsize=64)
+def _dropped_when_skipping_specials(tokenizer: Any, marker: str) -> bool:
+    ids = tokenizer.encode(marker, allow_special=True)
+    return tokenizer.decode(ids, skip_special_tokens=True) != marker
 
 
 def _tool_choice(value: str | dict[str, Any] | None, has_tools: bool) -> tuple[str, str | None]:
