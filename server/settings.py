@@ -61,8 +61,9 @@ class ServerSettings(BaseSettings):
                                             "(0: never)", ge=0)
     header_timeout: float = flag(10.0, "close a connection that has not sent a request's headers within this "
                                        "many seconds", gt=0)
-    task_max_concurrent_chunks: int = flag(2, "engine requests one /v1/summarize or /v1/translate request runs "
-                                              "at once", ge=1)
+    task_max_concurrent_chunks: int | None = flag(
+        None, "engine requests one /v1/summarize or /v1/translate request runs at once (default: a quarter of "
+              "--max-num-seqs, at least 1)", ge=1)
     task_max_input_chars: int = flag(500_000, "longest text /v1/summarize and /v1/translate accept (characters)",
                                      ge=1)
     # security

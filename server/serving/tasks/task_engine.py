@@ -8,8 +8,9 @@ Every engine request goes through engine_stream.run_engine, so usage, timings, m
 aborts (client gone -> task cancelled -> engine.abort) work as they do for chat completions.
 
 Fair sharing: one HTTP request holds one admission ticket however many engine requests it fans out
-into, so its fan-out is capped instead: at most --task-max-concurrent-chunks (2) of them are in the
-engine at once (a 200,000-character word used to take all 8 sequence slots for 150 s). They also
+into, so its fan-out is capped instead: at most --task-max-concurrent-chunks of them (default a
+quarter of --max-num-seqs) are in the engine at once (a 200,000-character word used to take all 8
+sequence slots for 150 s). They also
 carry the request's fairness key, so the scheduler counts them against the client's share. The
 request's `max_tokens` caps the tokens generated across all its chunks: a chunk reserves at most
 what is left unreserved as its own max_tokens and gives back what it did not use when it ends, so
@@ -46,7 +47,8 @@ class TaskRunner:
         self.ctx = ctx
         self.body = body  # a TaskSamplingFields: owns to_sampling_params
         self._ids = itertools.count()
-        self._slots = asyncio.Semaphore(state.settings.task_max_concurrent_chunks)
+        settings = state.settings
+        self._slots = asyncio.Semaphore(settings.task_max_concurrent_chunks or max(1, settings.max_num_seqs // 4))
         self.max_output_tokens: int | None = getattr(body, "max_tokens", None)  # across all chunks
         self.num_reserved_tokens = 0  # generated so far plus what running chunks may still generate
 
