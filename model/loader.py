@@ -17,14 +17,14 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
 from model.config import EngineConfig, ModelConfig, default_cache_dir
 from model.models.decoder import CausalLM
 from model.models.registry import build_model, weight_map_for
-from model.models.weight_map import expected_names
+from model.models.weight_map import expected_names, mtp_layer_of
 
 log = logging.getLogger("glmserve.loader")
 
@@ -102,7 +102,7 @@ def _load_float(source: str, device: str, dtype: torch.dtype, cache_dir: str | N
     with open(os.path.join(model_dir, "config.json")) as f:
         cfg = ModelConfig.from_hf_dict(json.load(f))
     model = build_model(cfg, device="cpu" if device == "meta" else device, dtype=torch.float32, init_weights=False)
-    filled = weight_map_for(cfg).load(model, iter_checkpoint_tensors(model_dir))
+    filled = weight_map_for(cfg).load(model, iter_checkpoint_tensors(model_dir, _without_mtp_layers(cfg)))
     model = model.to(dtype)
     model.reset_rotary(device)
     missing = expected_names(model) - filled - ({"lm_head.weight"} if cfg.tie_word_embeddings else set())
@@ -112,21 +112,42 @@ def _load_float(source: str, device: str, dtype: torch.dtype, cache_dir: str | N
     return model, cfg, model_dir
 
 
-def iter_checkpoint_tensors(model_dir: str) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_checkpoint_tensors(model_dir: str, keep: Callable[[str], bool] | None = None
+                            ) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of every checkpoint tensor; with `keep`, safetensors tensors it refuses are not read."""
     from safetensors import safe_open
 
+    keep = keep or (lambda name: True)
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if files:
         for path in files:
             with safe_open(str(path), framework="pt") as f:
                 for name in f.keys():
-                    yield name, f.get_tensor(name)
+                    if keep(name):
+                        yield name, f.get_tensor(name)
         return
     bins = sorted(Path(model_dir).glob("pytorch_model*.bin"))
     if not bins:
         raise FileNotFoundError(f"no *.safetensors or pytorch_model*.bin in {model_dir}")
     for path in bins:
-        yield from torch.load(path, map_location="cpu", weights_only=True).items()
+        yield from ((n, t) for n, t in torch.load(path, map_location="cpu", weights_only=True).items() if keep(n))
+
+
+def _without_mtp_layers(cfg: ModelConfig) -> Callable[[str], bool]:
+    """A `keep` that leaves GLM-4.5's multi-token-prediction layers unread (a whole decoder layer of experts
+    in the real checkpoints; decoding does not use them) and logs that it did, once."""
+    skipped: set[int] = set()
+
+    def keep(name: str) -> bool:
+        layer = mtp_layer_of(name, cfg)
+        if layer is None:
+            return True
+        if layer not in skipped:
+            skipped.add(layer)
+            log.info("skipping the tensors of multi-token-prediction layer %d: decoding does not use them", layer)
+        return False
+
+    return keep
 
 
 # ---- GGUF -------------------------------------------------------------------------------------------

@@ -6,11 +6,11 @@ checkpoint we write is one the original architecture reads. Patterns name the la
 networks, the expert `{e}`.
 
 Tensors of GLM-4.5's multi-token-prediction layers (`model.layers.{n}...` for n past the last decoder
-layer, `num_mtp_layers` of them) are skipped with a log line: decoding does not use them.
+layer, `num_mtp_layers` of them) have no place in the network: `mtp_layer_of` names them, and the loader
+leaves them unread.
 """
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -19,8 +19,6 @@ import torch
 from torch import nn
 
 from model.config import ModelConfig
-
-log = logging.getLogger("glmserve.loader")
 
 _PLACEHOLDERS = {r"\{i\}": r"(?P<i>\d+)", r"\{e\}": r"(?P<e>\d+)"}
 _HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
@@ -53,12 +51,7 @@ class WeightMap:
         params = dict(model.named_parameters())
         filled: set[str] = set()
         cfg: ModelConfig = model.config
-        mtp_skipped: set[int] = set()
         for name, tensor in tensors:
-            mtp_layer = _mtp_layer(name, cfg)
-            if mtp_layer is not None:
-                mtp_skipped.add(mtp_layer)
-                continue
             found = self.lookup(name)
             if found is None:
                 continue
@@ -73,9 +66,6 @@ class WeightMap:
             with torch.no_grad():
                 dest.copy_(tensor)
             filled.add(target if shard is None else f"{target}:{shard}")
-        if mtp_skipped:
-            log.info("skipped the tensors of multi-token-prediction layer(s) %s: decoding does not use them",
-                     sorted(mtp_skipped))
         return _whole_params(filled)
 
     def export(self, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -114,7 +104,7 @@ def _placeholders_to_groups(escaped: str) -> str:
     return escaped
 
 
-def _mtp_layer(name: str, cfg: ModelConfig) -> int | None:
+def mtp_layer_of(name: str, cfg: ModelConfig) -> int | None:
     """The index of the multi-token-prediction layer a checkpoint tensor belongs to, else None."""
     if not cfg.num_mtp_layers:
         return None

@@ -42,7 +42,8 @@ def _transformers_greedy(path: str) -> tuple[list[bytes], str]:
     new = [t for t in new if t not in eos]
     byte_of = {ch: b for b, ch in enumerate(_gpt2_chars())}  # byte-level BPE: one stand-in character per byte
     added = {i: t.content for i, t in tok.added_tokens_decoder.items()}
-    pieces = [added[i].encode() if i in added else bytes(byte_of[c] for c in tok.convert_ids_to_tokens(i))
+    # ids in the vocabulary's padding (config vocab_size rounds the tokenizer's up) are no token: no bytes
+    pieces = [added[i].encode() if i in added else bytes(byte_of[c] for c in tok.convert_ids_to_tokens(i) or "")
               for i in new]
     return pieces, finish
 
