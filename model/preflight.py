@@ -65,11 +65,10 @@ def read_safetensors_header(path: str | Path) -> dict:
 def checkpoint_tensors(path: str) -> tuple[list[TensorInfo], ModelConfig]:
     """Shapes and stored types of a checkpoint's tensors, and its config, from metadata only."""
     if path.endswith(".gguf"):
-        import gguf
-
         from model.loader import _gguf_fields, gguf_config
+        from model.quant.gguf_load import gguf_reader
 
-        reader = gguf.GGUFReader(path)  # a memory map: tensor data is not read
+        reader = gguf_reader(path)  # a memory map: tensor data is not read
         infos = [TensorInfo(t.name, tuple(int(d) for d in reversed(t.shape)), t.tensor_type.name)
                  for t in reader.tensors]
         hf_cfg = gguf_config(_gguf_fields(reader))

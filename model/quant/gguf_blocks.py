@@ -37,13 +37,13 @@ def _fp16(blocks: np.ndarray, offset: int) -> torch.Tensor:
 
 
 def _nibbles(qs: np.ndarray) -> torch.Tensor:
-    """(N, G, 16) packed bytes -> (N, G * 32) int32 codes in ggml's value order."""
-    t = torch.from_numpy(np.ascontiguousarray(qs)).to(torch.int32)
-    return torch.cat([t & 15, t >> 4], dim=-1).reshape(t.shape[0], -1)
+    """(N, G, 16) packed bytes -> (N, G * 32) uint8 codes in ggml's value order."""
+    codes = np.concatenate([qs & 15, qs >> 4], axis=-1)  # (N, G, 32): value j, then value j + 16
+    return torch.from_numpy(codes.reshape(qs.shape[0], -1))
 
 
 def q4_codes(raw: np.ndarray, type_name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A Q4_0 / Q4_1 tensor's raw bytes (N rows) -> (q (N, K) int32 in 0..15, scale (N, K/32), zero (N, K/32))
+    """A Q4_0 / Q4_1 tensor's raw bytes (N rows) -> (q (N, K) uint8 in 0..15, scale (N, K/32), zero (N, K/32))
     in fp32, such that (q - 8) * scale + zero is ggml's dequantized value."""
     b = _blocks(raw, type_name)
     d = _fp16(b, 0)

@@ -8,8 +8,10 @@ model runner then quantizes whatever float nn.Linear is left when --quantization
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
@@ -71,11 +73,9 @@ def load_gguf_stored(gguf_path: Path, method: str, device: torch.device, dtype: 
                      cache_dir: str | None = None) -> tuple[CausalLM, ModelConfig, str]:
     """Returns the model (stored tensors quantized, the rest float), its config and a directory holding
     config.json and the tokenizer."""
-    import gguf
-
     from model.loader import _gguf_fields, gguf_config, gguf_hf_name
 
-    reader = gguf.GGUFReader(str(gguf_path))
+    reader = gguf_reader(str(gguf_path))
     hf_cfg = gguf_config(_gguf_fields(reader))
     hf_cfg["tie_word_embeddings"] = not any(t.name == "output.weight" for t in reader.tensors)
     cfg = ModelConfig.from_hf_dict(hf_cfg)
@@ -109,12 +109,27 @@ def load_gguf_stored(gguf_path: Path, method: str, device: torch.device, dtype: 
     wmap.load(model, _dequantized(float_shards, hf_cfg, dtype))
     model.reset_rotary(device)
     model.eval()
+    _reader.cache_clear()  # unmap the file: its pages would otherwise count as resident
     dequantized = {k: v for k, v in floats.items() if k not in ("F32", "F16", "BF16")}
     log.info("GGUF %s served as stored: %s; dequantized to %s: %s", gguf_path.name, dict(stored),
              str(dtype).replace("torch.", ""), dict(floats))
     if dequantized:
         log.info("GGUF tensor types %s have no stored-form kernel here; they were dequantized", sorted(dequantized))
     return model, cfg, gguf_meta_dir(gguf_path, hf_cfg, cache_dir)
+
+
+@functools.lru_cache(maxsize=2)
+def _reader(path: str, size: int, mtime: float):
+    import gguf
+
+    return gguf.GGUFReader(path)
+
+
+def gguf_reader(path: str):
+    """A GGUFReader (a memory map; parsing its metadata takes seconds for a 49k-token vocabulary), kept for
+    the preflight and the load of the same file."""
+    stat = os.stat(path)
+    return _reader(path, stat.st_size, stat.st_mtime)
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -143,7 +158,6 @@ def _dequantized(shards: list[tuple[str, Any]], hf_cfg: dict[str, Any], dtype: t
 def gguf_meta_dir(gguf_path: Path, hf_cfg: dict[str, Any], cache_dir: str | None = None) -> str:
     """config.json + tokenizer files of a GGUF (no weights), cached like the dequantized directory."""
     import json
-    import os
 
     from model.loader import _save_gguf_tokenizer
 

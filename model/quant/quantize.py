@@ -48,13 +48,13 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """w (N, K) float -> (q (N, K) int32 in 0..15, scale (N, K/g), zero (N, K/g)) with bf16-exact scales."""
+    """w (N, K) float -> (q (N, K) uint8 in 0..15, scale (N, K/g), zero (N, K/g)) with bf16-exact scales."""
     n, k = w.shape
     wg = w.float().reshape(n, k // group_size, group_size)  # (N, G, g)
     lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)
     scale = round_bf16(((hi - lo) / 15).clamp(min=1e-10))
     zero = round_bf16(lo + 8 * scale)
-    q = torch.round((wg - zero.unsqueeze(-1)) / scale.unsqueeze(-1) + 8).clamp(0, 15).to(torch.int32)
+    q = torch.round((wg - zero.unsqueeze(-1)) / scale.unsqueeze(-1) + 8).clamp(0, 15).to(torch.uint8)
     return q.reshape(n, k), scale, zero
 
 
