@@ -1,6 +1,7 @@
 """Quantized weights on the default model: decode speed, resident bytes, peak RSS while loading, perplexity.
 
     python -m benchmarks.bench_quant decode                 # batch-1 and 32-stream tok/s, variants interleaved
+    python -m benchmarks.bench_quant kernels                # the matmul kernels alone at the model's shapes
     python -m benchmarks.bench_quant rss                    # one child process per variant: RSS while loading
     python -m benchmarks.bench_quant perplexity             # `glmserve eval perplexity` against each variant served
     python -m benchmarks.bench_quant serve --variant int4-q41 --port 8031   # one variant over HTTP
@@ -12,7 +13,8 @@ Variants (all on the default SmolLM2-135M Q4_1 GGUF):
   int4-q41          --quantization auto: the file's Q4_1 codes as stored, its Q8_0 embedding/lm_head as int8
   int4-q41-e4       --quantization int4 on the GGUF: Q4_1 as stored, the Q8_0 embedding/lm_head requantized to int4
   int4-rq32, int4-rq128   int4 requantized from the fp32 weights, group 32 / 128 (576-wide inputs take 64)
-Decode figures take the variants in turn, `--reps` times, so load from other processes hits them alike.
+Decode figures take the variants one engine step at a time in turn (tok/s = tokens per step / median step
+time), so load from other processes hits them alike.
 """
 from __future__ import annotations
 
@@ -49,23 +51,35 @@ def build_engine(variant: str, max_num_seqs: int = 32, kv_mib: int = 256):
     return LLMEngine(loaded.model, ec, Tokenizer(loaded.path), loaded)
 
 
-def decode_rate(engine, num_streams: int, max_tokens: int) -> float:
-    """Aggregate decode tok/s of num_streams greedy requests, from the step after every prompt's first token."""
+def start_streams(engine, num_streams: int, max_tokens: int) -> None:
+    """num_streams greedy requests, run until every one has its first token (prefill done)."""
     from model import SamplingParams
 
     prompt = engine.tokenizer.encode(PROMPT)
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
     for i in range(num_streams):
-        engine.add_request(f"b{i}", prompt + [i + 3], params)  # distinct prompts: no shared-prefix shortcut
-    started, tokens, t0 = set(), 0, None
-    while engine.has_unfinished():
-        outs = engine.step()
-        if t0 is not None:
-            tokens += sum(len(o.token_ids) for o in outs)
-        started |= {o.request_id for o in outs if o.token_ids}
-        if t0 is None and len(started) == num_streams:
-            t0 = time.perf_counter()
-    return tokens / (time.perf_counter() - t0)
+        engine.add_request(f"b{num_streams}-{i}", prompt + [i + 3], params)  # distinct: no shared prefix
+    started: set[str] = set()
+    while len(started) < num_streams:
+        started |= {o.request_id for o in engine.step() if o.token_ids}
+
+
+def interleaved_decode(engines: dict, num_streams: int, steps: int) -> dict[str, list[float]]:
+    """Decode-step times of every engine, one step of each in turn: load from other processes falls on all
+    variants alike. Returns seconds per step."""
+    for engine in engines.values():
+        start_streams(engine, num_streams, steps + 8)
+    times: dict[str, list[float]] = {v: [] for v in engines}
+    for _ in range(steps):
+        for v, engine in engines.items():
+            t = time.perf_counter()
+            outs = engine.step()
+            times[v].append(time.perf_counter() - t)
+            assert sum(len(o.token_ids) for o in outs) == num_streams
+    for engine in engines.values():
+        for rid in list(engine.requests):
+            engine.abort(rid)
+    return times
 
 
 def cmd_decode(args) -> None:
@@ -75,22 +89,62 @@ def cmd_decode(args) -> None:
 
     torch.set_num_threads(args.threads)
     engines = {v: build_engine(v) for v in args.variants}
-    for engine in engines.values():  # warm-up: oneDNN primitives, allocator
-        decode_rate(engine, 2, 8)
-    rates: dict[str, dict[str, list[float]]] = {v: {"b1": [], "b32": []} for v in engines}
-    for _ in range(args.reps):
-        for v, engine in engines.items():
-            rates[v]["b1"].append(decode_rate(engine, 1, args.tokens))
-            rates[v]["b32"].append(decode_rate(engine, 32, args.tokens_32))
+    interleaved_decode(engines, 2, 4)  # warm-up: oneDNN primitives, allocator
+    b1 = interleaved_decode(engines, 1, args.tokens)
+    b32 = interleaved_decode(engines, 32, args.tokens_32)
     params = engines[args.variants[0]].model_config.num_params()
     for v, engine in engines.items():
         wb = weight_bytes(engine.runner.model)
         print(json.dumps({"variant": v, "quantization": engine.runner.quantization,
-                          "b1_tok_s_median": round(statistics.median(rates[v]["b1"]), 1),
-                          "b32_tok_s_median": round(statistics.median(rates[v]["b32"]), 1),
-                          "b1_all": [round(r, 1) for r in rates[v]["b1"]],
-                          "b32_all": [round(r, 1) for r in rates[v]["b32"]],
+                          "b1_tok_s": round(1 / statistics.median(b1[v]), 1),
+                          "b32_tok_s": round(32 / statistics.median(b32[v]), 1),
+                          "b1_tok_s_best": round(1 / min(b1[v]), 1), "b32_tok_s_best": round(32 / min(b32[v]), 1),
                           "weight_bytes": wb, "bytes_per_param": round(wb / params, 3)}), flush=True)
+
+
+KERNEL_SHAPES = {"qkv": (960, 576), "o": (576, 576), "gate_up": (3072, 576), "down": (576, 1536),
+                 "lm_head": (49152, 576)}
+
+
+def cmd_kernels(args) -> None:
+    """Microseconds per call (best of --reps rounds, each kernel in turn) at the default model's shapes."""
+    import torch
+    from torch import nn
+
+    from model.engine.cpu_packing import PackedLinear
+    from model.quant import QuantSpec
+    from model.quant.quantize import quantize_linear
+
+    torch.set_num_threads(args.threads)
+    for name, (n, k) in KERNEL_SHAPES.items():
+        lin = nn.Linear(k, n, bias=False)
+        lin_bf16 = nn.Linear(k, n, bias=False).to(torch.bfloat16)
+        lin_bf16.weight.data = lin.weight.data.bfloat16()
+        i8, i4 = quantize_linear(lin, QuantSpec("int8")), quantize_linear(lin, QuantSpec("int4", 32))
+        i4_big = quantize_linear(lin, QuantSpec("int4", 128))
+        mods = {"fp32_onednn": (PackedLinear(lin), torch.float32),
+                "bf16_onednn": (PackedLinear(lin_bf16), torch.bfloat16),
+                "int8": (i8, torch.bfloat16), "int4_g32": (i4, torch.bfloat16),
+                f"int4_g{i4_big.group_size}": (i4_big, torch.bfloat16)}
+        for rows in (1, 32):
+            x = torch.randn(rows, k)
+            calls = {key: (lambda m=m, xx=x.to(dt): m(xx)) for key, (m, dt) in mods.items()}
+            # the same kernels fed fp32 activations (what a model left at fp32 would pass without the cast)
+            calls["int8_fp32_act"] = lambda: torch.ops.aten._weight_int8pack_mm(x, i8.weight, i8.scales.float())
+            calls["int4_g32_fp32_act"] = lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x, i4.packed, 32, i4.scales_and_zeros.float())
+            iters = 3 if n > 10000 else 20
+            best = {key: float("inf") for key in calls}
+            for fn in calls.values():
+                fn()
+            for _ in range(args.reps):
+                for key, fn in calls.items():
+                    t = time.perf_counter()
+                    for _ in range(iters):
+                        fn()
+                    best[key] = min(best[key], (time.perf_counter() - t) / iters * 1e6)
+            figures = {kk: round(v, 1) for kk, v in best.items()}
+            print(json.dumps({"shape": name, "n": n, "k": k, "rows": rows, **figures}), flush=True)
 
 
 def _status_kib(field: str) -> int:
@@ -108,7 +162,8 @@ def cmd_rss_one(args) -> None:
 
     base = _status_kib("VmRSS")
     engine = build_engine(args.variant, kv_mib=16)
-    print(json.dumps({"variant": args.variant, "baseline_rss_mib": base // 1024, "peak_rss_mib": _status_kib("VmHWM") // 1024,
+    print(json.dumps({"variant": args.variant, "baseline_rss_mib": base // 1024,
+                      "peak_rss_mib": _status_kib("VmHWM") // 1024,
                       "final_rss_mib": _status_kib("VmRSS") // 1024,
                       "weight_mib": round(weight_bytes(engine.runner.model) / 2**20, 1)}), flush=True)
 
@@ -158,17 +213,17 @@ def cmd_perplexity(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("command", choices=["decode", "rss", "rss-one", "serve", "perplexity"])
+    p.add_argument("command", choices=["decode", "kernels", "rss", "rss-one", "serve", "perplexity"])
     p.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
     p.add_argument("--variant", default="int4-q41")
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--tokens", type=int, default=64, help="decode tokens per batch-1 measurement")
-    p.add_argument("--tokens-32", type=int, default=32, help="decode tokens per stream in the 32-stream measurement")
+    p.add_argument("--tokens", type=int, default=64, help="decode steps timed at batch 1")
+    p.add_argument("--tokens-32", type=int, default=32, help="decode steps timed at 32 streams")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--port", type=int, default=8031)
     p.add_argument("--data", default="data/eval/summarize.jsonl")
     args = p.parse_args()
-    {"decode": cmd_decode, "rss": cmd_rss, "rss-one": cmd_rss_one, "serve": cmd_serve,
+    {"decode": cmd_decode, "kernels": cmd_kernels, "rss": cmd_rss, "rss-one": cmd_rss_one, "serve": cmd_serve,
      "perplexity": cmd_perplexity}[args.command](args)
 
 

@@ -138,12 +138,15 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def _materialize(model: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
-    """Real (empty) storage for the float parameters still on the meta device; quantized buffers stay."""
+    """Real (empty) storage for the float parameters still on the meta device; quantized buffers stay, and a
+    parameter shared by two modules (a float tied embedding and lm_head) stays shared."""
+    made: dict[int, nn.Parameter] = {}
     for module in model.modules():
         for name, p in list(module._parameters.items()):
             if p is not None and p.is_meta:
-                module._parameters[name] = nn.Parameter(torch.empty(p.shape, dtype=dtype, device=device),
-                                                        requires_grad=False)
+                if id(p) not in made:
+                    made[id(p)] = nn.Parameter(torch.empty(p.shape, dtype=dtype, device=device), requires_grad=False)
+                module._parameters[name] = made[id(p)]
 
 
 def _dequantized(shards: list[tuple[str, Any]], hf_cfg: dict[str, Any], dtype: torch.dtype

@@ -77,3 +77,17 @@ def test_default_model_served_as_stored_keeps_its_q4_1_codes() -> None:
     x = torch.randn(3, ref_w.shape[1])
     ref = x.bfloat16().float() @ ref_w.T
     assert (down(x) - ref).abs().max() <= 2 ** -5 * ref.abs().max()
+
+
+def test_float_tied_embedding_stays_tied_when_the_rest_is_built_from_blocks() -> None:
+    # --quantization int4 on a GGUF whose embedding is Q8_0: the embedding loads float, its lm_head must
+    # keep reading the same tensor (the runner then quantizes the pair once)
+    from model.config import preset_config
+    from model.models.decoder import CausalLM
+    from model.quant.gguf_load import _materialize
+
+    cfg = preset_config("glm-tiny", vocab_size=256, tie_word_embeddings=True)
+    with torch.device("meta"):
+        model = CausalLM(cfg)
+    _materialize(model, torch.float32, torch.device("cpu"))
+    assert model.lm_head.weight is model.embed_tokens.weight and not model.lm_head.weight.is_meta
