@@ -1,10 +1,12 @@
 """The serving-side LoRA projection: whatever linear module is there (nn.Linear, oneDNN-packed,
 quantized) plus, for the rows of each adapter in this step, x_rows @ A^T @ B^T (B pre-scaled).
 
-One forward serves a mixed batch: the step's rows are grouped by adapter once (LoRAStep, built by the
-manager from the runner's per-step metadata) and every wrapped projection adds each group's low-rank
-product into its rows. Rows of the bare base get nothing added, so with no adapter in a step the module
-costs one attribute check over the base call.
+One forward serves a mixed batch with stacked weights: per projection, the A of every adapter in the
+step are stacked (sum of ranks, in) and their B side by side (out, sum of ranks). The adapter rows are
+gathered once, multiplied by the stacked A, masked so each row keeps only its own adapter's rank
+columns, multiplied by the stacked B and added back: five kernel calls per projection however many
+adapters share the step (LoRAStep, built by the manager from the runner's per-step metadata). Rows of
+the bare base get nothing added, so with no adapter in a step the module costs one attribute check.
 """
 from __future__ import annotations
 
@@ -15,18 +17,19 @@ from torch import nn
 
 
 @dataclass
-class LoRAGroup:
-    weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]  # one resident adapter's (A, B) pairs
-    rows: torch.Tensor | None  # (n,) int64 row indices into the step's flattened tokens; None = every row
-    start: int = 0  # when the rows are one contiguous run: [start, end) (a slice, no gather)
-    end: int = 0
+class Stacked:
+    a: torch.Tensor  # (sum r, in)
+    b: torch.Tensor  # (out, sum r), scaling folded in
+    mask: torch.Tensor  # (adapter rows, sum r): 1 where the column belongs to the row's adapter
 
 
 @dataclass
 class LoRAStep:
-    """Which rows of the current forward belong to which adapter; empty = the bare base only."""
+    """This forward's adapter rows and, per projection key, the stacked weights; empty = base only."""
 
-    groups: list[LoRAGroup] = field(default_factory=list)
+    rows: torch.Tensor | None = None  # (n,) int64 rows of the flattened tokens that have an adapter
+    all_rows: bool = False  # every row has an adapter: no gather / scatter
+    stacked: dict[tuple[int, str], Stacked] = field(default_factory=dict)
 
 
 class LoRAProjection(nn.Module):
@@ -34,7 +37,7 @@ class LoRAProjection(nn.Module):
         super().__init__()
         self.base = base
         self.key = key  # (layer index, our module name), as in AdapterWeights.weights
-        self.step = step  # shared with the manager, which swaps its groups every step
+        self.step = step  # shared with the manager, which refills it every step
         self.in_features = getattr(base, "in_features", None)
         self.out_features = getattr(base, "out_features", None)
 
@@ -48,17 +51,15 @@ class LoRAProjection(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        if not self.step.groups or x.dim() != 2:  # training's (B, T, hidden) never carries adapters
+        step = self.step
+        if step.rows is None or x.dim() != 2:  # training's (B, T, hidden) never carries adapters
             return y
-        for group in self.step.groups:
-            ab = group.weights.get(self.key)
-            if ab is None:  # this adapter does not target this projection
-                continue
-            a, b = ab
-            if group.rows is None:
-                xs = x[group.start:group.end]  # (n, in)
-                y[group.start:group.end] += (xs @ a.t().to(xs.dtype)) @ b.t().to(xs.dtype)
-            else:
-                xs = x.index_select(0, group.rows)
-                y.index_add_(0, group.rows, (xs @ a.t().to(xs.dtype)) @ b.t().to(xs.dtype))
-        return y
+        w = step.stacked.get(self.key)
+        if w is None:  # no adapter of this step targets this projection
+            return y
+        xs = x if step.all_rows else x.index_select(0, step.rows)  # (n, in)
+        h = (xs @ w.a.t()).mul_(w.mask)  # (n, sum r): each row keeps its own adapter's columns
+        delta = h @ w.b.t()  # (n, out)
+        if step.all_rows:
+            return y.add_(delta)
+        return y.index_add_(0, step.rows, delta)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from model.lora.layer import LoRAGroup, LoRAProjection, LoRAStep
+from model.lora.layer import LoRAProjection, LoRAStep, Stacked
 from model.lora.peft_format import MODULES, AdapterError, AdapterWeights, read_adapter
 
 log = logging.getLogger("glmserve.lora")
@@ -61,6 +61,8 @@ class LoRAManager:
         self.device, self.dtype = param.device, param.dtype
         self.num_loads_to_device = 0
         self.num_mixed_steps = 0
+        self._stack_ids: tuple[int, ...] | None = None  # the adapter set _stack_cache was built for
+        self._stack_cache: dict = {}
 
     # ---- registry ----------------------------------------------------------------------------------
     def load(self, name: str, path: str) -> Adapter:
@@ -81,6 +83,7 @@ class LoRAManager:
         adapter = self.adapters.pop(name)
         self.by_id.pop(adapter.lora_id, None)
         self.resident.pop(adapter.lora_id, None)
+        self._stack_ids = None
         log.info("LoRA adapter %r unloaded", name)
         return adapter
 
@@ -98,23 +101,56 @@ class LoRAManager:
     # ---- the step ----------------------------------------------------------------------------------
     def prepare_step(self, spans: list[tuple[int, int]]) -> None:
         """spans: per sequence of the step's flattened tokens, in row order, (lora_id, num_rows)."""
-        rows: dict[int, list[tuple[int, int]]] = {}
+        step = self.step
+        owners: list[int] = []  # per adapter row, its lora_id
+        rows: list[int] = []
         row = 0
         for lora_id, num in spans:
             if lora_id:
-                rows.setdefault(lora_id, []).append((row, row + num))
+                owners += [lora_id] * num
+                rows += range(row, row + num)
             row += num
-        groups = []
-        for lora_id, runs in rows.items():
-            weights = self._resident(lora_id, set(rows))
-            if len(runs) == 1:
-                groups.append(LoRAGroup(weights, None, runs[0][0], runs[0][1]))
-            else:
-                index = torch.cat([torch.arange(lo, hi) for lo, hi in runs]).to(self.device)
-                groups.append(LoRAGroup(weights, index))
-        self.step.groups = groups
-        if len(groups) + (sum(n for i, n in spans if not i) > 0) > 1:
+        if not rows:
+            step.rows, step.all_rows, step.stacked = None, False, {}
+            return
+        ids = tuple(sorted(set(owners)))
+        if len(ids) + (len(rows) < row) > 1:
             self.num_mixed_steps += 1  # rows of two or more adapters (or adapters and the base) in one forward
+        stacks = self._stacks(ids)
+        position = {lora_id: i for i, lora_id in enumerate(ids)}
+        row_owner = torch.tensor([position[o] for o in owners], device=self.device)  # (n,)
+        masks: dict[int, torch.Tensor] = {}
+        step.stacked = {}
+        for key, (a, b, col_owner) in stacks.items():
+            mask = masks.get(id(col_owner))
+            if mask is None:  # one mask per column layout (qkv, gate_up, ...), shared by every layer
+                mask = masks[id(col_owner)] = (row_owner[:, None] == col_owner[None, :]).to(self.dtype)
+            step.stacked[key] = Stacked(a, b, mask)
+        step.all_rows = len(rows) == row
+        step.rows = torch.tensor(rows, device=self.device)
+
+    def _stacks(self, ids: tuple[int, ...]) -> dict:
+        """Per projection key, A stacked and B side by side for the adapters `ids`, with each column's
+        adapter position; cached while the step's adapter set stays the same (decoding)."""
+        if self._stack_ids == ids:
+            for lora_id in ids:
+                self.resident.move_to_end(lora_id)  # still the most recently used
+            return self._stack_cache
+        weights = [self._resident(lora_id, set(ids)) for lora_id in ids]
+        layouts: dict[tuple, torch.Tensor] = {}
+        out = {}
+        for key in {k for w in weights for k in w}:
+            parts = [(i, w[key]) for i, w in enumerate(weights) if key in w]
+            signature = tuple((i, a.shape[0]) for i, (a, _) in parts)
+            col_owner = layouts.get(signature)
+            if col_owner is None:
+                col_owner = layouts[signature] = torch.tensor([i for i, r in signature for _ in range(r)],
+                                                              device=self.device)
+            a = torch.cat([a for _, (a, _) in parts])  # (sum r, in)
+            b = torch.cat([b for _, (_, b) in parts], dim=1)  # (out, sum r)
+            out[key] = (a, b, col_owner)
+        self._stack_ids, self._stack_cache = ids, out
+        return out
 
     def _resident(self, lora_id: int, needed: set[int]) -> dict:
         if lora_id in self.resident:
@@ -128,6 +164,7 @@ class LoRAManager:
             if victim is None:
                 raise RuntimeError(f"a step needs more than max_loras={self.max_loras} adapters")
             del self.resident[victim]
+            self._stack_ids = None
         self.resident[lora_id] = {key: (a.to(self.device, self.dtype), b.to(self.device, self.dtype))
                                   for key, (a, b) in adapter.weights.weights.items()}
         self.num_loads_to_device += 1

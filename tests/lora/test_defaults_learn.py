@@ -41,6 +41,7 @@ def ask(engine, questions: list[str], lora: str | None) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # 30 optimizer steps of a 135M model on a shared 2-core CPU
 def test_default_recipe_teaches_a_new_fact(tmp_path):
     from model import EngineConfig, LLMEngine
     from model.train.__main__ import main
