@@ -96,7 +96,7 @@ def test_metrics_count_requests_and_tokens_per_adapter(llama_server):
     asyncio.run(completions_together(llama_server.base_url, [("a3", [1, 2000, 3000])]))
     text = httpx.get(llama_server.base_url + "/metrics").text
     lines = [line for line in text.splitlines() if 'lora_name="a3"' in line]
-    requests = [line for line in lines if line.startswith("vllm:lora_requests_total") or "lora_requests_total" in line]
+    requests = [line for line in lines if line.startswith("glmserve:lora_requests_total")]
     tokens = [line for line in lines if "lora_generation_tokens_total" in line]
     assert requests and float(requests[0].split()[-1]) >= 1
     assert tokens and float(tokens[0].split()[-1]) >= MAX_TOKENS
@@ -114,3 +114,18 @@ def test_glm_adapter_and_base_batched_together_equal_merged_checkpoint(tiny_glm_
     for (model, prompt), ids in zip(jobs, got):
         assert ids == want[model][PROMPTS.index(prompt)], (model, prompt)
     assert mixed > 0
+
+
+def lora_requests(base_url: str, name: str) -> float:
+    text = httpx.get(base_url + "/metrics").text
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("glmserve:lora_requests_total") and f'lora_name="{name}"' in line)
+
+
+def test_task_endpoints_pick_the_adapter(llama_server):
+    before = lora_requests(llama_server.base_url, "a2")
+    for path, body in (("/v1/summarize", {"text": "The harbour opens at dawn. Ships leave at noon.", "max_length": 8}),
+                       ("/v1/translate", {"text": "Good morning", "target_lang": "fr"})):
+        r = httpx.post(llama_server.base_url + path, json={**body, "model": "a2", "temperature": 0}, timeout=120)
+        assert r.status_code == 200, r.text
+    assert lora_requests(llama_server.base_url, "a2") >= before + 2
