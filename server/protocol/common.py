@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from model import SamplingParams, SamplingParamsError
 
@@ -43,13 +43,6 @@ class SamplingFields(BaseModel):
     skip_special_tokens: bool = True
     priority: int = 0  # lower is scheduled first (vLLM's field); see docs/API.md
 
-    @field_validator("stop")
-    @classmethod
-    def _stop_list(cls, value: str | list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        return [value] if isinstance(value, str) else value
-
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> "SamplingFields":
         if self.stream_options is not None and not self.stream:
@@ -70,7 +63,7 @@ class SamplingFields(BaseModel):
                 raise SamplingParamsError("logit_bias", "logit_bias keys must be token ids") from e
         kwargs: dict[str, Any] = dict(
             n=self.n, presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-            seed=self.seed, stop=tuple(self.stop or ()), stop_token_ids=tuple(self.stop_token_ids or ()),
+            seed=self.seed, stop=self.stop or (), stop_token_ids=tuple(self.stop_token_ids or ()),  # SamplingParams normalises stop
             include_stop_str_in_output=self.include_stop_str_in_output, max_tokens=max_tokens,
             min_tokens=self.min_tokens, ignore_eos=self.ignore_eos, logprobs=logprobs, logit_bias=bias,
             skip_special_tokens=self.skip_special_tokens, prompt_logprobs=self.prompt_logprobs,
