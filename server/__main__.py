@@ -74,12 +74,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"glmserve serve: invalid settings:\n{e}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    from model import UnsupportedModelError
+    from model import AdapterError, UnsupportedModelError
 
     try:
         return serve(settings)
     except UnsupportedModelError as e:  # a checkpoint we cannot serve: say why and what to do, no traceback
         print(f"glmserve serve: cannot serve {settings.model}: {e}", file=sys.stderr)
+        return 2
+    except AdapterError as e:  # a --lora NAME=DIR that does not fit the base
+        print(f"glmserve serve: cannot serve a --lora adapter: {e}", file=sys.stderr)
         return 2
 
 

@@ -43,7 +43,7 @@ def parse_lora_flag(value: str) -> tuple[str, str]:
     """'NAME=DIR' -> (NAME, DIR)."""
     name, sep, path = value.partition("=")
     if not sep or not name.strip() or not path.strip():
-        raise ValueError(f"--lora wants NAME=DIR, got {value!r}")
+        raise AdapterError(f"--lora wants NAME=DIR, got {value!r}")
     return name.strip(), path.strip()
 
 
@@ -126,9 +126,12 @@ def startup_adapters(settings, engine) -> None:
     for value in settings.lora:
         name, path = parse_lora_flag(value)
         if name in settings.accepted_model_names():
-            raise ValueError(f"--lora {value}: {name!r} is the base model's name")
+            raise AdapterError(f"--lora {value}: {name!r} is the base model's name")
         if settings.lora_allowed_root is not None:
             allowed = os.path.realpath(settings.lora_allowed_root)
             if os.path.commonpath([os.path.realpath(path), allowed]) != allowed:
-                raise ValueError(f"--lora {value}: {path!r} is outside --lora-allowed-root")
-        engine.call_on_loop(engine.engine.load_lora, name, path)
+                raise AdapterError(f"--lora {value}: {path!r} is outside --lora-allowed-root")
+        try:
+            engine.call_on_loop(engine.engine.load_lora, name, path)
+        except AdapterError as e:
+            raise AdapterError(f"--lora {value}: {e}") from e
