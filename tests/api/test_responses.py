@@ -16,15 +16,16 @@ TOOL = {"type": "function", "name": "get_weather", "description": "Current weath
 CHAT_TOOL = {"type": "function", "function": {k: v for k, v in TOOL.items() if k != "type"}}
 
 
-def chat_equivalent(oai, **kw):
+@pytest.fixture(scope="module")
+def chat(oai):
+    """The chat completion every Responses call here must reproduce (one request for the module)."""
     messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": QUESTION}]
-    return oai.chat.completions.create(model="default", messages=messages, max_completion_tokens=12, **GREEDY, **kw)
+    return oai.chat.completions.create(model="default", messages=messages, max_completion_tokens=12, **GREEDY)
 
 
-def test_create_equals_the_chat_completion(oai) -> None:
+def test_create_equals_the_chat_completion(oai, chat) -> None:
     resp = oai.responses.create(model="default", instructions="Answer briefly.", input=QUESTION,
                                 max_output_tokens=12, **GREEDY)
-    chat = chat_equivalent(oai)
     assert resp.output_text == chat.choices[0].message.content and resp.output_text
     assert resp.usage.input_tokens == chat.usage.prompt_tokens
     assert resp.usage.output_tokens == chat.usage.completion_tokens
@@ -32,7 +33,7 @@ def test_create_equals_the_chat_completion(oai) -> None:
     assert resp.output[0].type == "message" and resp.output[0].role == "assistant"
 
 
-def test_stream_sends_the_published_events_and_the_same_text(oai) -> None:
+def test_stream_sends_the_published_events_and_the_same_text(oai, chat) -> None:
     with oai.responses.stream(model="default", instructions="Answer briefly.", input=QUESTION,
                               max_output_tokens=12, **GREEDY) as stream:
         events = list(stream)
@@ -44,7 +45,7 @@ def test_stream_sends_the_published_events_and_the_same_text(oai) -> None:
                           "response.completed"]
     assert [e.sequence_number for e in events] == list(range(len(events)))
     deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
-    assert deltas == final.output_text == chat_equivalent(oai).choices[0].message.content
+    assert deltas == final.output_text == chat.choices[0].message.content
     assert final.usage.output_tokens > 0
 
 

@@ -105,7 +105,8 @@ async def create_response(state: ServerState, request: Request, body: ResponsesR
             e.param, e.message = "max_output_tokens", e.message.replace("max_completion_tokens", "max_output_tokens")
         raise
     if body.stream:
-        return NamedEventStream(ResponseEvents(state, body, run).events(), error_event=error_event,
+        events = ResponseEvents(state, body, run)
+        return NamedEventStream(events.events(), error_event=events.error_event,
                                 ping_interval=state.settings.sse_ping_interval, headers=run.headers,
                                 on_close=run.ctx.close, on_error=run.ctx.fail)
     try:
@@ -118,13 +119,6 @@ async def create_response(state: ServerState, request: Request, body: ResponsesR
     return finish_json(state, resp, run.headers)
 
 
-def error_event(error: APIError) -> Event:
-    """The published `error` event; its `error` object also makes the openai SDK raise APIError."""
-    info = error.body()["error"]
-    return "error", {"type": "error", "code": info["code"], "message": info["message"], "param": info["param"],
-                     "sequence_number": 0, "error": info}
-
-
 class ResponseEvents:
     """chat.completion.chunk deltas -> Responses stream events, one open output item at a time."""
 
@@ -134,6 +128,11 @@ class ResponseEvents:
         self.seq = 0
         self.open: dict[str, Any] | None = None  # the item being streamed
         self.text = ""  # its text or arguments so far
+
+    def error_event(self, error: APIError) -> Event:
+        """The published `error` event; its `error` object also makes the openai SDK raise APIError."""
+        info = error.body()["error"]
+        return self.event("error", code=info["code"], message=info["message"], param=info["param"], error=info)
 
     def event(self, kind: str, **fields: Any) -> Event:
         payload = {"type": kind, "sequence_number": self.seq, **fields}
