@@ -77,8 +77,8 @@ def interleaved_decode(engines: dict, num_streams: int, steps: int) -> dict[str,
             times[v].append(time.perf_counter() - t)
             assert sum(len(o.token_ids) for o in outs) == num_streams
     for engine in engines.values():
-        for rid in list(engine.requests):
-            engine.abort(rid)
+        for i in range(num_streams):
+            engine.abort(f"b{num_streams}-{i}")
     return times
 
 
