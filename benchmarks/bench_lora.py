@@ -1,6 +1,7 @@
 """Many-LoRA benchmark: 32 concurrent streams over 4 adapters against 32 of the bare base, same run.
 
     python -m benchmarks.bench_lora                          # default model, CPU: docs/BENCHMARKS.md "LoRA"
+    python -m benchmarks.bench_lora --threads 1 --max-tokens 32 --repeats 2   # the figure in docs/BENCHMARKS.md
     python -m benchmarks.bench_lora --rank 16 --max-tokens 64 --device cuda
 
 Each adapter is random (rank --rank on every projection, PEFT layout written by model/lora), so the
@@ -65,8 +66,9 @@ def main() -> None:
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
     a = p.parse_args()
-    engine = LLMEngine.from_model(a.model, EngineConfig(device=a.device, max_num_seqs=a.streams,
+    engine = LLMEngine.from_model(a.model, EngineConfig(device=a.device, max_num_seqs=a.streams, num_threads=a.threads,
                                                         enable_prefix_caching=False, max_loras=a.adapters))
     prompts = chat_prompts(engine.loaded.path, a.streams)
     with tempfile.TemporaryDirectory() as root:

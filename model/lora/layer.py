@@ -15,12 +15,26 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from model.engine.cpu_packing import bucket_rows
+
 
 @dataclass
 class Stacked:
-    a: torch.Tensor  # (sum r, in)
-    b: torch.Tensor  # (out, sum r), scaling folded in
+    a_t: torch.Tensor  # (in, sum r): A stacked, transposed once so the product is a plain row-major GEMM
+    b_t: torch.Tensor  # (sum r, out), scaling folded in
     mask: torch.Tensor  # (adapter rows, sum r): 1 where the column belongs to the row's adapter
+    packed: tuple[torch.Tensor, torch.Tensor] | None = None  # CPU: A and B in oneDNN's layout (cpu_packing.py)
+
+
+def _packed_linear(x: torch.Tensor, weight: torch.Tensor, out_features: int) -> torch.Tensor:
+    """x @ W^T with W reordered for oneDNN: MKL runs these skinny products at a fraction of the speed.
+    Rows are bucketed as PackedLinear does, so oneDNN caches few primitives."""
+    rows = x.shape[0]
+    padded = bucket_rows(rows)
+    if padded != rows:
+        x = torch.cat([x, x.new_zeros(padded - rows, x.shape[1])])
+    y = torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, None, "none", [], "")
+    return y[:rows] if padded != rows else y
 
 
 @dataclass
@@ -58,8 +72,12 @@ class LoRAProjection(nn.Module):
         if w is None:  # no adapter of this step targets this projection
             return y
         xs = x if step.all_rows else x.index_select(0, step.rows)  # (n, in)
-        h = (xs @ w.a.t()).mul_(w.mask)  # (n, sum r): each row keeps its own adapter's columns
-        delta = h @ w.b.t()  # (n, out)
+        if w.packed is not None:
+            h = _packed_linear(xs, w.packed[0], w.a_t.shape[1]).mul_(w.mask)
+            delta = _packed_linear(h, w.packed[1], w.b_t.shape[1])
+        else:
+            h = (xs @ w.a_t).mul_(w.mask)  # (n, sum r): each row keeps its own adapter's columns
+            delta = h @ w.b_t  # (n, out)
         if step.all_rows:
             return y.add_(delta)
         return y.index_add_(0, step.rows, delta)

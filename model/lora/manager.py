@@ -121,11 +121,11 @@ class LoRAManager:
         row_owner = torch.tensor([position[o] for o in owners], device=self.device)  # (n,)
         masks: dict[int, torch.Tensor] = {}
         step.stacked = {}
-        for key, (a, b, col_owner) in stacks.items():
+        for key, (a, b, col_owner, packed) in stacks.items():
             mask = masks.get(id(col_owner))
             if mask is None:  # one mask per column layout (qkv, gate_up, ...), shared by every layer
                 mask = masks[id(col_owner)] = (row_owner[:, None] == col_owner[None, :]).to(self.dtype)
-            step.stacked[key] = Stacked(a, b, mask)
+            step.stacked[key] = Stacked(a, b, mask, packed)
         step.all_rows = len(rows) == row
         step.rows = torch.tensor(rows, device=self.device)
 
@@ -146,11 +146,18 @@ class LoRAManager:
             if col_owner is None:
                 col_owner = layouts[signature] = torch.tensor([i for i, r in signature for _ in range(r)],
                                                               device=self.device)
-            a = torch.cat([a for _, (a, _) in parts])  # (sum r, in)
-            b = torch.cat([b for _, (_, b) in parts], dim=1)  # (out, sum r)
-            out[key] = (a, b, col_owner)
+            a_t = torch.cat([a for _, (a, _) in parts]).t().contiguous()  # (in, sum r)
+            b_t = torch.cat([b for _, (_, b) in parts], dim=1).t().contiguous()  # (sum r, out)
+            out[key] = (a_t, b_t, col_owner, self._pack(a_t, b_t))
         self._stack_ids, self._stack_cache = ids, out
         return out
+
+    def _pack(self, a_t: torch.Tensor, b_t: torch.Tensor):
+        """oneDNN-reordered copies of A (sum r, in) and B (out, sum r) on CPU; None elsewhere."""
+        if self.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+            return None
+        reorder = torch.ops.mkldnn._reorder_linear_weight
+        return reorder(a_t.t().contiguous(), 32), reorder(b_t.t().contiguous(), 32)
 
     def _resident(self, lora_id: int, needed: set[int]) -> dict:
         if lora_id in self.resident:
