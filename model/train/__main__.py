@@ -54,6 +54,8 @@ def _add_loop_flags(p: argparse.ArgumentParser, lr: str, max_len: int, min_steps
                         "more epochs; 0: off)")
     g.add_argument("--eval-ratio", type=float, default=0.05, help="held-out fraction without --eval-data")
     g.add_argument("--eval-every", type=int, default=0, help="steps between evaluations (0: at the end)")
+    g.add_argument("--stop-eval-loss", type=float, default=None,
+                   help="stop once an evaluation's loss is at or below this (needs --eval-every)")
     g.add_argument("--save-every", type=int, default=0, help="steps between resumable checkpoints (0: none)")
     g.add_argument("--keep-checkpoints", type=int, default=2, help="resumable checkpoints kept")
     g.add_argument("--log-every", type=int, default=1, help="steps between metrics lines")
@@ -153,7 +155,8 @@ def _train_config(a: argparse.Namespace) -> TrainConfig:
     optim = OptimConfig(lr=lr, weight_decay=weight_decay, warmup_ratio=a.warmup_ratio, warmup_steps=a.warmup_steps,
                         schedule=a.schedule, min_lr_ratio=a.min_lr_ratio, max_grad_norm=a.max_grad_norm)
     return TrainConfig(out_dir=a.out, batch_size=a.batch_size, grad_accum=a.grad_accum, max_len=a.max_len,
-                       epochs=a.epochs, max_steps=a.max_steps, min_steps=a.min_steps, eval_ratio=a.eval_ratio, eval_every=a.eval_every,
+                       epochs=a.epochs, max_steps=a.max_steps, min_steps=a.min_steps, eval_ratio=a.eval_ratio,
+                       eval_every=a.eval_every, stop_eval_loss=a.stop_eval_loss,
                        save_every=a.save_every, keep_checkpoints=a.keep_checkpoints, log_every=a.log_every,
                        seed=a.seed, gradient_checkpointing=a.gradient_checkpointing, bf16=a.bf16, fsdp=a.fsdp,
                        device=a.device, resume=a.resume, progress=not a.no_progress, optim=optim)

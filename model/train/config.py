@@ -84,6 +84,9 @@ class TrainConfig:
     min_steps: int = 0  # without max_steps: train at least this many optimizer steps (more epochs)
     eval_ratio: float = 0.05  # held-out fraction when no separate eval file is given
     eval_every: int = 0  # 0: only at the end (the end is always evaluated)
+    # stop once an evaluation (every eval_every steps) has a loss at or below this: a run whose length
+    # depends on when the model learns, not on a step count guessed in advance; None: run every step
+    stop_eval_loss: float | None = None
     save_every: int = 0  # resumable checkpoint every N steps and at the last step; 0: none (the export is always written)
     keep_checkpoints: int = 2
     log_every: int = 1
@@ -110,6 +113,8 @@ class TrainConfig:
             raise ValueError("eval_ratio must be in [0, 1)")
         if self.eval_every < 0 or self.save_every < 0:
             raise ValueError("eval_every and save_every must be >= 0")
+        if self.stop_eval_loss is not None and not self.eval_every:
+            raise ValueError("stop_eval_loss needs eval_every (how often the stop condition is checked)")
         if self.bf16 not in ("auto", "on", "off"):
             raise ValueError("bf16 must be auto, on or off")
 

@@ -132,6 +132,7 @@ class Trainer:
         self.wrapped.train()
         # throughput counts step time only: evaluation, checkpoints and plots are not training
         step_seconds, tokens_seen, last_loss = 0.0, 0, None
+        done, stop, evaluated = start, False, None
         try:
             for step in range(start, self.total_steps):
                 t0 = time.perf_counter()
@@ -145,16 +146,23 @@ class Trainer:
                     logger.log({"step": done, "loss": last_loss, "lr": lr, "grad_norm": grad_norm,
                                 "tokens": num_tokens, "tokens_per_s": num_tokens / dt,
                                 "epoch": round(self.plan.epoch_at(done), 4)})
+                evaluated = None
                 if cfg.eval_every and done % cfg.eval_every == 0 and done < self.total_steps:
-                    self._log_eval(logger, done)
-                if cfg.save_every and (done % cfg.save_every == 0 or done == self.total_steps):
+                    evaluated = self._log_eval(logger, done)
+                stop = (evaluated is not None and cfg.stop_eval_loss is not None
+                        and evaluated[0] <= cfg.stop_eval_loss)  # every rank sees the same eval loss
+                if cfg.save_every and (done % cfg.save_every == 0 or done == self.total_steps or stop):
                     self.save(done)
                     logger.plot()
-            final = self._log_eval(logger, self.total_steps)
+                if stop:
+                    log.info("eval loss %.4f <= --stop-eval-loss %.4f: stopping at step %d", evaluated[0],
+                             cfg.stop_eval_loss, done)
+                    break
+            final = evaluated if stop else self._log_eval(logger, done)
             logger.plot()
         finally:
             logger.close()
-        return TrainResult(self.total_steps, start, tokens_seen, step_seconds, tokens_seen / max(step_seconds, 1e-9),
+        return TrainResult(done, start, tokens_seen, step_seconds, tokens_seen / max(step_seconds, 1e-9),
                            last_loss, final[0] if final else None, final[1] if final else None)
 
     def _log_eval(self, logger: MetricsLogger, step: int) -> tuple[float, float] | None:

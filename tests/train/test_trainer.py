@@ -116,3 +116,15 @@ def test_preset_overrides_are_checked_by_name() -> None:
         preset_config("glm-tiny", 64, model_type="llama")
     with pytest.raises(ValueError, match="vocab_size"):  # what --model-override would pass to pretraining
         check_preset_overrides({"vocab_size": 10})
+
+
+def test_training_stops_once_the_eval_loss_is_reached(glm_tokenizer, reverse_data, tmp_path) -> None:
+    """--stop-eval-loss: the first evaluation at or below the bound ends the run (and its export)."""
+    from model.train.pretrain import PretrainConfig, run_pretrain
+
+    cfg = train_config(tmp_path / "out", max_steps=20, eval_every=2, stop_eval_loss=1e9)
+    result = run_pretrain(PretrainConfig("glm-tiny", glm_tokenizer, [reverse_data[0]], cfg, model_overrides=dict(TINY_GLM)))
+    assert result.steps == 2 and result.final_eval_loss is not None
+    assert (tmp_path / "out" / "config.json").exists()
+    with pytest.raises(ValueError, match="eval_every"):
+        train_config(tmp_path / "x", stop_eval_loss=1.0)
