@@ -108,7 +108,8 @@ class LLMEngine:
     def load_lora(self, name: str, path: str) -> Adapter:
         """Registers the PEFT adapter at path under name; AdapterError (a ValueError) says why not."""
         if self.lora is None:
-            self.lora = LoRAManager(self.runner.model, self.config.max_loras, self.config.max_lora_rank)
+            self.lora = LoRAManager(self.runner.model, self.config.max_loras, self.config.max_lora_rank,
+                                    pack=not self.config.enforce_eager)
             self.runner.lora = self.lora
             self.scheduler.admission_gate = self._lora_gate
         return self.lora.load(name, path)

@@ -47,10 +47,11 @@ class Adapter:
 
 
 class LoRAManager:
-    def __init__(self, model: nn.Module, max_loras: int, max_lora_rank: int) -> None:
+    def __init__(self, model: nn.Module, max_loras: int, max_lora_rank: int, pack: bool = True) -> None:
         self.model = model
         self.max_loras = max_loras
         self.max_lora_rank = max_lora_rank
+        self.pack = pack  # oneDNN-reordered stacks on CPU (off with EngineConfig.enforce_eager)
         self.adapters: dict[str, Adapter] = {}
         self.by_id: dict[int, Adapter] = {}
         self.resident: OrderedDict[int, dict] = OrderedDict()  # lora_id -> device weights, LRU order
@@ -154,7 +155,7 @@ class LoRAManager:
 
     def _pack(self, a_t: torch.Tensor, b_t: torch.Tensor):
         """oneDNN-reordered copies of A (sum r, in) and B (out, sum r) on CPU; None elsewhere."""
-        if self.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        if not self.pack or self.device.type != "cpu" or not torch.backends.mkldnn.is_available():
             return None
         reorder = torch.ops.mkldnn._reorder_linear_weight
         return reorder(a_t.t().contiguous(), 32), reorder(b_t.t().contiguous(), 32)
