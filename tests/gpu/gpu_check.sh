@@ -11,7 +11,7 @@ mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-$PY -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/gpu/test_cuda.py 2>&1 | tee "$OUT/pytest.txt" || true
+$PY -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/gpu/ tests/train/test_cuda.py 2>&1 | tee "$OUT/pytest.txt" || true
 TOKENIZER_DIR=${TOKENIZER_DIR:-.gpu_carry/tokenizer}  # the default model's tokenizer files, carried along
 $PY - "$TOKENIZER_DIR" <<'PY'
 # a random-weight model shaped like SmolLM2-135M-Instruct, with its real tokenizer files
