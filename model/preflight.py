@@ -125,8 +125,9 @@ def available_memory(device: str) -> tuple[int, str]:
         figures.append((info["MemAvailable"], "MemAvailable in /proc/meminfo"))
     except (OSError, KeyError, ValueError):
         pass
+    v1 = "/sys/fs/cgroup/memory/memory."
     for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+                         (v1 + "limit_in_bytes", v1 + "usage_in_bytes")):
         try:
             with open(limit) as f, open(usage) as g:
                 raw = f.read().strip()
