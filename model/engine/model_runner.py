@@ -88,6 +88,9 @@ class ModelRunner:
         if self.device.type == "cpu" and not engine_config.enforce_eager and mkldnn_available():
             log.info("packed %d linear layers for oneDNN", pack_linears(model))
         self.quantization = describe_quantization(model)  # what the model holds, for /v1/models and info
+        if engine_config.quantization == "auto" and self.quantization == "none":
+            log.info("quantization auto: no stored quantized tensor was loaded (not a GGUF with Q4_0/Q4_1/Q8_0, "
+                     "or load_model was not given the engine config); serving float weights")
         self.weight_bytes = weight_bytes(model)
         log.info("KV cache: %d blocks x %d tokens (%.1f MiB)", self.num_blocks, self.block_size,
                  self.kv_cache.numel() * self.kv_cache.element_size() / 2**20)
