@@ -55,7 +55,9 @@ class LLMEngine:
                    cache_dir: str | None = None) -> "LLMEngine":
         ec = engine_config or EngineConfig()
         apply_num_threads(ec.num_threads)  # --num-threads, else the CPUs this process may use (cgroup, affinity)
-        loaded = load_model(source, device=ec.resolved_device(), dtype=ec.resolved_dtype(), cache_dir=cache_dir)
+        # engine_config: the memory preflight (weights + KV cache) and GGUF tensors served as stored
+        loaded = load_model(source, device=ec.resolved_device(), dtype=ec.resolved_dtype(), cache_dir=cache_dir,
+                            engine_config=ec)
         # a checkpoint without tokenizer files still serves token ids (no text, no stop strings)
         has_tokenizer = any(os.path.exists(os.path.join(loaded.path, f))
                             for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
