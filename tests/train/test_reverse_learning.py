@@ -1,9 +1,15 @@
 """Proof (a): a tiny GLM with its own tokenizer, trained from scratch, reverses letter strings it has
 never seen, judged by exact match of greedy output on held-out items.
 
-CI runs strings of 3-5 letters (1500 steps); the slow variant is the docs/BENCHMARKS.md run, 3-6
-letters (3000 steps). Both use one thread: the step at which the model leaves its loss plateau is
-sensitive to rounding, and a fixed thread count makes the run bit-for-bit repeatable.
+The model leaves its loss plateau (~2.3 nats/token: it knows which letters come back, not their order)
+when attention learns to find the mirrored position, and the step at which that happens varies with the
+seed and with floating-point rounding (CPU, thread count). So the recipe is built to leave the plateau
+early and to keep learning after it, whatever the rounding: a model wide enough to find the circuit fast
+(width 128, 8 heads, full rotary), a constant learning rate after warmup, so a late escape still
+converges, and a run that ends when the held-out loss says the task is learned (--stop-eval-loss) rather
+than after a step count that one CPU's rounding happened to fit. Three seeds, with one and two torch
+threads, must each reach 95% (docs/TRAINING.md has the escape steps measured while tuning). Bit-for-bit repeatability is tested on its own (test_resume.py,
+test_distributed.py), not relied on here.
 """
 from __future__ import annotations
 
@@ -12,39 +18,49 @@ import torch
 
 from model.train.config import OptimConfig, TrainConfig
 
-# 0.1M parameters: two layers of width 64, four heads sharing two KV heads (docs/BENCHMARKS.md)
-REVERSAL_GLM = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-                "num_key_value_heads": 2}
+# 0.3M parameters: two layers of width 128, eight heads sharing four KV heads, rotary on every dimension
+REVERSAL_GLM = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 8,
+                "num_key_value_heads": 4, "partial_rotary_factor": 1.0}
+MAX_STEPS = 2500  # a bound, not the expected length: measured runs stopped after 500-900 steps
+STOP_EVAL_LOSS = 1.30  # runs that reached 100% exact match ended at 1.27-1.29; the random-letter floor is ~1.27
 
 
-def reversal_exact_match(root, min_len: int, max_len: int, steps: int):
+def reversal_exact_match(root, min_len: int, max_len: int, steps: int, seed: int = 0):
     from model.train.evaluate import exact_match, read_items
     from model.train.pretrain import PretrainConfig, run_pretrain
     from model.train.synthetic import ReverseTaskConfig, make_reverse_task
     from model.train.tokenizer_train import TokenizerTrainConfig, train_tokenizer
 
     train, heldout = make_reverse_task(ReverseTaskConfig(str(root / "data"), num_train=20000, num_eval=200,
-                                                         min_len=min_len, max_len=max_len))
+                                                         min_len=min_len, max_len=max_len, seed=seed))
     tokenizer = train_tokenizer(TokenizerTrainConfig([train], str(root / "tok"), vocab_size=320))
-    cfg = TrainConfig(out_dir=str(root / "model"), batch_size=32, max_len=64, max_steps=steps, eval_ratio=0.02,
-                      progress=False, resume="never", device="cpu", optim=OptimConfig(lr=3e-3))
+    cfg = TrainConfig(out_dir=str(root / "model"), batch_size=64, max_len=64, max_steps=steps, eval_ratio=0.02,
+                      eval_every=50, stop_eval_loss=STOP_EVAL_LOSS, seed=seed, progress=False, resume="never",
+                      device="cpu", optim=OptimConfig(lr=3e-3, schedule="constant"))
     result = run_pretrain(PretrainConfig("glm-tiny", tokenizer, [train], cfg, model_overrides=dict(REVERSAL_GLM)))
     return exact_match(str(root / "model"), read_items(heldout)), result
 
 
 @pytest.fixture
-def one_thread():
-    torch.set_num_threads(1)
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
 
 
-def test_tiny_glm_learns_to_reverse_unseen_strings(tmp_path, one_thread) -> None:
-    em, result = reversal_exact_match(tmp_path, 3, 5, steps=1500)
+@pytest.mark.timeout(1800)  # bounded by MAX_STEPS; a busy 2-core CI needs 4-8 minutes for one run
+@pytest.mark.parametrize(("seed", "threads"), [(0, 1), (1, 1), (2, 2)], indirect=["threads"],
+                         ids=["seed0-1thread", "seed1-1thread", "seed2-2threads"])
+def test_tiny_glm_learns_to_reverse_unseen_strings(tmp_path, seed: int, threads: int) -> None:
+    em, result = reversal_exact_match(tmp_path, 3, 5, steps=MAX_STEPS, seed=seed)
     assert em.total == 200
     assert em.accuracy >= 0.95, em.examples
-    assert result.final_eval_loss < 1.5  # the inputs are random letters: ~1.1 nats/token is the floor
+    assert result.final_eval_loss <= STOP_EVAL_LOSS and result.steps < MAX_STEPS  # it stopped because it learned
 
 
 @pytest.mark.slow
-def test_tiny_glm_reverses_longer_strings(tmp_path, one_thread) -> None:
-    em, _ = reversal_exact_match(tmp_path, 3, 6, steps=3000)
+def test_tiny_glm_reverses_longer_strings(tmp_path) -> None:
+    torch.set_num_threads(1)
+    em, _ = reversal_exact_match(tmp_path, 3, 6, steps=4000)
     assert em.accuracy >= 0.95, em.examples
