@@ -92,6 +92,9 @@ def detect_tool_style(template_source: str, special_tokens: list[str] | set[str]
     return "hermes"
 
 
+_MAPPING_ARGUMENTS = re.compile(r"arguments\s*(\|\s*tojson|\.items\(\)|is\s+mapping)")
+
+
 def renders_tools(template_source: str) -> bool:
     """The template takes the `tools` variable itself (not glm-4-9b-chat's per-message item['tools'])."""
     return re.search(r"\btools\b", template_source) is not None and not _TOOLS_ON_MESSAGE.search(template_source)
@@ -127,6 +130,9 @@ class ToolTemplate:
             mode = "own" if glm else "hermes"
         self.mode = mode
         self.native = mode not in ("own", "hermes")
+        # a template that reads a call's arguments as a mapping gets them parsed; one that prints them
+        # (glm-4-9b-chat-hf, GLM-4-0414) gets the JSON string the client sent
+        self.mapping_arguments = _MAPPING_ARGUMENTS.search(source) is not None
         own = {"glm4": GLM4_TOOLS_TEMPLATE, "chatglm3": CHATGLM3_TOOLS_TEMPLATE}.get(self.style)
         self._own = ChatTemplate(tok, own) if own and mode == "own" else None
 
@@ -152,7 +158,7 @@ class ToolTemplate:
             _check_name(tool.get("function", {}).get("name"))
         mode = self.mode
         if mode == "native":
-            return self.chat_template, messages, tools
+            return self.chat_template, mapping_arguments(messages) if self.mapping_arguments else messages, tools
         if mode == "hermes":
             return self.chat_template, hermes_messages(messages, tools), None
         turns = glm_messages(messages, python_kwargs=self.style == "chatglm3")
@@ -199,6 +205,30 @@ def _check_name(name: Any) -> str:
     if not isinstance(name, str) or not TOOL_NAME.match(name):
         raise ChatTemplateError(f"tool name {name!r} must match {TOOL_NAME.pattern}")
     return name
+
+
+def mapping_arguments(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Assistant tool calls with their `arguments` as a mapping, for templates that read them so
+    (transformers' convention; GLM-4.5's template renders `arguments.items()` and wrote no arguments for
+    a string). The wire sends a JSON string; one that is not a JSON object stays as it came."""
+    out = []
+    for m in messages:
+        calls = m.get("tool_calls")
+        if calls:
+            fixed = []
+            for call in calls:
+                fn = call.get("function") if isinstance(call, dict) else None
+                if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+                    try:
+                        value = json.loads(fn["arguments"])
+                    except json.JSONDecodeError:
+                        value = None
+                    if isinstance(value, dict):
+                        call = {**call, "function": {**fn, "arguments": value}}
+                fixed.append(call)
+            m = {**m, "tool_calls": fixed}
+        out.append(m)
+    return out
 
 
 def _arguments(call: dict[str, Any]) -> dict[str, Any]:
