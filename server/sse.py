@@ -50,15 +50,13 @@ async def openai_events(chunks: AsyncIterator[dict[str, Any]], on_error: Callabl
     yield {"data": "[DONE]"}
 
 
-class OpenAIEventStream(EventSourceResponse):
+class ClosingEventStream(EventSourceResponse):
     """EventSourceResponse that runs `on_close` however the response ends (done, client gone,
-    cancelled at shutdown), so admission slots are always given back."""
+    cancelled at shutdown), so admission slots are always given back. `events` are framed SSE dicts."""
 
-    def __init__(self, chunks: AsyncIterator[dict[str, Any]], *, ping_interval: float,
-                 headers: dict[str, str] | None = None, on_close: Callable[[], None] | None = None,
-                 on_error: Callable[[APIError], None] | None = None) -> None:
-        super().__init__(openai_events(chunks, on_error), headers={**STREAM_HEADERS, **(headers or {})},
-                         ping=ping_interval, sep="\n")
+    def __init__(self, events: AsyncIterator[dict[str, str]], *, ping_interval: float,
+                 headers: dict[str, str] | None = None, on_close: Callable[[], None] | None = None) -> None:
+        super().__init__(events, headers={**STREAM_HEADERS, **(headers or {})}, ping=ping_interval, sep="\n")
         self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -67,3 +65,13 @@ class OpenAIEventStream(EventSourceResponse):
         finally:
             if self._on_close is not None:
                 self._on_close()
+
+
+class OpenAIEventStream(ClosingEventStream):
+    """OpenAI's framing: `data:` events, the error event and [DONE] at the end."""
+
+    def __init__(self, chunks: AsyncIterator[dict[str, Any]], *, ping_interval: float,
+                 headers: dict[str, str] | None = None, on_close: Callable[[], None] | None = None,
+                 on_error: Callable[[APIError], None] | None = None) -> None:
+        super().__init__(openai_events(chunks, on_error), ping_interval=ping_interval, headers=headers,
+                         on_close=on_close)

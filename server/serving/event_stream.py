@@ -10,11 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any, AsyncIterator, Callable
 
-from sse_starlette import EventSourceResponse
-from starlette.types import Receive, Scope, Send
-
 from server.errors import APIError
-from server.sse import STREAM_HEADERS, encode
+from server.sse import ClosingEventStream, encode
 
 log = logging.getLogger("glmserve.server")
 
@@ -36,20 +33,12 @@ async def named_events(events: AsyncIterator[Event], error_event: Callable[[APIE
         yield {"event": name, "data": encode(payload)}
 
 
-class NamedEventStream(EventSourceResponse):
-    """Runs `on_close` however the response ends, so the admission slot is always given back."""
+class NamedEventStream(ClosingEventStream):
+    """Named events; the failure event comes from `error_event` (the API's own error shape)."""
 
     def __init__(self, events: AsyncIterator[Event], *, error_event: Callable[[APIError], Event],
                  ping_interval: float, headers: dict[str, str] | None = None,
                  on_close: Callable[[], None] | None = None,
                  on_error: Callable[[APIError], None] | None = None) -> None:
-        super().__init__(named_events(events, error_event, on_error), headers={**STREAM_HEADERS, **(headers or {})},
-                         ping=ping_interval, sep="\n")
-        self._on_close = on_close
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            if self._on_close is not None:
-                self._on_close()
+        super().__init__(named_events(events, error_event, on_error), ping_interval=ping_interval, headers=headers,
+                         on_close=on_close)
