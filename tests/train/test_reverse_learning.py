@@ -23,7 +23,9 @@ from model.train.config import OptimConfig, TrainConfig
 REVERSAL_GLM = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 8,
                 "num_key_value_heads": 4, "partial_rotary_factor": 1.0}
 MAX_STEPS = 3000  # the schedule's length; measured runs stopped after 600-1700 steps
-STOP_EVAL_LOSS = 1.30  # runs that reached 100% exact match ended at 1.27-1.29; the random-letter floor is ~1.27
+# Runs at 99.5-100% exact match ended at 1.27-1.30; one stopped at 1.297 right after leaving the plateau
+# with 94.5%, so the bound sits below that dip. The random letters put the floor at ~1.27 (per data seed).
+STOP_EVAL_LOSS = 1.28
 
 
 def reversal_exact_match(root, min_len: int, max_len: int, steps: int, seed: int = 0):
