@@ -74,6 +74,7 @@ class RequestMiddleware:
 
         if not probe:
             self.state.num_http_in_flight += 1
+        rejection: APIError | None = None
         try:
             rejection = self._reject_early(scope, path, headers)
             body_receive = receive
@@ -93,8 +94,9 @@ class RequestMiddleware:
             if not probe:
                 self.state.num_http_in_flight -= 1
             elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            route_path = getattr(route, "path", None) or ("static" if status["code"] < 400 else "unmatched")
+            route_path = getattr(scope.get("route"), "path", None) or (
+                _matching_route_path(scope) if rejection is not None else None) or (
+                "static" if status["code"] < 400 else "unmatched")
             self.state.metrics.observe_http(scope["method"], route_path, status["code"], elapsed)
             log_request({"request_id": request_id, "method": scope["method"], "path": path,
                          "status": status["code"], "duration_ms": round(elapsed * 1000, 3), **log}, probe)
@@ -164,6 +166,25 @@ def _fairness_key(key: str | None, scope: Scope) -> str:
 
 def _too_large(limit: int) -> APIError:
     return APIError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
+
+
+def _route_paths(routes) -> set[str]:
+    """Every concrete route path, through included routers."""
+    out: set[str] = set()
+    for route in routes:
+        inner = getattr(route, "original_router", None)  # FastAPI's included router
+        if inner is not None:
+            out |= _route_paths(inner.routes)
+        elif getattr(route, "path", "") and "{" not in route.path:
+            out.add(route.path)
+    return out
+
+
+def _matching_route_path(scope: Scope) -> str | None:
+    """The route a request refused before routing (401, 413, ...) was meant for, so it is counted there."""
+    path = scope.get("path", "")
+    router = getattr(scope.get("app"), "router", None)
+    return path if router is not None and path in _route_paths(router.routes) else None
 
 
 async def _send_error(send: Send, error: APIError, path: str = "") -> None:

@@ -1,6 +1,8 @@
 """/metrics: vLLM's metric names under `glmserve:`, moving as requests pass."""
 from __future__ import annotations
 
+import time
+
 import httpx
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
@@ -52,7 +54,12 @@ def test_metrics_move_as_a_request_passes(tiny_server, client: OpenAI) -> None:
         assert delta(hist + "_count") == 1, hist
     assert delta("inter_token_latency_seconds_count") == 4  # 5 tokens, 4 gaps
     assert delta("http_requests_total", route="/v1/chat/completions", status="200", method="POST") == 1
-    assert value(after, "num_requests_running") == 0 and value(after, "kv_cache_usage_perc") == 0
+    # the gauges come from the engine's stats, refreshed on its thread just after the last step: wait on them
+    deadline = time.monotonic() + 30
+    while not (value(after, "num_requests_running") == 0 and value(after, "kv_cache_usage_perc") == 0):
+        assert time.monotonic() < deadline, "running / KV gauges never returned to 0"
+        time.sleep(0.05)
+        after = scrape(tiny_server)
 
 
 def test_error_statuses_are_counted_by_route(tiny_server) -> None:
