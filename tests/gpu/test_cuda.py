@@ -6,7 +6,8 @@ import random
 import pytest
 import torch
 
-from model import EngineConfig, LLMEngine, SamplingParams, load_model
+from model import EngineConfig, LLMEngine, SamplingParams
+from tests.gpu.parity import assert_cuda_logits_match_cpu
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -27,13 +28,7 @@ def _tiny(tmp_path, arch: str) -> str:
 @pytest.mark.parametrize("arch", ["llama", "glm"])
 def test_cuda_logits_match_cpu_fp32(tmp_path, arch: str) -> None:
     path = _tiny(tmp_path, arch)
-    cpu = load_model(path).model
-    gpu = load_model(path, device="cuda", dtype=torch.float32).model
-    ids = torch.randint(0, 512, (2, 32))
-    with torch.no_grad():
-        ref = cpu.compute_logits(cpu(ids))
-        got = gpu.compute_logits(gpu(ids.cuda())).cpu()
-    assert (ref - got).abs().max().item() < 1e-3
+    assert_cuda_logits_match_cpu(path)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
