@@ -170,7 +170,7 @@ def chatglm_state_dict(hf_glm) -> dict[str, Any]:
     out = {"transformer.embedding.word_embeddings.weight": sd["model.embed_tokens.weight"],
            "transformer.encoder.final_layernorm.weight": sd["model.norm.weight"],
            "transformer.output_layer.weight": sd["lm_head.weight"]}
-    for i in range(LAYERS):
+    for i in range(hf_glm.config.num_hidden_layers):
         src, dst = f"model.layers.{i}.", f"transformer.encoder.layers.{i}."
         for kind in ("weight", "bias"):
             out[f"{dst}self_attention.query_key_value.{kind}"] = torch.cat(

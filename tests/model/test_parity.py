@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from model import UnsupportedModelError, load_model
+from tests.helpers.glm_replicas import chatglm_state_dict
 
 TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=256)
@@ -78,21 +79,8 @@ def test_legacy_chatglm_layout_matches_hf_glm(tmp_path: Path) -> None:
     HF `glm`; rewrite an HF glm checkpoint in that layout and expect HF glm's logits."""
     hf = _hf_model("glm").eval()
     _randomize(hf)
-    sd = hf.state_dict()
-    out = {"transformer.embedding.word_embeddings.weight": sd["model.embed_tokens.weight"],
-           "transformer.encoder.final_layernorm.weight": sd["model.norm.weight"],
-           "transformer.output_layer.weight": sd["lm_head.weight"]}
-    for i in range(TINY["num_hidden_layers"]):
-        src, dst = f"model.layers.{i}.", f"transformer.encoder.layers.{i}."
-        for kind in ("weight", "bias"):
-            out[f"{dst}self_attention.query_key_value.{kind}"] = torch.cat(
-                [sd[f"{src}self_attn.{p}_proj.{kind}"] for p in "qkv"])
-        out[f"{dst}self_attention.dense.weight"] = sd[f"{src}self_attn.o_proj.weight"]
-        out[f"{dst}mlp.dense_h_to_4h.weight"] = sd[f"{src}mlp.gate_up_proj.weight"]
-        out[f"{dst}mlp.dense_4h_to_h.weight"] = sd[f"{src}mlp.down_proj.weight"]
-        out[f"{dst}input_layernorm.weight"] = sd[f"{src}input_layernorm.weight"]
-        out[f"{dst}post_attention_layernorm.weight"] = sd[f"{src}post_attention_layernorm.weight"]
-    save_file({k: v.contiguous() for k, v in out.items()}, str(tmp_path / "model.safetensors"))
+    out = chatglm_state_dict(hf)
+    save_file(out, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps({
         "model_type": "chatglm", "padded_vocab_size": TINY["vocab_size"], "hidden_size": 64, "ffn_hidden_size": 128,
         "num_layers": 2, "num_attention_heads": 4, "multi_query_attention": True, "multi_query_group_num": 2,
