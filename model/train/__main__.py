@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="glm-tiny", help="a preset of model/config.py PRESETS")
     p.add_argument("--tokenizer", required=True, help="dir written by `glmserve train tokenizer`")
     p.add_argument("--data", nargs="+", required=True, help="text or JSONL {'text'} files")
-    p.add_argument("--eval-data", nargs="*", default=[], help="held-out files (default: --eval-ratio of --data)")
+    p.add_argument("--eval-data", nargs="*", default=[], help="held-out files (default: --eval-ratio of --data); {prompt, completion} JSONL is scored on completions")
     p.add_argument("--model-override", action="append", default=[], metavar="KEY=VALUE",
                    help="change a preset field, e.g. num_hidden_layers=2 (repeatable)")
     _add_loop_flags(p, lr=str(PRETRAIN_DEFAULTS["lr"]), max_len=256)

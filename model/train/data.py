@@ -89,6 +89,53 @@ def pack_documents(paths: Sequence[str], encode, eos_id: int, max_len: int) -> t
     return torch.tensor(stream[: n * max_len], dtype=torch.long).view(n, max_len), len(stream) - n * max_len
 
 
+def is_completion_file(path: str) -> bool:
+    """A JSONL file whose first item holds "prompt" and "completion" (the held-out task format)."""
+    if not path.endswith((".jsonl", ".json")):
+        return False
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError:
+                    return False
+                return isinstance(item, dict) and "prompt" in item and "completion" in item
+    return False
+
+
+def completion_dataset(paths: Sequence[str], encode, eos_id: int, max_len: int) -> "TokenDataset":
+    """One unpacked row per {"prompt", "completion"} item, `prompt + " " + completion + eos` (the text
+    a reversal corpus line holds), with only the completion and eos as targets. Its loss measures the
+    task alone: a prompt's random letters put a floor under a packed loss that varies with the data,
+    while a learned completion's loss goes to zero whatever the data."""
+    rows, labels = [], []
+    for path in paths:
+        problems: list[tuple[int, str]] = []
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                item = json.loads(line)
+                prompt, completion = item.get("prompt"), item.get("completion")
+                if not isinstance(prompt, str) or not isinstance(completion, str) or not completion:
+                    problems.append((line_no, 'needs string fields "prompt" and a non-empty "completion"'))
+                    continue
+                head = encode(prompt)
+                ids = encode(f"{prompt} {completion}") + [eos_id]
+                if ids[: len(head)] != head or len(ids) > max_len:
+                    problems.append((line_no, "the prompt's tokens are not a prefix of the item's" if
+                                     ids[: len(head)] != head else f"longer than max_len={max_len} tokens"))
+                    continue
+                rows.append(ids)
+                labels.append([IGNORE_INDEX] * len(head) + ids[len(head):])
+        if problems:
+            raise DataError(path, problems)
+    if not rows:
+        raise ValueError(f"no prompt/completion items in {list(paths)}")
+    return TokenDataset(rows, labels, pad_id=eos_id)
+
+
 @dataclass
 class Batch:
     input_ids: torch.Tensor  # (B, T)

@@ -18,7 +18,8 @@ from torch import nn
 from model.config import ModelConfig, check_preset_overrides, preset_config
 from model.models.registry import build_model
 from model.train.config import TrainConfig
-from model.train.data import TokenDataset, data_files_exist, file_sha256, pack_documents
+from model.train.data import (TokenDataset, completion_dataset, data_files_exist, file_sha256, is_completion_file,
+                              pack_documents)
 from model.train.distributed import DistInfo, distributed_run
 from model.train.export import export_checkpoint, materialize
 from model.train.provenance import training_args
@@ -74,6 +75,8 @@ def _datasets(cfg: PretrainConfig, tokenizer, eos_id: int) -> tuple[TokenDataset
     packed, tail = pack_documents(cfg.data, encode, eos_id, cfg.train.max_len)
     log.info("corpus: %d sequences of %d tokens (%d tail tokens unused)", len(packed), cfg.train.max_len, tail)
     full = TokenDataset(packed, pad_id=eos_id)
+    if cfg.eval_data and all(is_completion_file(p) for p in cfg.eval_data):
+        return full, completion_dataset(cfg.eval_data, encode, eos_id, cfg.train.max_len)
     if cfg.eval_data:
         return full, TokenDataset(pack_documents(cfg.eval_data, encode, eos_id, cfg.train.max_len)[0], pad_id=eos_id)
     return full.split(cfg.train.eval_ratio, cfg.train.seed)

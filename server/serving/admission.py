@@ -73,6 +73,8 @@ def sampling_params(state: ServerState, build: Callable[..., SamplingParams], ma
     """Runs a schema's to_sampling_params; SamplingParamsError becomes a 400 naming the wire field."""
     try:
         params = build(max_tokens, **extra)
+        # the engine checks this again for library callers, but only once the stream has started: the
+        # server's check is what makes it a 400 before the first SSE event
         params.check_vocab(state.engine.model_config.vocab_size)
     except SamplingParamsError as e:
         param = (param_names or {}).get(e.param, e.param)

@@ -129,6 +129,15 @@ def test_invalid_sampling_value_is_a_400_naming_the_field(client: OpenAI, field:
     assert err.value.body["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize("field,value", [("stop_token_ids", [10 ** 7]), ("logit_bias", {str(10 ** 7): 1})])
+def test_token_ids_outside_the_vocabulary_are_a_400_before_a_stream_starts(client: OpenAI, field: str,
+                                                                          value: object) -> None:
+    with pytest.raises(BadRequestError) as err:  # checked before any event is sent
+        client.chat.completions.create(model="tiny", messages=MSG, max_tokens=2, stream=True,
+                                       extra_body={field: value})
+    assert err.value.status_code == 400 and err.value.body["param"] == field
+
+
 def test_penalties_are_accepted_within_range(client: OpenAI) -> None:
     resp = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=4, presence_penalty=1.5,
                                           frequency_penalty=1.0, extra_body={"repetition_penalty": 1.3,

@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 
-from model.train.data import BatchPlan, DataError, TokenDataset, eval_batches, iter_documents, pack_documents
+from model.train.data import (IGNORE_INDEX, BatchPlan, DataError, TokenDataset, completion_dataset, eval_batches,
+                              is_completion_file, iter_documents, pack_documents)
 
 
 def test_text_documents_are_blank_line_separated(tmp_path) -> None:
@@ -29,6 +30,30 @@ def test_packing_joins_documents_with_eos_and_cuts_full_rows(tmp_path) -> None:
     packed, tail = pack_documents([str(path)], lambda s: [ord(c) for c in s], eos_id=0, max_len=4)
     stream = [ord(c) for c in "abc"] + [0] + [ord(c) for c in "de"] + [0] + [ord(c) for c in "fghij"] + [0]
     assert packed.tolist() == [stream[0:4], stream[4:8], stream[8:12]] and tail == len(stream) - 12
+
+
+def test_completion_items_score_only_the_completion_and_eos(tmp_path) -> None:
+    path = tmp_path / "heldout.jsonl"
+    path.write_text(json.dumps({"prompt": "ab =", "completion": "ba"}) + "\n"
+                    + json.dumps({"prompt": "c =", "completion": "c"}) + "\n", encoding="utf-8")
+    assert is_completion_file(str(path))
+    data = completion_dataset([str(path)], lambda s: [ord(c) for c in s], eos_id=0, max_len=16)
+    assert data.input_ids[0].tolist() == [ord(c) for c in "ab = ba"] + [0]
+    assert data.labels[0].tolist() == [IGNORE_INDEX] * 4 + [ord(c) for c in " ba"] + [0]
+    assert data.num_label_tokens(1) == len(" c") + 1  # the separating space, the completion, eos
+    text = tmp_path / "corpus.jsonl"
+    text.write_text(json.dumps({"text": "plain"}) + "\n", encoding="utf-8")
+    assert not is_completion_file(str(text))
+
+
+def test_completion_items_that_do_not_fit_are_reported_by_number(tmp_path) -> None:
+    path = tmp_path / "heldout.jsonl"
+    path.write_text(json.dumps({"prompt": "x", "completion": "y"}) + "\n"
+                    + json.dumps({"prompt": "long", "completion": "z" * 40}) + "\n"
+                    + json.dumps({"prompt": "p", "completion": ""}) + "\n", encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        completion_dataset([str(path)], lambda s: [ord(c) for c in s], eos_id=0, max_len=16)
+    assert [n for n, _ in err.value.problems] == [2, 3]
 
 
 def test_ddp_ranks_see_what_accumulation_micro_batches_see() -> None:
