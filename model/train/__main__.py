@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--out", required=True, help="output dir for the corpus and held-out items")
     y.add_argument("--num-train", type=int, default=20000, help="training items")
     y.add_argument("--num-eval", type=int, default=200, help="held-out items")
+    y.add_argument("--num-validation", type=int, default=0,
+                   help="items of validation.jsonl, for --eval-data / --stop-eval-loss during training")
     y.add_argument("--min-len", type=int, default=3, help="shortest string")
     y.add_argument("--max-len", type=int, default=8, help="longest string")
     y.add_argument("--alphabet", default="abcdefghijklmnopqrstuvwxyz", help="letters strings are drawn from")
@@ -202,9 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.command == "synth":
         from model.train.synthetic import ReverseTaskConfig, make_reverse_task
 
-        paths = make_reverse_task(ReverseTaskConfig(a.out, a.num_train, a.num_eval, a.min_len, a.max_len,
-                                                    a.alphabet, not a.repeats, a.seed))
-        print("\n".join(paths))
+        files = make_reverse_task(ReverseTaskConfig(a.out, a.num_train, a.num_eval, a.num_validation, a.min_len,
+                                                    a.max_len, a.alphabet, not a.repeats, a.seed))
+        print("\n".join(p for p in (files.train, files.heldout, files.validation) if p))
         return 0
     if a.command == "eval":
         from model.train.evaluate import exact_match, read_items

@@ -1,10 +1,11 @@
 """Synthetic tasks that show a from-scratch model really learns: string reversal.
 
-    glmserve train synth --task reverse --out runs/reverse-data --num-train 20000 --num-eval 200
+    glmserve train synth --task reverse --out runs/reverse-data --num-train 20000 --num-eval 200 --num-validation 200
 
-Writes train.jsonl ({"text": "reverse: a b c = c b a"} per line, a pretraining corpus) and
+Writes train.jsonl ({"text": "reverse: a b c = c b a"} per line, a pretraining corpus),
 heldout.jsonl ({"prompt": "reverse: a b c =", "completion": "c b a"}) whose strings never occur in
-train.jsonl. Letters are space-separated so that each one is one token whatever BPE merges: the task
+train.jsonl, and with --num-validation a validation.jsonl of the same shape with strings in neither:
+what `--eval-data` and `--stop-eval-loss` read during training, so the held-out test stays unseen. Letters are space-separated so that each one is one token whatever BPE merges: the task
 is then about attention (copy in mirrored order), not about tokenization accidents. Letters within a
 string are distinct by default, so each output letter has exactly one source to attend to.
 """
@@ -22,6 +23,7 @@ class ReverseTaskConfig:
     out_dir: str
     num_train: int = 20000
     num_eval: int = 200
+    num_validation: int = 0  # items for the training-time stop condition, apart from the held-out test
     min_len: int = 3
     max_len: int = 8
     alphabet: str = "abcdefghijklmnopqrstuvwxyz"
@@ -35,7 +37,7 @@ class ReverseTaskConfig:
             raise ValueError("distinct letters need max_len <= the alphabet's size")
         k = len(set(self.alphabet))
         space = sum(math.perm(k, n) if self.distinct else k ** n for n in range(self.min_len, self.max_len + 1))
-        if self.num_train + self.num_eval > space // 2:
+        if self.num_train + self.num_eval + self.num_validation > space // 2:
             raise ValueError(f"only {space} distinct strings: ask for fewer items or allow longer ones")
 
 
@@ -47,12 +49,19 @@ def reverse_answer(letters: str) -> str:
     return " ".join(reversed(letters))
 
 
-def make_reverse_task(cfg: ReverseTaskConfig) -> tuple[str, str]:
-    """Writes the two files; returns their paths (train, heldout)."""
+@dataclass
+class ReverseTaskFiles:
+    train: str
+    heldout: str
+    validation: str | None  # None without num_validation
+
+
+def make_reverse_task(cfg: ReverseTaskConfig) -> ReverseTaskFiles:
+    """Writes the files; returns their paths."""
     rng = random.Random(cfg.seed)
     seen: set[str] = set()
     items: list[str] = []
-    while len(items) < cfg.num_train + cfg.num_eval:
+    while len(items) < cfg.num_train + cfg.num_eval + cfg.num_validation:
         n = rng.randint(cfg.min_len, cfg.max_len)
         letters = sorted(set(cfg.alphabet))
         s = "".join(rng.sample(letters, n) if cfg.distinct else (rng.choice(letters) for _ in range(n)))
@@ -65,7 +74,15 @@ def make_reverse_task(cfg: ReverseTaskConfig) -> tuple[str, str]:
     with open(train_path, "w") as f:
         for s in items[: cfg.num_train]:
             f.write(json.dumps({"text": f"{reverse_prompt(s)} {reverse_answer(s)}"}) + "\n")
-    with open(eval_path, "w") as f:
-        for s in items[cfg.num_train:]:
+    _write_items(eval_path, items[cfg.num_train: cfg.num_train + cfg.num_eval])
+    validation_path = None
+    if cfg.num_validation:
+        validation_path = os.path.join(cfg.out_dir, "validation.jsonl")
+        _write_items(validation_path, items[cfg.num_train + cfg.num_eval:])
+    return ReverseTaskFiles(train_path, eval_path, validation_path)
+
+
+def _write_items(path: str, strings: list[str]) -> None:
+    with open(path, "w") as f:
+        for s in strings:
             f.write(json.dumps({"prompt": reverse_prompt(s), "completion": reverse_answer(s)}) + "\n")
-    return train_path, eval_path

@@ -23,8 +23,9 @@ def _cpu_threads():
 def reverse_data(tmp_path_factory) -> tuple[str, str]:
     from model.train.synthetic import ReverseTaskConfig, make_reverse_task
 
-    return make_reverse_task(ReverseTaskConfig(str(tmp_path_factory.mktemp("reverse")), num_train=2000,
-                                               num_eval=50, min_len=3, max_len=6))
+    files = make_reverse_task(ReverseTaskConfig(str(tmp_path_factory.mktemp("reverse")), num_train=2000,
+                                                num_eval=50, min_len=3, max_len=6))
+    return files.train, files.heldout
 
 
 @pytest.fixture(scope="session")

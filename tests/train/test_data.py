@@ -89,3 +89,16 @@ def test_eval_shards_cover_each_example_once_with_equal_call_counts() -> None:
                    if lab[1] != -100)
     assert seen == Counter(range(7))
     assert sum(b.num_label_tokens for s in shards for b in s) == 7
+
+
+def test_reverse_task_validation_strings_are_apart_from_training_and_test(tmp_path) -> None:
+    from model.train.__main__ import main
+    from model.train.evaluate import read_items
+
+    assert main(["synth", "--out", str(tmp_path), "--num-train", "300", "--num-eval", "20",
+                 "--num-validation", "30", "--max-len", "5"]) == 0
+    train = {json.loads(line)["text"].split(" =")[0] for line in (tmp_path / "train.jsonl").read_text().splitlines()}
+    test = {item["prompt"][:-2] for item in read_items(str(tmp_path / "heldout.jsonl"))}
+    validation = {item["prompt"][:-2] for item in read_items(str(tmp_path / "validation.jsonl"))}
+    assert (len(train), len(test), len(validation)) == (300, 20, 30)
+    assert not (train & test) and not (train & validation) and not (test & validation)
