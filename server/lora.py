@@ -60,6 +60,12 @@ def select_adapter(state: ServerState, requested: str | None) -> bool:
     return False
 
 
+def response_model_name(state: ServerState) -> str:
+    """The `model` a response reports: the adapter's name when the request picked one (as vLLM does),
+    else the base's served name."""
+    return ADAPTER.get() or state.model_name
+
+
 def check_path(state: ServerState, path: str) -> str:
     root = state.settings.lora_allowed_root
     real = os.path.realpath(path)

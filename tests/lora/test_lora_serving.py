@@ -4,6 +4,7 @@ steps; base requests are unchanged; /v1/models lists the adapters; metrics count
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import pytest
@@ -84,12 +85,29 @@ def test_chat_picks_the_adapter_by_model_name(llama_server):
 
     client = OpenAI(base_url=llama_server.base_url + "/v1", api_key="unused")
     messages = [{"role": "user", "content": "Hello there"}]
-    replies = {m: client.chat.completions.create(model=m, messages=messages, max_tokens=6, temperature=0).choices[0]
-               .message.content for m in (llama_server.state.model_name, "a1", "a1")}
-    assert len(set(replies.values())) == 2  # the adapter answers differently from the base, the same each time
+    base = llama_server.state.model_name
+    replies = {m: client.chat.completions.create(model=m, messages=messages, max_tokens=6, temperature=0)
+               for m in (base, "a1", "a1")}
+    assert len({r.choices[0].message.content for r in replies.values()}) == 2  # adapter != base, same each time
+    assert {m: r.model for m, r in replies.items()} == {base: base, "a1": "a1"}  # the adapter's name, as vLLM
     with pytest.raises(Exception) as err:
         client.chat.completions.create(model="nope", messages=messages, max_tokens=2)
     assert getattr(err.value, "status_code", None) == 404
+
+
+def test_streamed_responses_report_the_adapter_as_model(llama_server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=llama_server.base_url + "/v1", api_key="unused")
+    chat = client.chat.completions.create(model="a3", messages=[{"role": "user", "content": "Hi"}], max_tokens=3,
+                                          temperature=0, stream=True)
+    completion = client.completions.create(model="a3", prompt=[1, 2000, 3000], max_tokens=3, temperature=0, stream=True)
+    models = {chunk.model for stream in (chat, completion) for chunk in stream}
+    assert models == {"a3"}
+    whole = client.completions.create(model="a3", prompt=[1, 2000, 3000], max_tokens=2, temperature=0)
+    assert whole.model == "a3"
+    base = llama_server.state.model_name
+    assert client.completions.create(model=base, prompt=[1, 2000], max_tokens=1).model == base
 
 
 def test_metrics_count_requests_and_tokens_per_adapter(llama_server):
@@ -128,4 +146,9 @@ def test_task_endpoints_pick_the_adapter(llama_server):
                        ("/v1/translate", {"text": "Good morning", "target_lang": "fr"})):
         r = httpx.post(llama_server.base_url + path, json={**body, "model": "a2", "temperature": 0}, timeout=120)
         assert r.status_code == 200, r.text
+        assert r.json()["model"] == "a2"
+        with httpx.stream("POST", llama_server.base_url + path, timeout=120,
+                          json={**body, "model": "a2", "temperature": 0, "stream": True}) as streamed:
+            events = [json.loads(line[6:]) for line in streamed.iter_lines() if line.startswith("data: {")]
+        assert events[-1]["model"] == "a2"  # the closing event carries the model
     assert lora_requests(llama_server.base_url, "a2") >= before + 2

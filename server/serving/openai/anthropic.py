@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server.errors import APIError, register_error_shape
+from server.lora import response_model_name
 from server.protocol import ChatCompletion
 from server.protocol.anthropic import (AnthropicUsage, CountTokensRequest, CountTokensResponse, MessageObject,
                                        MessagesRequest)
@@ -92,7 +93,7 @@ async def create_message(state: ServerState, request: Request, body: MessagesReq
     choice = completion.choices[0]
     reason, sequence = stop_reason(choice.finish_reason, choice.stop_reason, bool(choice.message.tool_calls))
     usage = completion.usage
-    message = MessageObject(id=run.ctx.request_id, model=state.model_name, content=content_blocks(completion),
+    message = MessageObject(id=run.ctx.request_id, model=response_model_name(state), content=content_blocks(completion),
                             stop_reason=reason, stop_sequence=sequence,
                             usage=AnthropicUsage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens,
                                                  cache_read_input_tokens=usage.prompt_tokens_details.cached_tokens))
@@ -113,7 +114,7 @@ class MessageEvents:
         self.has_tool_calls = False
 
     async def events(self) -> AsyncIterator[Event]:
-        message = MessageObject(id=self.run.ctx.request_id, model=self.state.model_name, content=[],
+        message = MessageObject(id=self.run.ctx.request_id, model=response_model_name(self.state), content=[],
                                 usage=AnthropicUsage(input_tokens=self.run.num_prompt_tokens, output_tokens=0))
         yield "message_start", {"type": "message_start", "message": message.model_dump()}
         finish_reason, matched = None, None

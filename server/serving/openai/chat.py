@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from model import ChatTemplateError, RequestOutput, SamplingParamsError
 from server.errors import bad_request
+from server.lora import response_model_name
 from server.protocol import (AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionRequest, ChoiceLogprobs)
 from server.serving.admission import check_model, clamp_headers, new_request_id, plan_max_tokens, sampling_params
 from server.serving.engine_stream import run_engine, until_disconnected
@@ -127,7 +128,7 @@ async def collect_chat(state: ServerState, body: ChatCompletionRequest, ctx: Req
             index=i, message=message,
             logprobs=ChoiceLogprobs(content=chat_logprobs(acc.logprobs)) if body.logprobs else None,
             finish_reason=finish, stop_reason=acc.stop_reason))
-    return ChatCompletion(id=ctx.request_id, created=ctx.created, model=state.model_name, choices=choices,
+    return ChatCompletion(id=ctx.request_id, created=ctx.created, model=response_model_name(state), choices=choices,
                           usage=with_reasoning_tokens(ctx.trace.usage(), plan.reasoning, [a.token_ids for a in accs]),
                           system_fingerprint=state.system_fingerprint,
                           prompt_logprobs=prompt_logprobs,
@@ -141,7 +142,7 @@ async def chat_chunks(state: ServerState, body: ChatCompletionRequest, ctx: Requ
     """Role chunk per choice, one content chunk per output, an empty-delta finish chunk per choice
     (with timings), then the usage chunk when stream_options.include_usage asks for it."""
     base: dict[str, Any] = {"id": ctx.request_id, "object": "chat.completion.chunk", "created": ctx.created,
-                            "model": state.model_name, "system_fingerprint": state.system_fingerprint}
+                            "model": response_model_name(state), "system_fingerprint": state.system_fingerprint}
     if body.include_usage:
         base["usage"] = None  # OpenAI sends usage: null on every chunk but the last
 

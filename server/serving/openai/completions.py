@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from model import RequestOutput
 from server.errors import bad_request
+from server.lora import response_model_name
 from server.protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from server.serving.admission import check_model, clamp_headers, new_request_id, plan_max_tokens, sampling_params
 from server.serving.engine_stream import merge, run_engine, until_disconnected
@@ -151,7 +152,7 @@ async def collect_completion(state: ServerState, body: CompletionRequest, ctx: R
                                 logprobs=a.logprobs if body.logprobs is not None else None,
                                 prompt_logprobs=_vllm_prompt_logprobs(body, a.prompt_logprobs))
                for i, a in enumerate(accs)]
-    return Completion(id=ctx.request_id, created=ctx.created, model=state.model_name, choices=choices,
+    return Completion(id=ctx.request_id, created=ctx.created, model=response_model_name(state), choices=choices,
                       usage=ctx.trace.usage(), system_fingerprint=state.system_fingerprint,
                       timings=ctx.trace.timings() if state.settings.timings else None)
 
@@ -175,7 +176,7 @@ async def completion_chunks(state: ServerState, body: CompletionRequest, ctx: Re
                             outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[dict[str, Any]]:
     """One chunk per output, a finish chunk per choice (with timings), the usage chunk on request."""
     base: dict[str, Any] = {"id": ctx.request_id, "object": "text_completion", "created": ctx.created,
-                            "model": state.model_name, "system_fingerprint": state.system_fingerprint}
+                            "model": response_model_name(state), "system_fingerprint": state.system_fingerprint}
     if body.include_usage:
         base["usage"] = None
     echoes = _echo(prompts, body.n) if body.echo else [""] * (len(prompts) * body.n)

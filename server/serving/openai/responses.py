@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server.errors import APIError
+from server.lora import response_model_name
 from server.protocol import ChatCompletion, Usage
 from server.protocol.responses import ResponseObject, ResponsesRequest, ResponseUsage
 from server.serving.engine_stream import until_disconnected
@@ -43,7 +44,7 @@ def response_usage(usage: Usage) -> ResponseUsage:
 def skeleton(state: ServerState, body: ResponsesRequest, run: ChatRun) -> ResponseObject:
     """The response object before any output: echoes the request's settings."""
     return ResponseObject(
-        id=run.ctx.request_id, created_at=run.ctx.created, model=state.model_name, status="in_progress",
+        id=run.ctx.request_id, created_at=run.ctx.created, model=response_model_name(state), status="in_progress",
         instructions=body.instructions, max_output_tokens=body.max_output_tokens, temperature=body.temperature,
         top_p=body.top_p, tool_choice=body.tool_choice or ("auto" if body.tools else "none"),
         tools=body.tools or [], parallel_tool_calls=body.parallel_tool_calls is not False,

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server.errors import APIError, bad_request
+from server.lora import response_model_name
 from server.protocol.tasks import Summary, SummarizeRequest
 from server.serving.admission import check_model, new_request_id
 from server.serving.engine_stream import until_disconnected
@@ -167,6 +168,6 @@ async def create_summary(state: ServerState, request: Request, body: SummarizeRe
         text = await until_disconnected(request, collect_text(summarizer.answer()))
     finally:
         ctx.close()
-    return finish_json(state, Summary(id=ctx.request_id, created=ctx.created, model=state.model_name, summary=text,
+    return finish_json(state, Summary(id=ctx.request_id, created=ctx.created, model=response_model_name(state), summary=text,
                                       usage=ctx.trace.usage(), num_chunks=len(summarizer.chunks),
                                       timings=ctx.trace.timings() if state.settings.timings else None))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator, Callable
 
+from server.lora import response_model_name
 from server.serving.admission import sampling_params
 from server.serving.respond import RequestContext
 from server.serving.tasks.task_engine import check_task_input
@@ -30,7 +31,7 @@ async def task_events(state: ServerState, ctx: RequestContext, object_name: str,
         if delta:
             yield {"id": ctx.request_id, "object": object_name, "delta": delta}
     last: dict[str, Any] = {"id": ctx.request_id, "object": object_name, "delta": "", "finish_reason": "stop",
-                            "created": ctx.created, "model": state.model_name,
+                            "created": ctx.created, "model": response_model_name(state),
                             "usage": ctx.trace.usage().model_dump()}
     last.update(extra() if callable(extra) else extra)
     if state.settings.timings:

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server.errors import bad_request
+from server.lora import response_model_name
 from server.protocol.tasks import Translation, TranslateRequest
 from server.serving.admission import check_model, new_request_id
 from server.serving.engine_stream import until_disconnected
@@ -189,6 +190,6 @@ async def create_translation(state: ServerState, request: Request, body: Transla
         text = await until_disconnected(request, collect_text(translator.deltas()))
     finally:
         ctx.close()
-    return finish_json(state, Translation(id=ctx.request_id, created=ctx.created, model=state.model_name,
+    return finish_json(state, Translation(id=ctx.request_id, created=ctx.created, model=response_model_name(state),
                                           translation=text, usage=ctx.trace.usage(),
                                           timings=ctx.trace.timings() if state.settings.timings else None, **extra()))
