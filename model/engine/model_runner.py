@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 import torch
 
 from model.config import EngineConfig, ModelConfig
-from model.engine.cpu_packing import mkldnn_available, pack_linears
+from model.engine.cpu_choices import choose_decode_attention, choose_linear_packing
+from model.engine.cpu_packing import mkldnn_available
 from model.engine.pooling import Pooler, PoolingChunk
 from model.engine.scheduler import ScheduledSeq
 from model.engine.sequence import Sequence
-from model.layers.attention import AttentionMetadata, PrefillSegment
+from model.layers.attention import Attention, AttentionMetadata, PrefillSegment
 from model.models.decoder import CausalLM
 from model.quant import QuantSpec, describe_quantization, quantize_model, weight_bytes
 
@@ -86,7 +87,7 @@ class ModelRunner:
         for i, layer in enumerate(model.layers):
             layer.attn.kv_cache = self.kv_cache[i]
         if self.device.type == "cpu" and not engine_config.enforce_eager and mkldnn_available():
-            log.info("packed %d linear layers for oneDNN", pack_linears(model))
+            self._choose_cpu_paths()
         self.quantization = describe_quantization(model)  # what the model holds, for /v1/models and info
         if engine_config.quantization == "auto" and self.quantization == "none":
             log.info("quantization auto: no stored quantized tensor was loaded (not a GGUF with Q4_0/Q4_1/Q8_0, "
@@ -94,6 +95,19 @@ class ModelRunner:
         self.weight_bytes = weight_bytes(model)
         log.info("KV cache: %d blocks x %d tokens (%.1f MiB)", self.num_blocks, self.block_size,
                  self.kv_cache.numel() * self.kv_cache.element_size() / 2**20)
+
+    def _choose_cpu_paths(self) -> None:
+        """Host-dependent tricks, each timed on this model's shapes (model/engine/cpu_choices.py)."""
+        batch_rows = min(self.engine_config.max_num_seqs, 32)
+        choices = choose_linear_packing(self.model, batch_rows)
+        log.info("oneDNN-packed weights for %d of %d linear shapes",
+                 sum(c.chosen == "packed" for c in choices), len(choices))
+        layers = [layer.attn for layer in self.model.layers if type(layer.attn) is Attention]
+        if layers:
+            a = layers[0]
+            paths = choose_decode_attention(a.num_heads, a.num_kv_heads, a.head_dim, self.dtype, batch_rows)
+            for attn in layers:
+                attn.decode_paths = paths
 
     def _num_blocks(self) -> int:
         per_block = kv_bytes_per_block(self.config, self.block_size, self.dtype)
@@ -158,7 +172,9 @@ class ModelRunner:
         if not sampling:
             return StepOutput(torch.empty(0, self.config.vocab_size), [], scores)
         # (S, hidden) -> (S, vocab): only the rows that sample pay for the vocabulary projection
-        logits = self.model.compute_logits(hidden[self._tensor(logits_rows)]).float()
+        if len(logits_rows) != hidden.shape[0]:  # a pure decode step samples every row: no gather
+            hidden = hidden[self._tensor(logits_rows)]
+        logits = self.model.compute_logits(hidden).float()
         return StepOutput(logits, sampling, scores)
 
     def _score_prompt(self, hidden: torch.Tensor, seq: Sequence, first_row: int, first_position: int,
@@ -192,6 +208,9 @@ class ModelRunner:
         tables = [s.seq.block_table[:max_blocks] + [0] * (max_blocks - len(s.seq.block_table[:max_blocks]))
                   for s in decodes]
         meta.decode_block_tables = self._tensor(tables)
+        meta.decode_context_len = max(context_lens)
+        if len(decodes) == 1:  # attention slices the one context to its length: no mask
+            return
         lens = self._tensor(context_lens)
         ar = torch.arange(max_blocks * bs, device=self.device)
         meta.decode_mask = (ar.unsqueeze(0) < lens.unsqueeze(1)).view(len(decodes), 1, 1, -1)

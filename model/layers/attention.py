@@ -30,7 +30,8 @@ class AttentionMetadata:
     prefills: list[PrefillSegment] = field(default_factory=list)
     decode_start: int = 0  # decode tokens are rows [decode_start, T)
     decode_block_tables: torch.Tensor | None = None  # (B, max_blocks) int64, padded with 0
-    decode_mask: torch.Tensor | None = None  # (B, 1, 1, max_blocks * block_size) bool
+    decode_mask: torch.Tensor | None = None  # (B, 1, 1, max_blocks * block_size) bool; None for one sequence
+    decode_context_len: int = 0  # the longest decode context (one sequence: its own, no mask needed)
 
     @property
     def num_decodes(self) -> int:
@@ -55,15 +56,24 @@ class Attention(nn.Module):
         self.rotary = rotary
         self.scale = head_dim ** -0.5
         self.kv_cache: torch.Tensor | None = None
+        # decode attention kernel per batch class (1: one sequence, 2: more), measured at start-up on CPU
+        # (model/engine/cpu_choices.py); unmeasured: PyTorch's SDPA
+        self.decode_paths: dict[int, str] | None = None
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata | None) -> torch.Tensor:
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.unflatten(-1, (self.num_heads, self.head_dim))  # (..., T, H, D)
-        k = k.unflatten(-1, (self.num_kv_heads, self.head_dim))
-        v = v.unflatten(-1, (self.num_kv_heads, self.head_dim))
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
+        qkv = self.qkv_proj(x)
+        h, kvh, d = self.num_heads, self.num_kv_heads, self.head_dim
+        v = qkv[..., self.q_size + self.kv_size:].unflatten(-1, (kvh, d))
+        if self.q_norm is None and hasattr(self.rotary, "rotate"):
+            # q and k heads are adjacent in the fused output: one RoPE pass over (..., T, H + KVH, D)
+            qk = self.rotary.rotate(positions, qkv[..., :self.q_size + self.kv_size].unflatten(-1, (h + kvh, d)))
+            q, k = qk.split([h, kvh], dim=-2)
+        else:
+            q = qkv[..., :self.q_size].unflatten(-1, (h, d))  # (..., T, H, D)
+            k = qkv[..., self.q_size:self.q_size + self.kv_size].unflatten(-1, (kvh, d))
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = self.rotary(positions, q, k)
         if meta is None:
             out = self._dense_causal(q, k, v)
         else:
@@ -81,6 +91,8 @@ class Attention(nn.Module):
         k_cache, v_cache = cache[0], cache[1]  # (num_blocks, block_size, KVH, D)
         k_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, meta.slot_mapping, k)
         v_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, meta.slot_mapping, v)
+        if not meta.prefills and meta.num_decodes:  # a pure decode step: the decode output is the whole output
+            return self._paged_decode(q, cache, meta)
         out = torch.empty_like(q)
         for seg in meta.prefills:
             rows = slice(seg.start, seg.start + seg.num_tokens)
@@ -99,28 +111,43 @@ class Attention(nn.Module):
                                                attn_mask=mask, is_causal=causal, scale=self.scale, enable_gqa=True)
             out[rows] = o.squeeze(0).transpose(0, 1)
         if meta.num_decodes:
-            bt = meta.decode_block_tables
-            b = bt.shape[0]
-            # one index_select for K and V (several times faster than advanced indexing on CPU)
-            kv = cache.index_select(1, bt.flatten()).view(2, b, -1, self.num_kv_heads, self.head_dim)
-            kd, vd = kv[0].transpose(1, 2), kv[1].transpose(1, 2)  # (B, KVH, L, D)
-            qd = q[meta.decode_start:].unsqueeze(2)  # (B, H, 1, D)
-            if qd.device.type == "cpu" and qd.dtype != torch.float32:
-                o = self._grouped_decode(qd, kd, vd, meta.decode_mask)
-            else:
-                o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=self.scale,
-                                                   enable_gqa=True)
-            out[meta.decode_start:] = o.squeeze(2)
+            out[meta.decode_start:] = self._paged_decode(q[meta.decode_start:], cache, meta)
         return out
 
-    def _grouped_decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """One query per sequence as two batched matmuls, the query heads of a KV head stacked as rows.
-        For bf16 on CPU: SDPA's flash kernel takes 2.1 ms per layer at 32 sequences x 176 tokens, this
-        0.25 ms (engine step 62 -> 39 ms). In fp32 SDPA stays: on the engine's strided K/V view it beat
-        this path end to end (about 565 vs 495 tok/s in `python -m model.engine.bench --skip-hf`)."""
-        b, h, _, d = q.shape
-        kvh = k.shape[1]
-        scores = torch.matmul(q.view(b, kvh, h // kvh, d), k.transpose(-1, -2)) * self.scale  # (B, KVH, G, L)
-        scores = scores.float().masked_fill(~mask.view(b, 1, 1, -1), float("-inf"))
-        probs = torch.softmax(scores, dim=-1).to(v.dtype)
-        return torch.matmul(probs, v).view(b, h, 1, d)
+    def _paged_decode(self, q: torch.Tensor, cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """q: (B, H, D), one query per decoding sequence -> (B, H, D)."""
+        bt = meta.decode_block_tables
+        b = bt.shape[0]
+        # one index_select for K and V (several times faster than advanced indexing on CPU)
+        kv = cache.index_select(1, bt.flatten()).view(2, b, -1, self.num_kv_heads, self.head_dim)
+        if meta.decode_mask is None:  # one sequence: its exact context, no mask
+            kv = kv[:, :, :meta.decode_context_len]
+        kd, vd = kv[0].transpose(1, 2), kv[1].transpose(1, 2)  # (B, KVH, L, D)
+        qd = q.unsqueeze(2)  # (B, H, 1, D)
+        path = self.decode_paths[1 if b == 1 else 2] if self.decode_paths else "sdpa"
+        if path == "grouped":
+            o = grouped_decode(qd, kd, vd, meta.decode_mask, self.scale)
+        else:
+            o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=self.scale,
+                                               enable_gqa=True)
+        return o.squeeze(2)
+
+    def _grouped_decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        mask: torch.Tensor | None) -> torch.Tensor:
+        return grouped_decode(q, k, v, mask, self.scale)
+
+
+def grouped_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                   scale: float) -> torch.Tensor:
+    """One query per sequence as two batched matmuls, the query heads of a KV head stacked as rows:
+    q (B, H, 1, D), k/v (B, KVH, L, D), mask (B, 1, 1, L) or None -> (B, H, 1, D). SDPA's CPU flash
+    kernel was measured at 2.1 ms per layer in bf16 at 32 sequences x 176 tokens, this at 0.25 ms; in fp32
+    SDPA won. Which one runs is measured at start-up (model/engine/cpu_choices.py)."""
+    b, h, _, d = q.shape
+    kvh = k.shape[1]
+    scores = torch.matmul(q.view(b, kvh, h // kvh, d), k.transpose(-1, -2)) * scale  # (B, KVH, G, L)
+    scores = scores.float()
+    if mask is not None:
+        scores = scores.masked_fill(~mask.view(b, 1, 1, -1), float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
+    return torch.matmul(probs, v).view(b, h, 1, d)

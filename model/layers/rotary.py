@@ -47,13 +47,22 @@ class RotaryEmbedding(nn.Module):
         self._last_cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = self._tables(positions)
+        return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+
+    def rotate(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """RoPE on one tensor of heads (..., T, heads, head_dim): q and k heads side by side rotate in one
+        pass (half the small ops of forward), since each head is rotated alike."""
+        cos, sin = self._tables(positions)
+        return self._rotate(x, cos, sin)
+
+    def _tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # every layer of one forward passes the same positions tensor: look the tables up once
         if positions is not self._last_positions:
             self._last_positions = positions
             self._last_cos_sin = (self.cos_cache[positions].unsqueeze(-2),  # (..., T, 1, rotary_dim/2)
                                   self.sin_cache[positions].unsqueeze(-2))
-        cos, sin = self._last_cos_sin
-        return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+        return self._last_cos_sin
 
     def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         r = self.rotary_dim

@@ -1,0 +1,114 @@
+"""The start-up choice of CPU tricks follows the measured timings (an injected timer, not the test
+machine's speed), keeps the plain path unless a trick wins by the margin, and the chosen paths compute
+what the plain ones compute."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.engine import cpu_choices
+from model.engine.cpu_choices import choose_decode_attention, choose_linear_packing, pick
+from model.engine.cpu_packing import PackedLinear, mkldnn_available
+
+
+def table_timer(seconds: dict[tuple[str, int], float]):
+    """A timer that runs the work once (so it is exercised) and reports the given seconds per (kind, rows)."""
+    calls = []
+
+    def timer(label: str, work) -> float:
+        work()
+        _, kind, rows = label.rsplit("/", 2)
+        calls.append((kind, int(rows)))
+        return seconds[(kind, int(rows))]
+    timer.calls = calls
+    return timer
+
+
+def test_pick_follows_the_timings_and_weighs_each_row_count_alike() -> None:
+    work = {"plain": lambda rows: (lambda: None), "packed": lambda rows: (lambda: None)}
+    # packed 2x faster at 32 rows but 1.5x slower at 1 row: mean ratio 1.0, not a 5% win -> plain
+    timer = table_timer({("plain", 1): 1.0, ("plain", 32): 10.0, ("packed", 1): 1.5, ("packed", 32): 5.0})
+    assert pick("x", work, [1, 32], timer).chosen == "plain"
+    timer = table_timer({("plain", 1): 1.0, ("plain", 32): 10.0, ("packed", 1): 0.9, ("packed", 32): 5.0})
+    choice = pick("x", work, [1, 32], timer)
+    assert choice.chosen == "packed" and choice.seconds["packed"][32] == 5.0
+    assert sorted(timer.calls) == [("packed", 1), ("packed", 32), ("plain", 1), ("plain", 32)]
+    assert "packed" in choice.describe() and "1/32 rows" in choice.describe()
+
+
+def test_a_win_inside_the_margin_keeps_the_plain_path() -> None:
+    work = {"plain": lambda rows: (lambda: None), "trick": lambda rows: (lambda: None)}
+    just_inside = 1.0 - cpu_choices.MARGIN / 2
+    timer = table_timer({("plain", 1): 1.0, ("trick", 1): just_inside})
+    assert pick("x", work, [1], timer).chosen == "plain"
+    timer = table_timer({("plain", 1): 1.0, ("trick", 1): 0.5})
+    assert pick("x", work, [1], timer).chosen == "trick"
+
+
+class TwoShapes(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a1, self.a2 = nn.Linear(16, 48, bias=False), nn.Linear(16, 48, bias=False)  # one shape, two layers
+        self.b = nn.Linear(48, 16, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a1(x) + self.a2(x))
+
+
+@pytest.mark.skipif(not mkldnn_available(), reason="oneDNN is not built into this torch")
+def test_linear_packing_is_swapped_in_only_for_the_shapes_that_measured_faster() -> None:
+    torch.manual_seed(0)
+    model = TwoShapes().eval()
+    x = torch.randn(5, 16)
+    expected = model(x)
+    timer = table_timer({("plain", 1): 1.0, ("plain", 8): 2.0, ("packed", 1): 0.5, ("packed", 8): 1.0})
+
+    def by_shape(label: str, work) -> float:
+        if label.startswith("linear 48->16"):  # the 48 -> 16 shape: packing loses there
+            work()
+            return 2.0 if "/packed/" in label else 1.0
+        return timer(label, work)
+
+    choices = choose_linear_packing(model, batch_rows=8, timer=by_shape)
+    assert {c.what: c.chosen for c in choices} == {"linear 16->48 x2": "packed", "linear 48->16 x1": "plain"}
+    assert isinstance(model.a1, PackedLinear) and isinstance(model.a2, PackedLinear)
+    assert type(model.b) is nn.Linear
+    torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_decode_attention_path_is_chosen_per_batch_class() -> None:
+    # grouped wins for one sequence, SDPA for a batch
+    timer = table_timer({("sdpa", 1): 1.0, ("grouped", 1): 0.5, ("sdpa", 4): 1.0, ("grouped", 4): 3.0})
+    paths = choose_decode_attention(4, 2, 8, torch.float32, batch_rows=4, context=12, timer=timer)
+    assert paths == {1: "grouped", 2: "sdpa"}
+
+
+@pytest.mark.parametrize("paths", [{1: "sdpa", 2: "sdpa"}, {1: "grouped", 2: "grouped"}])
+def test_each_decode_path_attends_like_sdpa_over_the_paged_cache(paths: dict[int, str]) -> None:
+    """One and three decoding sequences through Attention._paged, against SDPA on the dense K/V."""
+    from model.layers.attention import Attention, AttentionMetadata
+
+    torch.manual_seed(0)
+    h, kvh, d, bs, num_blocks = 4, 2, 8, 4, 12
+    attn = Attention(h * d, h, kvh, d, bias=False, rotary=nn.Identity())
+    attn.decode_paths = paths
+    attn.kv_cache = torch.randn(2, num_blocks, bs, kvh, d)
+    tables = [[3, 7, 1], [0, 5, 0], [9, 2, 11]]
+    lens = [10, 6, 12]  # after this step's token
+    for b in (1, 3):
+        q = torch.randn(b, h, d)
+        k_new, v_new = torch.randn(b, kvh, d), torch.randn(b, kvh, d)
+        slots = torch.tensor([tables[i][(lens[i] - 1) // bs] * bs + (lens[i] - 1) % bs for i in range(b)])
+        meta = AttentionMetadata(slot_mapping=slots, decode_block_tables=torch.tensor(tables[:b]),
+                                 decode_context_len=max(lens[:b]))
+        if b > 1:
+            ar = torch.arange(3 * bs)
+            meta.decode_mask = (ar[None] < torch.tensor(lens[:b])[:, None]).view(b, 1, 1, -1)
+        got = attn._paged(q, k_new, v_new, meta)
+        for i in range(b):
+            kv = attn.kv_cache[:, tables[i]].flatten(1, 2)[:, :lens[i]]  # (2, L, KVH, D), new token included
+            ref = F.scaled_dot_product_attention(q[i][None, :, None], kv[0].transpose(0, 1)[None],
+                                                 kv[1].transpose(0, 1)[None], scale=attn.scale, enable_gqa=True)
+            torch.testing.assert_close(got[i], ref[0, :, 0], rtol=1e-5, atol=1e-5)
