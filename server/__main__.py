@@ -113,7 +113,7 @@ def serve(settings: "Settings") -> int:
     # idle kept-alive connections close after 5 s. docs/SECURITY.md has what a proxy should add.
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
                             timeout_graceful_shutdown=5, lifespan="on",
-                            http=header_timeout_protocol(settings.header_timeout),
+                            http=header_timeout_protocol(settings.header_timeout, settings.body_timeout),
                             h11_max_incomplete_event_size=MAX_HEADER_BYTES, timeout_keep_alive=5)
     server = DrainingServer(config, app.state.glm)
     server.run()

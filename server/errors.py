@@ -107,7 +107,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        err = APIError(exc.status_code, str(exc.detail), code=code, headers=dict(exc.headers or {}))
+        detail = str(exc.detail)
+        if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI's body parse failed otherwise than
+            # with a JSONDecodeError, e.g. an integer of more than 4300 digits (Python's int limit)
+            code, detail = "invalid_json", f"the request body could not be parsed: {exc.__cause__}"
+        err = APIError(exc.status_code, detail, code=code, headers=dict(exc.headers or {}))
         return await _api_error(request, err)
 
     @app.exception_handler(ClientDisconnected)

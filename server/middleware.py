@@ -1,7 +1,8 @@
 """The outermost layer (pure ASGI, so streams pass through untouched): X-Request-ID, 503 for new work
 while draining, the API key (401, and 400 for duplicate key headers, server/auth.py) before a byte of
 the body is read, the request body limit (413) and its bounded JSON checks (400,
-server/body_checks.py), the write-stall limit (a response the client stops reading is cut after
+server/body_checks.py), the body-read deadline (408 when a body has not arrived within
+--body-timeout), the write-stall limit (a response the client stops reading is cut after
 --write-stall-timeout seconds, so its engine work is aborted), in-flight counting for the drain,
 HTTP metrics and the one structured log line per request, written when the last byte of the response
 has gone out.
@@ -122,22 +123,27 @@ class RequestMiddleware:
         return path.startswith("/v1") or (path == "/metrics" and self.state.settings.metrics_auth)
 
     async def _buffer_body(self, receive: Receive, headers: dict[str, str]) -> tuple[Receive, APIError | None]:
-        """Reads the whole body (FastAPI would anyway) so a chunked upload is held to the limit too;
-        afterwards the app reads it back, then the real receive (for disconnect detection)."""
+        """Reads the whole body (FastAPI would anyway) so a chunked upload is held to the limit too,
+        and a body trickled in (one byte a second) to the --body-timeout deadline; afterwards the app
+        reads it back, then the real receive (for disconnect detection)."""
         limit = self.state.settings.max_request_bytes
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                chunks = []
-                break
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > limit:
-                return receive, _too_large(limit)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.state.settings.body_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        chunks = []
+                        break
+                    chunks.append(message.get("body", b""))
+                    size += len(chunks[-1])
+                    if size > limit:
+                        return receive, _too_large(limit)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            return receive, _body_timeout(self.state.settings.body_timeout, size)
         body = b"".join(chunks)
         problem = json_body_problem(body) if body and _may_be_json(headers.get("content-type", "")) else None
         if problem is not None:
@@ -162,6 +168,12 @@ def _fairness_key(key: str | None, scope: Scope) -> str:
         return "key:" + hashlib.sha256(key.encode("latin-1", "replace")).hexdigest()[:16]
     client = scope.get("client")
     return f"addr:{client[0]}" if client else "addr:unknown"
+
+
+def _body_timeout(seconds: float, received: int) -> APIError:
+    # Connection: close, since the rest of the body would otherwise be read as the next request
+    return APIError(408, f"the request body did not arrive within {seconds:g} seconds of its headers "
+                    f"({received} bytes received)", code="body_timeout", headers={"Connection": "close"})
 
 
 def _too_large(limit: int) -> APIError:

@@ -61,6 +61,8 @@ class ServerSettings(BaseSettings):
                                             "(0: never)", ge=0)
     header_timeout: float = flag(10.0, "close a connection that has not sent a request's headers within this "
                                        "many seconds", gt=0)
+    body_timeout: float = flag(60.0, "answer 408 and close the connection when a request body has not fully "
+                                     "arrived this many seconds after its headers", gt=0)
     task_max_concurrent_chunks: int | None = flag(
         None, "engine requests one /v1/summarize or /v1/translate request runs at once (default: a quarter of "
               "--max-num-seqs, at least 1)", ge=1)

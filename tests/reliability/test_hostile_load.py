@@ -1,7 +1,7 @@
 """Heavy and careless clients against one live server (issue 21): a reader that reads nothing is cut
-and its sequences freed, slow header senders are dropped while others are served, a flooding API key
+and its sequences freed, slow header and body senders are dropped while others are served, a flooding API key
 leaves a second key its share, `priority` jumps the queue, and a pathological task request does not
-take the engine from chat clients.
+take the engine from chat clients; a task's max_tokens caps it and its finish_reason says so.
 
     .venv/bin/python -m pytest tests/reliability/test_hostile_load.py -q -s
 
@@ -30,6 +30,7 @@ AUTH2 = {"Authorization": f"Bearer {KEY2}"}
 MAX_NUM_SEQS = 8
 WRITE_STALL_S = 2
 HEADER_TIMEOUT_S = 3
+BODY_TIMEOUT_S = 2
 CHAT = "/v1/chat/completions"
 
 
@@ -37,7 +38,8 @@ CHAT = "/v1/chat/completions"
 def server(tiny_llama_dir: str) -> SubprocessServer:
     args = tiny_args(tiny_llama_dir, "--api-key", KEY2, "--max-model-len", "512", "--max-num-seqs",
                      str(MAX_NUM_SEQS), "--max-queue", "64", "--write-stall-timeout", str(WRITE_STALL_S),
-                     "--header-timeout", str(HEADER_TIMEOUT_S))
+                     "--header-timeout", str(HEADER_TIMEOUT_S),
+                     "--body-timeout", str(BODY_TIMEOUT_S))
     with SubprocessServer(args, env=SERVER_ENV) as srv:
         yield srv
 
@@ -129,6 +131,74 @@ def test_slow_header_senders_are_dropped_while_others_are_served(server) -> None
         sender.join(5)
         for sock in socks:
             sock.close()
+
+
+def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
+    """Everything the server sends until it closes the connection (fails after `timeout`)."""
+    sock.settimeout(timeout)
+    data = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    else:
+        raise AssertionError(f"connection still open after {timeout}s; got {data[:200]!r}")
+    return data
+
+
+def test_slow_body_senders_get_a_408_and_are_closed_while_others_are_served(server) -> None:
+    """10 clients send a chat request's headers, then its body one byte every 0.5 s (it would take
+    8 minutes); one more trickles the body of a GET, which no route reads. The POSTs get a 408
+    `body_timeout` and a closed connection BODY_TIMEOUT_S after their headers, the GET's connection
+    is closed too (the protocol's backstop), and /health and chat requests are answered meanwhile."""
+    body_len = 1000
+    post_head = (f"POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+                 f"Content-Type: application/json\r\nContent-Length: {body_len}\r\n\r\n").encode()
+    get_head = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {body_len}\r\n\r\n".encode()
+    posts = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(10)]
+    getter = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    for sock in posts:
+        sock.sendall(post_head + b"{")
+    getter.sendall(get_head + b"x")
+    started = time.monotonic()
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(0.5):
+            for sock in [*posts, getter]:
+                try:
+                    sock.send(b" ")
+                except OSError:
+                    pass  # closed by the server: what this test waits for
+
+    sender = threading.Thread(target=trickle, daemon=True)
+    sender.start()
+    try:
+        with httpx.Client(timeout=30) as client:
+            assert client.get(server.base_url + "/health").status_code == 200
+            resp = client.post(server.base_url + CHAT, headers=AUTH,
+                               json={"model": "tiny", "messages": user("hi"), "max_tokens": 2})
+            assert resp.status_code == 200, resp.text
+        for sock in posts:
+            answer = read_until_closed(sock, BODY_TIMEOUT_S + 30)
+            head, _, payload = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 408"), answer[:300]
+            assert json.loads(payload)["error"]["code"] == "body_timeout", payload
+        assert read_until_closed(getter, BODY_TIMEOUT_S + 30).startswith(b"HTTP/1.1 200")  # answered, then closed
+        # never before the deadline (the clock starts at the headers), and not long after it
+        assert time.monotonic() - started >= BODY_TIMEOUT_S
+    finally:
+        stop.set()
+        sender.join(5)
+        for sock in [*posts, getter]:
+            sock.close()
+    assert "body_timeout" in server.logs()
+    wait_engine_idle(server.base_url)
 
 
 class Stream(threading.Thread):
@@ -270,6 +340,32 @@ def test_task_max_tokens_caps_the_output_across_chunks(server) -> None:
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["num_chunks"] > 1 and 0 < body["usage"]["completion_tokens"] <= 40, body["usage"]
+    assert body["finish_reason"] == "length"  # more chunks than the cap has tokens: some got none
+
+
+@pytest.mark.parametrize("path", ["/v1/translate", "/v1/summarize"])
+def test_a_task_stream_cut_by_max_tokens_ends_with_length(server, path: str) -> None:
+    text = " ".join(f"word{i}" for i in range(600))
+    body = {"model": "tiny", "text": text, "target_lang": "fr", "max_tokens": 6, "stream": True}
+    with httpx.stream("POST", server.base_url + path, headers=AUTH, json=body, timeout=300) as resp:
+        assert resp.status_code == 200
+        events = [json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: {")]
+    last = events[-1]
+    assert last["finish_reason"] == "length" and last["usage"]["completion_tokens"] <= 6, last
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_task_within_its_max_tokens_ends_with_stop(server, stream: bool) -> None:
+    """A cap that is never reached is not a cut: one short piece, max_tokens far above its plan."""
+    body = {"model": "tiny", "text": "Hello there.", "target_lang": "fr", "max_tokens": 5000, "stream": stream}
+    if not stream:
+        resp = httpx.post(server.base_url + "/v1/translate", headers=AUTH, json=body, timeout=120)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["finish_reason"] == "stop"
+        return
+    with httpx.stream("POST", server.base_url + "/v1/translate", headers=AUTH, json=body, timeout=120) as resp:
+        events = [json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: {")]
+    assert events[-1]["finish_reason"] == "stop", events[-1]
 
 
 def test_task_input_over_the_limit_is_a_400(server) -> None:
