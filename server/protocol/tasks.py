@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from model import SamplingParams
 from server.protocol.common import Timings, Usage
 
+# "length": the request's max_tokens (the cap across chunks) cut the text short; "stop" otherwise
+FinishReason = Literal["stop", "length"]
 # greedy by default: a summary or a translation should not change from one call to the next
 DEFAULT_TEMPERATURE = 0.0
 
@@ -77,6 +79,7 @@ class Summary(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
     summary: str
+    finish_reason: FinishReason = "stop"
     usage: Usage
     num_chunks: int
     timings: Timings | None = None
@@ -88,6 +91,7 @@ class Translation(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
     translation: str
+    finish_reason: FinishReason = "stop"
     source_lang: str
     target_lang: str
     glossary_unhonored: list[str] = Field(default_factory=list,

@@ -62,6 +62,9 @@ BAD: dict[str, tuple[str, str | bytes, int, str | None, str | None]] = {
     # top_k = 2**63 used to kill the engine loop
     "top_k_beyond_int64": (CHAT, json.dumps({**OK, "top_k": 2 ** 63}), 400, "top_k", "invalid_value"),
     "n_too_large": (CHAT, json.dumps({**OK, "n": 1000}), 400, "n", "invalid_value"),
+    # Python's int() refuses more than 4300 digits: FastAPI's parse failed with a ValueError, a 400 without a code
+    "integer_of_100k_digits": (CHAT, '{"model": "tiny", "max_tokens": ' + "9" * 100_000 + "}", 400, None,
+                               "invalid_json"),
     "invalid_utf8": (CHAT, b'{"messages": [{"role": "user", "content": "\xff\xfe\xc3("}]}', 400, None,
                      "invalid_encoding"),
     **{f"raw_{name}": (CHAT, b'{"messages": [{"role": "user", "content": "a' + raw + b'b"}], "max_tokens": 2}', 400,

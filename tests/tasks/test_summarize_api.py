@@ -14,7 +14,8 @@ def document(num_paragraphs: int) -> str:
 
 def test_short_text_is_one_chunk_with_the_documented_shape(task_client: OpenAI) -> None:
     out = post(task_client, "/summarize", {"text": "The council approved three new libraries.", "max_length": 20, **VARIED})
-    assert set(out) == {"id", "object", "created", "model", "summary", "usage", "num_chunks", "timings"}
+    assert set(out) == {"id", "object", "created", "model", "summary", "finish_reason", "usage", "num_chunks",
+                        "timings"}
     assert out["object"] == "summary" and out["model"] == "tiny" and out["id"].startswith("sum-")
     assert out["num_chunks"] == 1
     assert out["usage"]["total_tokens"] == out["usage"]["prompt_tokens"] + out["usage"]["completion_tokens"]

@@ -13,8 +13,8 @@ PARAGRAPHS = ["今天天气很好，我们去公园散步吧。", "会议改到�
 
 def test_documented_shape_and_detected_source_language(task_client: OpenAI) -> None:
     out = post(task_client, "/translate", {"text": PARAGRAPHS[0], "target_lang": "en", **VARIED})
-    assert set(out) == {"id", "object", "created", "model", "translation", "source_lang", "target_lang",
-                        "glossary_unhonored", "usage", "num_chunks", "timings"}
+    assert set(out) == {"id", "object", "created", "model", "translation", "finish_reason", "source_lang",
+                        "target_lang", "glossary_unhonored", "usage", "num_chunks", "timings"}
     assert out["object"] == "translation" and out["id"].startswith("tr-")
     assert (out["source_lang"], out["target_lang"], out["num_chunks"]) == ("zh", "en", 1)
     assert out["translation"].strip()

@@ -156,18 +156,21 @@ async def create_summary(state: ServerState, request: Request, body: SummarizeRe
     check_sampling(state, body)
     ctx = begin_request(state, request, new_request_id("sum"), body.stream)
     try:
-        summarizer = Summarizer(TaskRunner(state, ctx, body), plan)
+        runner = TaskRunner(state, ctx, body)
+        summarizer = Summarizer(runner, plan)
         await asyncio.to_thread(summarizer.split)  # tokenizing 200,000 characters takes a while
     except BaseException:
         ctx.close()
         raise
     extra = {"num_chunks": len(summarizer.chunks)}
     if body.stream:
-        return stream_response(state, ctx, task_events(state, ctx, "summary.chunk", summarizer.answer(), extra))
+        return stream_response(state, ctx, task_events(state, ctx, "summary.chunk", summarizer.answer(), extra,
+                                                       lambda: runner.finish_reason))
     try:
         text = await until_disconnected(request, collect_text(summarizer.answer()))
     finally:
         ctx.close()
     return finish_json(state, Summary(id=ctx.request_id, created=ctx.created, model=response_model_name(state), summary=text,
-                                      usage=ctx.trace.usage(), num_chunks=len(summarizer.chunks),
+                                      finish_reason=runner.finish_reason, usage=ctx.trace.usage(),
+                                      num_chunks=len(summarizer.chunks),
                                       timings=ctx.trace.timings() if state.settings.timings else None))

@@ -14,7 +14,9 @@ sequence slots for 150 s). They also
 carry the request's fairness key, so the scheduler counts them against the client's share. The
 request's `max_tokens` caps the tokens generated across all its chunks: a chunk reserves at most
 what is left unreserved as its own max_tokens and gives back what it did not use when it ends, so
-the total never exceeds the cap (chunks that find nothing left generate nothing).
+the total never exceeds the cap (chunks that find nothing left generate nothing). When the cap cut
+the answer (a chunk got less than it asked for and used it all, or got nothing), `finish_reason` is
+"length", as on chat completions; otherwise "stop".
 """
 from __future__ import annotations
 
@@ -51,6 +53,12 @@ class TaskRunner:
         self._slots = asyncio.Semaphore(settings.task_max_concurrent_chunks or max(1, settings.max_num_seqs // 4))
         self.max_output_tokens: int | None = getattr(body, "max_tokens", None)  # across all chunks
         self.num_reserved_tokens = 0  # generated so far plus what running chunks may still generate
+        self.cut_by_max_tokens = False  # the request's max_tokens cut a chunk short (or left it nothing)
+
+    @property
+    def finish_reason(self) -> str:
+        """Of the whole answer: "length" when the request's max_tokens cut it, else "stop"."""
+        return "length" if self.cut_by_max_tokens else "stop"
 
     @property
     def tokenizer(self) -> Any:
@@ -78,11 +86,14 @@ class TaskRunner:
         async with self._slots:
             params = self.params(len(prompt_ids), max_tokens, min_tokens)
             reserved = params.max_tokens
+            capped = False  # this chunk may generate less than it asked for because of the cap
             if self.max_output_tokens is not None:
                 reserved = min(reserved, self.max_output_tokens - self.num_reserved_tokens)
                 if reserved < 1:
+                    self.cut_by_max_tokens = True  # this chunk's text is missing from the answer
                     return
                 if reserved < params.max_tokens:
+                    capped = True
                     params = self.params(len(prompt_ids), reserved, min(min_tokens, reserved))
             self.num_reserved_tokens += reserved
             generated = 0
@@ -91,6 +102,8 @@ class TaskRunner:
             try:
                 async for out in outputs:
                     generated += len(out.token_ids)
+                    if capped and out.finished and out.finish_reason == "length":
+                        self.cut_by_max_tokens = True
                     if out.text_delta:
                         yield out.text_delta
             finally:

@@ -2,7 +2,7 @@
 
     {"id": "sum-…", "object": "summary.chunk", "delta": "The council voted"}
     ...
-    {"id": "sum-…", "object": "summary.chunk", "delta": "", "finish_reason": "stop", "usage": {...},
+    {"id": "sum-…", "object": "summary.chunk", "delta": "", "finish_reason": "stop" | "length", "usage": {...},
      "num_chunks": 3, "timings": {...}}
     [DONE]
 """
@@ -24,13 +24,15 @@ async def collect_text(deltas: AsyncIterator[str]) -> str:
 
 
 async def task_events(state: ServerState, ctx: RequestContext, object_name: str, deltas: AsyncIterator[str],
-                      extra: Extra) -> AsyncIterator[dict[str, Any]]:
-    """One event per delta, then a closing event with usage; `extra` (or what it returns once the
-    text is complete) adds fields to that closing event."""
+                      extra: Extra, finish_reason: Callable[[], str]) -> AsyncIterator[dict[str, Any]]:
+    """One event per delta, then a closing event with usage and `finish_reason()` (asked once the text
+    is complete: "length" when the request's max_tokens cut it); `extra` (or what it returns then)
+    adds fields to that closing event."""
     async for delta in deltas:
         if delta:
             yield {"id": ctx.request_id, "object": object_name, "delta": delta}
-    last: dict[str, Any] = {"id": ctx.request_id, "object": object_name, "delta": "", "finish_reason": "stop",
+    last: dict[str, Any] = {"id": ctx.request_id, "object": object_name, "delta": "",
+                            "finish_reason": finish_reason(),
                             "created": ctx.created, "model": response_model_name(state),
                             "usage": ctx.trace.usage().model_dump()}
     last.update(extra() if callable(extra) else extra)

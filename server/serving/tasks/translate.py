@@ -174,7 +174,8 @@ async def create_translation(state: ServerState, request: Request, body: Transla
     check_sampling(state, body)
     ctx = begin_request(state, request, new_request_id("tr"), body.stream)
     try:
-        translator = Translator(TaskRunner(state, ctx, body), job, body.text)
+        runner = TaskRunner(state, ctx, body)
+        translator = Translator(runner, job, body.text)
         await asyncio.to_thread(translator.split)
     except BaseException:
         ctx.close()
@@ -185,11 +186,13 @@ async def create_translation(state: ServerState, request: Request, body: Transla
                 "glossary_unhonored": job.unhonored, "num_chunks": translator.num_chunks}
 
     if body.stream:
-        return stream_response(state, ctx, task_events(state, ctx, "translation.chunk", translator.deltas(), extra))
+        return stream_response(state, ctx, task_events(state, ctx, "translation.chunk", translator.deltas(), extra,
+                                                       lambda: runner.finish_reason))
     try:
         text = await until_disconnected(request, collect_text(translator.deltas()))
     finally:
         ctx.close()
     return finish_json(state, Translation(id=ctx.request_id, created=ctx.created, model=response_model_name(state),
-                                          translation=text, usage=ctx.trace.usage(),
+                                          translation=text, finish_reason=runner.finish_reason,
+                                          usage=ctx.trace.usage(),
                                           timings=ctx.trace.timings() if state.settings.timings else None, **extra()))
