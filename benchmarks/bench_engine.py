@@ -7,7 +7,8 @@
 Measures: 64 requests x 128 output tokens at 32 concurrent sequences (tok/s, TTFT p50/p90), one request
 alone (tok/s, TTFT of a 40-token prompt), the TTFT gain of a 1,000-token shared prefix, then HF batch 1
 (sequential) and HF static batch 32 in a child process (two torch threads' OpenMP teams in one process
-would slow both).
+would slow both). On CPU it first prints the host's limits (benchmarks/host_limits.py: copy bandwidth,
+fp32/bf16 matmul GFLOP/s) and the batch-1 bound, the weights' bytes over the copy bandwidth.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 TOPICS = ["the ocean", "volcanoes", "the history of tea", "black holes", "bicycles", "honeybees", "the Roman empire",
           "machine learning", "coffee", "mountains", "jazz music", "the moon", "rainforests", "chess", "bread baking",
@@ -59,7 +61,8 @@ async def run_engine(args) -> dict:
         kv_cache_memory=args.kv_cache_mb << 20, device=args.device, dtype=args.dtype))
     prompts = chat_prompts(engine.model_path, args.requests)
     await _one(engine, "warmup", prompts[0], 8)
-    result: dict = {"prompt_tokens_mean": statistics.mean(len(p) for p in prompts)}
+    result: dict = {"prompt_tokens_mean": statistics.mean(len(p) for p in prompts),
+                    "weight_bytes": engine.engine.runner.weight_bytes}
 
     sem = asyncio.Semaphore(args.concurrency)
 
@@ -133,7 +136,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.hf_only:
         print(json.dumps(run_hf(args)))
         return 0
+    limits = None
+    if args.device in ("auto", "cpu"):
+        import torch
+
+        if args.device == "cpu" or not torch.cuda.is_available():
+            from benchmarks.host_limits import measure
+
+            limits = measure()  # before the engine starts: nothing else shares the cores
+            print(limits.describe(), flush=True)
     result = asyncio.run(run_engine(args))
+    if limits is not None:
+        result["host"] = asdict(limits)
+        result["batch1_bound_tok_s"] = limits.batch1_bound_tok_s(result["weight_bytes"])
     if not args.skip_hf:
         child = subprocess.run([sys.executable, "-m", "benchmarks.bench_engine", "--hf-only", *(argv or sys.argv[1:])],
                                capture_output=True, text=True, check=True)
@@ -152,12 +167,23 @@ def markdown_table(r: dict, args) -> str:
         ("1,000-token shared prefix", f"TTFT {pf['cold_ttft_ms']:.0f} -> {pf['warm_ttft_ms']:.0f} ms",
          f"{pf['speedup']:.1f}x faster"),
     ]
+    if "batch1_bound_tok_s" in r:
+        bound = r["batch1_bound_tok_s"]
+        rows.insert(2, ("batch-1 bound (weights / copy bandwidth)",
+                        f"{bound:.1f} tok/s ({r['weight_bytes'] / 1e9:.2f} GB at {r['host']['copy_gb_s']:.1f} GB/s)",
+                        f"alone = {s['tok_s'] / bound:.0%} of the bound"))
     if "hf_static32_tok_s" in r:
-        rows += [("HF generate, batch 1", f"{r['hf_batch1_tok_s']:.1f} tok/s", ""),
+        rows += [("HF generate, batch 1", f"{r['hf_batch1_tok_s']:.1f} tok/s",
+                  f"engine alone / HF batch 1 = {s['tok_s'] / r['hf_batch1_tok_s']:.2f}x"),
                  ("HF generate, static batch 32", f"{r['hf_static32_tok_s']:.0f} tok/s",
                   f"engine / HF static = {c['tok_s'] / r['hf_static32_tok_s']:.2f}x")]
     head = (f"{args.requests} requests x {args.max_tokens} output tokens, model {args.model}, "
-            f"device {args.device}, dtype {args.dtype}, mean prompt {r['prompt_tokens_mean']:.0f} tokens\n\n")
+            f"device {args.device}, dtype {args.dtype}, mean prompt {r['prompt_tokens_mean']:.0f} tokens\n")
+    if "host" in r:
+        h = r["host"]
+        head += (f"host: {h['threads']} threads, copy {h['copy_gb_s']:.1f} GB/s, fp32 matmul {h['fp32_gflop_s']:.0f} "
+                 f"GFLOP/s, bf16 matmul {h['bf16_gflop_s']:.0f} GFLOP/s\n")
+    head += "\n"
     return head + "| run | throughput | latency |\n|---|---|---|\n" + "\n".join(f"| {a} | {b} | {c_} |" for a, b, c_ in rows)
 
 

@@ -15,6 +15,7 @@ the bare step. `--ops` adds torch.profiler's top operators by self CPU time.
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from collections import defaultdict
 from typing import Callable
@@ -165,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--enforce-eager", action="store_true")
     p.add_argument("--ops", action="store_true", help="also print torch.profiler's top operators")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the start-up choices (cpu_choices.py)
     batches = args.batch or [1, 32]
     engine = LLMEngine.from_model(args.model, EngineConfig(
         max_num_seqs=max(batches), kv_cache_memory=512 << 20, dtype=args.dtype, enforce_eager=args.enforce_eager))

@@ -53,3 +53,37 @@ def test_packed_linear_equals_linear_for_every_row_count() -> None:
             x = torch.randn(rows, 32)
             torch.testing.assert_close(packed(x), linear(x), rtol=1e-4, atol=1e-4)
     assert len({bucket_rows(n) for n in range(1, 513)}) <= 40
+
+
+def test_top_k_top_p_min_p_within_the_candidates_keep_what_the_full_sort_keeps() -> None:
+    """The fast path (kept tokens among the top CANDIDATES) truncates like the full-vocabulary sort."""
+    from model.engine import sampler as sampler_module
+
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(4, 1000, generator=gen) * 4, dim=-1)
+    rows = [dict(temperature=1.0, top_p=0.5), dict(temperature=1.0, top_k=20), dict(temperature=1.0, min_p=0.2),
+            dict(temperature=1.0, top_k=50, top_p=0.9)]
+    seqs = [_seq([0], [], **r) for r in rows]
+    s = Sampler((), torch.device("cpu"))
+    fast = s._truncate(probs, seqs)
+    assert s._candidates(probs, seqs) is not None
+    old = sampler_module.CANDIDATES
+    sampler_module.CANDIDATES = 1000  # the whole vocabulary: the full sort path
+    try:
+        assert s._candidates(probs, seqs) is None
+        full = s._truncate(probs, seqs)
+    finally:
+        sampler_module.CANDIDATES = old
+    assert torch.equal(fast > 0, full > 0) and torch.equal(fast, full)
+    # a row keeping more than the candidates (top_p near 1 on a flat row) falls back to the full sort
+    flat = torch.full((1, 1000), 1e-3)
+    assert s._candidates(flat, [_seq([0], [], temperature=1.0, top_p=0.99)]) is None
+
+
+def test_fast_top_p_draws_only_kept_tokens_in_proportion() -> None:
+    probs_logits = torch.log(torch.tensor([[0.5, 0.3, 0.15] + [0.05 / 997] * 997]))
+    seqs = [_seq([0], [], temperature=1.0, top_p=0.7) for _ in range(2000)]
+    tokens, _, _ = Sampler((), torch.device("cpu"))(probs_logits.repeat(2000, 1), seqs)
+    counts = torch.bincount(torch.tensor(tokens), minlength=3)
+    assert counts[:2].sum() == 2000  # mass before token 2 is 0.8 >= 0.7: only tokens 0 and 1 stay
+    assert abs(counts[0].item() / 2000 - 0.5 / 0.8) < 0.05  # drawn in proportion 5 : 3
