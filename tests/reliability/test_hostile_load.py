@@ -204,9 +204,11 @@ def test_slow_body_senders_get_a_408_and_are_closed_while_others_are_served(serv
 class Stream(threading.Thread):
     """One chat stream; records when its first token came and when it finished."""
 
-    def __init__(self, base_url: str, headers: dict, max_tokens: int, **extra) -> None:
+    def __init__(self, base_url: str, headers: dict, max_tokens: int, local_address: str | None = None,
+                 **extra) -> None:
         super().__init__(daemon=True)
         self.args = (base_url, headers, max_tokens, extra)
+        self.local_address = local_address  # the client's own address (any 127.x.y.z works on loopback)
         self.started = time.monotonic()
         self.first: float | None = None
         self.done: float | None = None
@@ -216,7 +218,9 @@ class Stream(threading.Thread):
         base_url, headers, max_tokens, extra = self.args
         body = {"model": "tiny", "messages": user("hello"), "max_tokens": max_tokens, "stream": True,
                 "ignore_eos": True, "stream_options": {"include_usage": True}, **extra}
-        with httpx.stream("POST", base_url + CHAT, json=body, headers=headers, timeout=300) as resp:
+        transport = httpx.HTTPTransport(local_address=self.local_address) if self.local_address else None
+        with httpx.Client(transport=transport, timeout=300) as client, \
+                client.stream("POST", base_url + CHAT, json=body, headers=headers) as resp:
             assert resp.status_code == 200
             for line in resp.iter_lines():
                 if not line.startswith("data: {"):
@@ -253,6 +257,28 @@ def test_a_flooding_key_leaves_a_second_key_its_share(server) -> None:
     assert all_first < first_done  # its 4 requests held 4 slots at the same time
     assert all(s.tokens == 20 for s in [*flood, *polite])
     wait_engine_idle(server.base_url)
+
+
+def test_without_keys_a_flooding_address_leaves_a_second_address_its_share(tiny_llama_dir: str) -> None:
+    """No API keys: the scheduler shares slots between client addresses. 127.0.0.1 floods 8 streams
+    into 4 slots, then 127.0.0.2 sends 2; they start before the flood's first 4 finish."""
+    args = ["--model", tiny_llama_dir, "--served-model-name", "tiny", "--self-test", "off", "--max-model-len", "256",
+            "--max-num-seqs", "4"]
+    with SubprocessServer(args, env=SERVER_ENV) as srv:
+        # long flood streams: the second address must arrive while the first 4 still run
+        flood = [Stream(srv.base_url, {}, 200, local_address="127.0.0.1") for _ in range(8)]
+        for s in flood:
+            s.start()
+        wait_for(lambda: engine_stats(srv.base_url)["num_running"] == 4, 60, "the flood to fill the slots")
+        other = [Stream(srv.base_url, {}, 20, local_address="127.0.0.2") for _ in range(2)]
+        for s in other:
+            s.start()
+        for s in [*flood, *other]:
+            s.join(300)
+        all_first = max(s.first for s in other)
+        print(f"\nsecond address: both streaming after {finished_before(flood, all_first)} of 8 flood requests finished")
+        assert finished_before(flood, all_first) < 4  # FIFO: after 5 (8 queued, 4 slots)
+        assert all(s.tokens == 200 for s in flood) and all(s.tokens == 20 for s in other)
 
 
 def test_priority_jumps_the_queue(server) -> None:
