@@ -24,18 +24,15 @@ from model.engine.cpu_packing import PackedLinear
 log = logging.getLogger("glmserve.engine")
 
 MARGIN = 0.05  # a trick must be >= 5% faster than the plain path, so noise never turns one on
-Timer = Callable[[str, Callable[[], object]], float]  # (label, work) -> seconds per call
+ROUNDS = 4  # timed calls per candidate, interleaved, after one untimed warm-up round
+Timer = Callable[[str, Callable[[], object]], float]  # (label, work) -> seconds of one call
 
 
-def best_of(label: str, work: Callable[[], object], repeats: int = 3) -> float:
-    """The default timer: one warm-up call (oneDNN builds its primitive), then the best of `repeats`."""
+def one_call(label: str, work: Callable[[], object]) -> float:
+    """The default timer: the wall time of one call."""
+    start = time.perf_counter()
     work()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return time.perf_counter() - start
 
 
 @dataclass
@@ -54,12 +51,21 @@ class Choice:
 
 
 def pick(what: str, candidates: dict[str, Callable[[int], Callable[[], object]]], row_counts: list[int],
-         timer: Timer = best_of) -> Choice:
-    """candidates: kind -> (rows -> work); the first kind is the plain path. Each kind's score is its mean
-    time ratio to the plain path over row_counts (each row count weighs the same, however long it takes);
-    the best-scoring kind wins if it beats the plain path by MARGIN, else the plain path stays."""
-    seconds = {kind: {rows: timer(f"{what}/{kind}/{rows}", make(rows)) for rows in row_counts}
-               for kind, make in candidates.items()}
+         timer: Timer = one_call) -> Choice:
+    """candidates: kind -> (rows -> work); the first kind is the plain path. Each candidate's time is the
+    best of ROUNDS calls, the candidates interleaved call by call after a warm-up round (oneDNN builds its
+    primitives), so a neighbour process that takes a core for a while slows all of them alike. Each kind's
+    score is its mean time ratio to the plain path over row_counts (each row count weighs the same,
+    however long it takes); the best kind wins if it beats the plain path by MARGIN, else plain stays."""
+    seconds: dict[str, dict[int, float]] = {kind: {} for kind in candidates}
+    for rows in row_counts:
+        works = {kind: make(rows) for kind, make in candidates.items()}
+        for work in works.values():
+            work()
+        for _ in range(ROUNDS):
+            for kind, work in works.items():
+                elapsed = timer(f"{what}/{kind}/{rows}", work)
+                seconds[kind][rows] = min(seconds[kind].get(rows, float("inf")), elapsed)
     plain = next(iter(seconds))
     score = {kind: sum(s[r] / seconds[plain][r] for r in row_counts) / len(row_counts) for kind, s in seconds.items()}
     best = min(score, key=score.get)
@@ -79,7 +85,7 @@ def _linear_groups(model: nn.Module) -> dict[tuple[int, int], list[tuple[nn.Modu
 
 
 @torch.inference_mode()
-def choose_linear_packing(model: nn.Module, batch_rows: int, timer: Timer = best_of) -> list[Choice]:
+def choose_linear_packing(model: nn.Module, batch_rows: int, timer: Timer = one_call) -> list[Choice]:
     """Per weight shape, keeps nn.Linear or swaps in oneDNN-packed copies, whichever measured faster."""
     choices = []
     for (fan_in, fan_out), members in _linear_groups(model).items():
@@ -106,7 +112,7 @@ def choose_linear_packing(model: nn.Module, batch_rows: int, timer: Timer = best
 
 @torch.inference_mode()
 def choose_decode_attention(num_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, batch_rows: int,
-                            context: int = 256, timer: Timer = best_of) -> dict[int, str]:
+                            context: int = 256, timer: Timer = one_call) -> dict[int, str]:
     """The decode attention path per batch class: 1 -> kind for one sequence, 2 -> kind for more.
     'sdpa' (PyTorch's fused kernel) is the plain path; 'grouped' is Attention._grouped_decode."""
     from model.layers.attention import grouped_decode

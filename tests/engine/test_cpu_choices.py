@@ -14,7 +14,7 @@ from model.engine.cpu_packing import PackedLinear, mkldnn_available
 
 
 def table_timer(seconds: dict[tuple[str, int], float]):
-    """A timer that runs the work once (so it is exercised) and reports the given seconds per (kind, rows)."""
+    """A timer that runs the work (so it is exercised) and reports the given seconds per (kind, rows)."""
     calls = []
 
     def timer(label: str, work) -> float:
@@ -34,8 +34,17 @@ def test_pick_follows_the_timings_and_weighs_each_row_count_alike() -> None:
     timer = table_timer({("plain", 1): 1.0, ("plain", 32): 10.0, ("packed", 1): 0.9, ("packed", 32): 5.0})
     choice = pick("x", work, [1, 32], timer)
     assert choice.chosen == "packed" and choice.seconds["packed"][32] == 5.0
-    assert sorted(timer.calls) == [("packed", 1), ("packed", 32), ("plain", 1), ("plain", 32)]
+    # every candidate is timed at every row count, the same number of times, interleaved
+    assert sorted(set(timer.calls)) == [("packed", 1), ("packed", 32), ("plain", 1), ("plain", 32)]
+    assert len(timer.calls) == 4 * cpu_choices.ROUNDS and timer.calls[0] != timer.calls[1]
     assert "packed" in choice.describe() and "1/32 rows" in choice.describe()
+
+
+def test_each_candidate_keeps_its_best_call_so_one_slow_call_does_not_decide() -> None:
+    work = {"plain": lambda rows: (lambda: None), "packed": lambda rows: (lambda: None)}
+    times = iter([9.0, 1.0] + [2.0, 1.0] * (cpu_choices.ROUNDS - 1))  # plain's first call hit a busy core
+    choice = pick("x", work, [1], lambda label, w: next(times))
+    assert choice.seconds == {"plain": {1: 2.0}, "packed": {1: 1.0}} and choice.chosen == "packed"
 
 
 def test_a_win_inside_the_margin_keeps_the_plain_path() -> None:
