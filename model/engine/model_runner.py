@@ -130,6 +130,9 @@ class ModelRunner:
         # one new token with everything before it cached is a decode, whatever the phase
         prefills = [s for s in scheduled if s.num_tokens > 1]
         decodes = [s for s in scheduled if s.num_tokens == 1]
+        if self.lora is not None:  # each adapter's rows contiguous: one segment per adapter (model/lora/layer.py)
+            prefills.sort(key=lambda s: s.seq.lora_id)
+            decodes.sort(key=lambda s: s.seq.lora_id)
         ordered = prefills + decodes
         input_ids, positions, slots, logits_rows = [], [], [], []
         scored: list[tuple[Sequence, int, int, int]] = []  # (seq, first row, first position scored, count)

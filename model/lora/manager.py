@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from model.lora.layer import LoRAProjection, LoRAStep, Stacked
+from model.lora.layer import AdapterPair, LoRAProjection, LoRAStep
 from model.lora.peft_format import MODULES, AdapterError, AdapterWeights, read_adapter
 
 log = logging.getLogger("glmserve.lora")
@@ -51,10 +51,10 @@ class LoRAManager:
         self.model = model
         self.max_loras = max_loras
         self.max_lora_rank = max_lora_rank
-        self.pack = pack  # oneDNN-reordered stacks on CPU (off with EngineConfig.enforce_eager)
+        self.pack = pack  # oneDNN-reordered adapter weights on CPU (off with EngineConfig.enforce_eager)
         self.adapters: dict[str, Adapter] = {}
         self.by_id: dict[int, Adapter] = {}
-        self.resident: OrderedDict[int, dict] = OrderedDict()  # lora_id -> device weights, LRU order
+        self.resident: OrderedDict[int, dict[tuple[int, str], AdapterPair]] = OrderedDict()  # LRU order
         self.step = LoRAStep()
         self._ids = itertools.count(1)
         self._wrapped = False
@@ -62,8 +62,6 @@ class LoRAManager:
         self.device, self.dtype = param.device, param.dtype
         self.num_loads_to_device = 0
         self.num_mixed_steps = 0
-        self._stack_ids: tuple[int, ...] | None = None  # the adapter set _stack_cache was built for
-        self._stack_cache: dict = {}
 
     # ---- registry ----------------------------------------------------------------------------------
     def load(self, name: str, path: str) -> Adapter:
@@ -84,7 +82,6 @@ class LoRAManager:
         adapter = self.adapters.pop(name)
         self.by_id.pop(adapter.lora_id, None)
         self.resident.pop(adapter.lora_id, None)
-        self._stack_ids = None
         log.info("LoRA adapter %r unloaded", name)
         return adapter
 
@@ -101,64 +98,33 @@ class LoRAManager:
 
     # ---- the step ----------------------------------------------------------------------------------
     def prepare_step(self, spans: list[tuple[int, int]]) -> None:
-        """spans: per sequence of the step's flattened tokens, in row order, (lora_id, num_rows)."""
+        """spans: per sequence of the step's flattened tokens, in row order, (lora_id, num_rows). The
+        runner orders sequences by adapter, so each adapter's rows are one run (two when the step both
+        prefills and decodes with it): the projections multiply each run by its own adapter alone."""
         step = self.step
-        owners: list[int] = []  # per adapter row, its lora_id
-        rows: list[int] = []
+        segments: list[tuple[int, int, int]] = []  # (lora_id, first row, end row), runs of one adapter
         row = 0
         for lora_id, num in spans:
-            if lora_id:
-                owners += [lora_id] * num
-                rows += range(row, row + num)
+            if lora_id and segments and segments[-1][0] == lora_id and segments[-1][2] == row:
+                segments[-1] = (lora_id, segments[-1][1], row + num)
+            elif lora_id:
+                segments.append((lora_id, row, row + num))
             row += num
-        if not rows:
-            step.rows, step.all_rows, step.stacked = None, False, {}
+        if not segments:
+            step.segments, step.weights = [], {}
             return
-        ids = tuple(sorted(set(owners)))
-        if len(ids) + (len(rows) < row) > 1:
+        ids = {lora_id for lora_id, _, _ in segments}
+        if len(ids) + (sum(e - s for _, s, e in segments) < row) > 1:
             self.num_mixed_steps += 1  # rows of two or more adapters (or adapters and the base) in one forward
-        stacks = self._stacks(ids)
-        position = {lora_id: i for i, lora_id in enumerate(ids)}
-        row_owner = torch.tensor([position[o] for o in owners], device=self.device)  # (n,)
-        masks: dict[int, torch.Tensor] = {}
-        step.stacked = {}
-        for key, (a, b, col_owner, packed) in stacks.items():
-            mask = masks.get(id(col_owner))
-            if mask is None:  # one mask per column layout (qkv, gate_up, ...), shared by every layer
-                mask = masks[id(col_owner)] = (row_owner[:, None] == col_owner[None, :]).to(self.dtype)
-            step.stacked[key] = Stacked(a, b, mask, packed)
-        step.all_rows = len(rows) == row
-        step.rows = torch.tensor(rows, device=self.device)
+        step.weights = {lora_id: self._resident(lora_id, ids) for lora_id in sorted(ids)}
+        step.segments = segments
 
-    def _stacks(self, ids: tuple[int, ...]) -> dict:
-        """Per projection key, A stacked and B side by side for the adapters `ids`, with each column's
-        adapter position; cached while the step's adapter set stays the same (decoding)."""
-        if self._stack_ids == ids:
-            for lora_id in ids:
-                self.resident.move_to_end(lora_id)  # still the most recently used
-            return self._stack_cache
-        weights = [self._resident(lora_id, set(ids)) for lora_id in ids]
-        layouts: dict[tuple, torch.Tensor] = {}
-        out = {}
-        for key in {k for w in weights for k in w}:
-            parts = [(i, w[key]) for i, w in enumerate(weights) if key in w]
-            signature = tuple((i, a.shape[0]) for i, (a, _) in parts)
-            col_owner = layouts.get(signature)
-            if col_owner is None:
-                col_owner = layouts[signature] = torch.tensor([i for i, r in signature for _ in range(r)],
-                                                              device=self.device)
-            a_t = torch.cat([a for _, (a, _) in parts]).t().contiguous()  # (in, sum r)
-            b_t = torch.cat([b for _, (_, b) in parts], dim=1).t().contiguous()  # (sum r, out)
-            out[key] = (a_t, b_t, col_owner, self._pack(a_t, b_t))
-        self._stack_ids, self._stack_cache = ids, out
-        return out
-
-    def _pack(self, a_t: torch.Tensor, b_t: torch.Tensor):
-        """oneDNN-reordered copies of A (sum r, in) and B (out, sum r) on CPU; None elsewhere."""
+    def _pack(self, a: torch.Tensor, b: torch.Tensor) -> AdapterPair:
+        """A (r, in) and B (out, r), with oneDNN-reordered copies on CPU (reordered once, at residency)."""
         if not self.pack or self.device.type != "cpu" or not torch.backends.mkldnn.is_available():
-            return None
+            return AdapterPair(a, b)
         reorder = torch.ops.mkldnn._reorder_linear_weight
-        return reorder(a_t.t().contiguous(), 32), reorder(b_t.t().contiguous(), 32)
+        return AdapterPair(a, b, (reorder(a.contiguous(), 32), reorder(b.contiguous(), 32)))
 
     def _resident(self, lora_id: int, needed: set[int]) -> dict:
         if lora_id in self.resident:
@@ -172,8 +138,7 @@ class LoRAManager:
             if victim is None:
                 raise RuntimeError(f"a step needs more than max_loras={self.max_loras} adapters")
             del self.resident[victim]
-            self._stack_ids = None
-        self.resident[lora_id] = {key: (a.to(self.device, self.dtype), b.to(self.device, self.dtype))
+        self.resident[lora_id] = {key: self._pack(a.to(self.device, self.dtype), b.to(self.device, self.dtype))
                                   for key, (a, b) in adapter.weights.weights.items()}
         self.num_loads_to_device += 1
         return self.resident[lora_id]
