@@ -45,6 +45,7 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin_cache", freqs.sin(), persistent=False)
         self._last_positions: torch.Tensor | None = None
         self._last_cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._last_full: tuple[torch.Tensor, torch.Tensor] | None = None  # half-split: (cos, cos), (-sin, sin)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cos, sin = self._tables(positions)
@@ -60,8 +61,9 @@ class RotaryEmbedding(nn.Module):
         # every layer of one forward passes the same positions tensor: look the tables up once
         if positions is not self._last_positions:
             self._last_positions = positions
-            self._last_cos_sin = (self.cos_cache[positions].unsqueeze(-2),  # (..., T, 1, rotary_dim/2)
-                                  self.sin_cache[positions].unsqueeze(-2))
+            cos, sin = self.cos_cache[positions].unsqueeze(-2), self.sin_cache[positions].unsqueeze(-2)
+            self._last_cos_sin = (cos, sin)  # (..., T, 1, rotary_dim/2)
+            self._last_full = None if self.interleaved else (torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1))
         return self._last_cos_sin
 
     def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -71,8 +73,10 @@ class RotaryEmbedding(nn.Module):
             x1, x2 = x_rot[..., 0::2], x_rot[..., 1::2]
             rotated = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
         else:
-            x1, x2 = x_rot[..., : r // 2], x_rot[..., r // 2:]
-            rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+            # (x1 cos - x2 sin, x2 cos + x1 sin) as x * (cos, cos) + (x2, x1) * (-sin, sin): four ops instead
+            # of nine, the same products and sums (a + (-b) is a - b exactly), so the same bits
+            cos_full, sin_signed = self._last_full
+            rotated = x_rot * cos_full + x_rot.roll(r // 2, dims=-1) * sin_signed
         rotated = rotated.to(x.dtype)
         if r == self.head_dim:
             return rotated

@@ -32,3 +32,16 @@ def test_joint_rotation_of_q_and_k_heads_equals_rotating_each(interleaved: bool,
     q_ref, k_ref = rope(positions, q, k)
     qk = rope.rotate(positions, torch.cat([q, k], dim=1))
     assert torch.equal(qk[:, :6], q_ref) and torch.equal(qk[:, 6:], k_ref)
+
+
+@pytest.mark.parametrize("partial", [1.0, 0.5])
+def test_half_split_rotation_has_the_bits_of_the_reference_formula(partial: float) -> None:
+    torch.manual_seed(0)
+    rope = RotaryEmbedding(RopeConfig(theta=10000.0, partial_rotary_factor=partial), 16, 64)
+    positions = torch.tensor([0, 5, 9, 33])
+    x = torch.randn(4, 3, 16)
+    r = rope.rotary_dim
+    cos, sin = rope.cos_cache[positions].unsqueeze(-2), rope.sin_cache[positions].unsqueeze(-2)
+    x1, x2 = x[..., : r // 2], x[..., r // 2:r]
+    reference = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, x[..., r:]), dim=-1)
+    assert torch.equal(rope.rotate(positions, x), reference)
