@@ -378,6 +378,10 @@ class EngineConfig:
 
     max_num_seqs: int = knob(32, "sequences decoded together")
     max_num_batched_tokens: int = knob(512, "tokens per engine step (prefill chunks and decodes together)")
+    # a chat's prompt beside a long prompt mid-prefill (a summarize/translate chunk) used to wait a whole
+    # step behind it: the running prefill took the budget before any waiting prompt was considered
+    interleave_prefills: bool = knob(True, "running prefills leave up to half of a step's tokens to waiting prompts "
+                                           "that can start now")
     block_size: int = knob(16, "tokens per KV cache block (a power of two)")
     kv_cache_memory: int | None = knob(None, "KV cache size, e.g. 512MiB or 2GiB (default: kv_cache_fraction of "
                                              "free memory)", size=True)

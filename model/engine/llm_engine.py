@@ -42,7 +42,8 @@ class LLMEngine:
         self.runner = ModelRunner(model, engine_config, self.max_model_len)
         self.block_manager = BlockManager(self.runner.num_blocks, engine_config.block_size,
                                           engine_config.enable_prefix_caching)
-        self.scheduler = Scheduler(self.block_manager, engine_config.max_num_seqs, engine_config.max_num_batched_tokens)
+        self.scheduler = Scheduler(self.block_manager, engine_config.max_num_seqs, engine_config.max_num_batched_tokens,
+                                   engine_config.interleave_prefills)
         eos = tuple(tokenizer.eos_token_ids) if tokenizer else tuple(model.config.eos_token_ids)
         self.sampler = Sampler(eos, self.runner.device)
         self.postprocessor = Postprocessor(self.scheduler, self.block_manager, self.sampler,

@@ -4,7 +4,10 @@ Every sequence has `num_uncomputed_tokens`: the prompt (or prompt + output after
 prefilling, exactly 1 while decoding. A step gives each running sequence up to that many tokens within
 the token budget (`max_num_batched_tokens`): running sequences first (decodes cost one token, so they
 are never starved by a long prompt), then waiting ones in arrival order while blocks and
-`max_num_seqs` allow. A long prompt is split across steps (chunked prefill). When the pool cannot give a
+`max_num_seqs` allow. A long prompt is split across steps (chunked prefill); while prompts wait that
+could start now (a free slot, blocks for them), running prefills leave them up to half the budget
+(`interleave_prefills`), so a chat's short prompt no longer waits a whole step behind a task's
+512-token chunk. When the pool cannot give a
 running sequence its next block, the last sequence of the running list is preempted (its blocks freed,
 recomputed later).
 
@@ -16,6 +19,7 @@ order, so its last sequence is the worst priority, newest one.
 from __future__ import annotations
 
 import bisect
+import heapq
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -53,10 +57,12 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 interleave_prefills: bool = True) -> None:
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.interleave_prefills = interleave_prefills
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # sorted by fairness.order
         self.policy = SlotPolicy(max_num_seqs)
@@ -92,13 +98,36 @@ class Scheduler:
             self._preempt(victim)
             out.num_preempted += 1
 
+    def _reserve_for_waiting(self) -> int:
+        """Tokens running prefills leave this step to the waiting prompts that can start now: the
+        prompts of the next ones in line, as many as free slots and free blocks allow, at most half
+        the budget (so a running prefill always advances)."""
+        free_slots = self.max_num_seqs - len(self.running)
+        if not self.interleave_prefills or free_slots < 1 or not self.waiting:
+            return 0
+        bm = self.block_manager
+        free_blocks, reserve = bm.num_free_blocks, 0
+        for seq in heapq.nsmallest(free_slots, self.waiting, key=order):
+            free_blocks -= bm.blocks_needed(seq.num_tokens)
+            if free_blocks < 0:
+                break  # it could not start this step: reserving for it would only idle the budget
+            reserve += seq.num_uncomputed_tokens
+        return min(reserve, self.max_num_batched_tokens // 2)
+
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
         bm = self.block_manager
+        reserve = self._reserve_for_waiting()
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             draft = self._fit_draft(seq, budget)
-            num = 1 + draft if draft else min(seq.num_uncomputed_tokens, budget)
+            if draft or seq.num_uncomputed_tokens == 1:  # a decode is never held back
+                num = 1 + draft
+            else:
+                num = min(seq.num_uncomputed_tokens, budget - reserve)
+                if num < 1:
+                    i += 1  # this prefill resumes next step; the waiting prompts take the rest now
+                    continue
             while not bm.can_grow(seq, num):
                 victim = self.running[-1]
                 self._preempt(victim)

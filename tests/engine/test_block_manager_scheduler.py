@@ -97,6 +97,40 @@ def test_chunked_prefill_respects_token_budget_and_decodes_go_first() -> None:
     assert long.num_computed_tokens == 9
 
 
+def _steps(sched: Scheduler) -> list[tuple[str, int]]:
+    out = sched.schedule()
+    sched.after_step(out)
+    return [(s.seq.request_id, s.num_tokens) for s in out.scheduled]
+
+
+def test_a_running_prefill_leaves_waiting_prompts_up_to_half_the_budget() -> None:
+    """A short prompt arriving while a long one prefills starts in the same step (the long one used to
+    take the whole budget first); the long one always keeps at least half, and without a free slot or
+    free blocks for the waiting prompt nothing is held back."""
+    for interleave, expected in [(True, [("long", 7), ("short", 3)]), (False, [("long", 10)])]:
+        sched = Scheduler(BlockManager(64, 4), max_num_seqs=8, max_num_batched_tokens=10,
+                          interleave_prefills=interleave)
+        sched.add(_seq(list(range(40)), rid="long"))
+        assert _steps(sched) == [("long", 10)]
+        sched.add(_seq([1, 2, 3], rid="short"))
+        assert _steps(sched) == expected
+    sched = Scheduler(BlockManager(64, 4), max_num_seqs=8, max_num_batched_tokens=10)
+    sched.add(_seq(list(range(40)), rid="long"))
+    _steps(sched)
+    sched.add(_seq(list(range(100, 120)), rid="other long"))
+    assert _steps(sched) == [("long", 5), ("other long", 5)]  # the reserve is at most half the budget
+    full = Scheduler(BlockManager(64, 4), max_num_seqs=1, max_num_batched_tokens=10)
+    full.add(_seq(list(range(40)), rid="long"))
+    _steps(full)
+    full.add(_seq([1, 2, 3], rid="short"))
+    assert _steps(full) == [("long", 10)]  # no free slot: nothing reserved
+    no_blocks = Scheduler(BlockManager(11, 4), max_num_seqs=8, max_num_batched_tokens=10)
+    no_blocks.add(_seq(list(range(40)), rid="long"))  # 10 of the 11 blocks
+    _steps(no_blocks)
+    no_blocks.add(_seq(list(range(100, 108)), rid="short"))  # needs 2 blocks: cannot start
+    assert _steps(no_blocks) == [("long", 10)]
+
+
 def test_max_num_seqs_limits_running() -> None:
     sched = Scheduler(BlockManager(64, 4), max_num_seqs=2, max_num_batched_tokens=100)
     for i in range(3):
