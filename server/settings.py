@@ -66,6 +66,8 @@ class ServerSettings(BaseSettings):
     task_max_concurrent_chunks: int | None = flag(
         None, "engine requests one /v1/summarize or /v1/translate request runs at once (default: a quarter of "
               "--max-num-seqs, at least 1)", ge=1)
+    task_priority_offset: int = flag(1, "priority levels a /v1/summarize or /v1/translate chunk runs below its "
+                                        "request's priority (0: the same)", ge=0)
     task_max_input_chars: int = flag(500_000, "longest text /v1/summarize and /v1/translate accept (characters)",
                                      ge=1)
     # security

@@ -11,7 +11,10 @@ Fair sharing: one HTTP request holds one admission ticket however many engine re
 into, so its fan-out is capped instead: at most --task-max-concurrent-chunks of them (default a
 quarter of --max-num-seqs) are in the engine at once (a 200,000-character word used to take all 8
 sequence slots for 150 s). They also
-carry the request's fairness key, so the scheduler counts them against the client's share. The
+carry the request's fairness key, so the scheduler counts them against the client's share, and run
+--task-priority-offset (1) priority levels below the request's own: a chat of the same priority that
+finds every slot taken preempts a task chunk instead of waiting for one (the chunk is recomputed
+later, mostly from the prefix cache). The
 request's `max_tokens` caps the tokens generated across all its chunks: a chunk reserves at most
 what is left unreserved as its own max_tokens and gives back what it did not use when it ends, so
 the total never exceeds the cap (chunks that find nothing left generate nothing). When the cap cut
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
@@ -78,7 +82,10 @@ class TaskRunner:
                            f"{self.state.context_limit} tokens", param="text", code="context_length_exceeded")
         max_tokens = max(1, min(max_tokens, room))
         build = lambda n, **_: self.body.to_sampling_params(n, min_tokens=min_tokens)  # noqa: E731
-        return sampling_params(self.state, build, max_tokens)
+        params = sampling_params(self.state, build, max_tokens)
+        # background work: its chunks yield sequence slots to interactive requests of the asked priority
+        priority = min(params.priority + self.state.settings.task_priority_offset, 2 ** 31 - 1)
+        return dataclasses.replace(params, priority=priority)
 
     async def stream(self, prompt_ids: list[int], max_tokens: int, min_tokens: int = 0) -> AsyncIterator[str]:
         """Text deltas of one generation. Closing the iterator early aborts it in the engine. It
