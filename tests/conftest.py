@@ -24,3 +24,16 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     from tests.helpers.checkpoints import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """The default-model server tests/clients and tests/deploy share stops once the run leaves them,
+    so it does not hold ~2 GB and a few threads through the rest of the suite."""
+    from tests.clients.live import SHARING_FOLDERS, stop_shared_default_server
+
+    def folder(it: pytest.Item) -> str:
+        parts = it.path.relative_to(item.config.rootpath).parts
+        return parts[1] if len(parts) > 2 and parts[0] == "tests" else ""
+
+    if folder(item) in SHARING_FOLDERS and (nextitem is None or folder(nextitem) not in SHARING_FOLDERS):
+        stop_shared_default_server()

@@ -18,7 +18,7 @@ KEY = "sk-api-test"
 GREEDY = {"temperature": 0.0}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped after this package: servers do not pile up
 def api_server() -> SubprocessServer:
     args = ["--model", "default", "--max-model-len", "2048", "--max-num-seqs", "8", "--api-key", KEY,
             "--self-test", "off"]
@@ -26,17 +26,17 @@ def api_server() -> SubprocessServer:
         yield srv
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped after this package: servers do not pile up
 def oai(api_server: SubprocessServer) -> OpenAI:
     return OpenAI(base_url=api_server.base_url + "/v1", api_key=KEY, max_retries=0, timeout=300)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped after this package: servers do not pile up
 def anth(api_server: SubprocessServer) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=api_server.base_url, api_key=KEY, max_retries=0, timeout=300)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped after this package: servers do not pile up
 def http(api_server: SubprocessServer) -> httpx.Client:
     with httpx.Client(base_url=api_server.base_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=300) as c:
         yield c

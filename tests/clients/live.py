@@ -2,7 +2,8 @@
 
 Both tests/clients and tests/deploy ask for it through their `live_server` fixtures; a module-level
 singleton makes them share one process (two session fixtures in two conftests would start two).
-It is started through the console script, the command the Dockerfile runs, and stopped at exit.
+It is started through the console script, the command the Dockerfile runs, and stopped as soon as
+the run moves on to a test outside those two folders (tests/conftest.py), or at exit.
 """
 from __future__ import annotations
 
@@ -27,3 +28,13 @@ def shared_default_server() -> SubprocessServer:
         atexit.register(srv.stop)
         _server = srv
     return _server
+
+
+SHARING_FOLDERS = ("clients", "deploy")
+
+
+def stop_shared_default_server() -> None:
+    global _server
+    if _server is not None:
+        _server.stop()
+        _server = None

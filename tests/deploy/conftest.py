@@ -7,6 +7,6 @@ from tests.clients.live import shared_default_server
 from tests.helpers.live_server import SubprocessServer
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # the shared server; restarted if it was stopped
 def live_server() -> SubprocessServer:
     return shared_default_server()

@@ -15,7 +15,7 @@ from tests.reliability.support import SERVER_ENV, SHAPE_CACHES_CAPPED, tiny_args
 MAX_MODEL_LEN = 128
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped after this package: servers do not pile up
 def rel_server(tiny_llama_dir: str) -> SubprocessServer:
     args = tiny_args(tiny_llama_dir, "--max-model-len", str(MAX_MODEL_LEN), "--max-num-seqs", "16")
     with SubprocessServer(args, env={**SERVER_ENV, **SHAPE_CACHES_CAPPED}) as srv:

@@ -20,7 +20,7 @@ MAX_REQUEST_BYTES = 64 * 1024
 PING_S = 0.1
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped after this package: servers do not pile up
 def tiny_server(tiny_llama_dir: str, tmp_path_factory: pytest.TempPathFactory) -> ThreadedServer:
     from server.settings import Settings
 
@@ -33,7 +33,7 @@ def tiny_server(tiny_llama_dir: str, tmp_path_factory: pytest.TempPathFactory) -
         yield srv
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped after this package: servers do not pile up
 def client(tiny_server: ThreadedServer) -> OpenAI:
     return OpenAI(base_url=tiny_server.base_url + "/v1", api_key=KEY, max_retries=0, timeout=120)
 
@@ -43,13 +43,13 @@ def aclient(tiny_server: ThreadedServer) -> AsyncOpenAI:
     return AsyncOpenAI(base_url=tiny_server.base_url + "/v1", api_key=KEY, max_retries=0, timeout=120)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped after this package: servers do not pile up
 def default_server() -> SubprocessServer:
     with SubprocessServer(["--model", "default", "--max-model-len", "2048", "--max-num-seqs", "8"]) as srv:
         yield srv
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped after this package: servers do not pile up
 def default_client(default_server: SubprocessServer) -> OpenAI:
     return OpenAI(base_url=default_server.base_url + "/v1", api_key="unused", max_retries=0, timeout=300)
 

@@ -23,7 +23,7 @@ TINY_CONTEXT = 512
 VARIED = {"temperature": 0, "repetition_penalty": 3.0}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped after this package: servers do not pile up
 def tiny_task_server(tiny_llama_dir: str) -> ThreadedServer:
     from server.settings import Settings
 
@@ -35,12 +35,12 @@ def tiny_task_server(tiny_llama_dir: str) -> ThreadedServer:
         yield srv
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped after this package: servers do not pile up
 def task_client(tiny_task_server: ThreadedServer) -> OpenAI:
     return OpenAI(base_url=tiny_task_server.base_url + "/v1", api_key=KEY, max_retries=0, timeout=300)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped after this package: servers do not pile up
 def default_task_server() -> SubprocessServer:
     with SubprocessServer(["--model", "default", "--max-model-len", "2048", "--max-num-seqs", "8",
                            "--self-test", "off"]) as srv:
