@@ -53,10 +53,24 @@ class ModuleTimer:
         self.totals: dict[str, float] = defaultdict(float)
         self._stack: list[list[float]] = []  # per open module: [start, children's time]
         self.handles = []
+        self.wrapped: list[nn.Module] = []
         for name, module in model.named_modules():
             cat = category(module, name)
             self.handles.append(module.register_forward_pre_hook(self._pre))
             self.handles.append(module.register_forward_hook(self._make_post(cat)))
+            if hasattr(module, "rotate"):  # Attention calls RotaryEmbedding.rotate, not its forward
+                self._wrap_rotate(module, self._make_post(cat))
+
+    def _wrap_rotate(self, module: nn.Module, post: Callable) -> None:
+        inner = module.rotate
+
+        def rotate(*args):
+            self._pre(module, args)
+            out = inner(*args)
+            post(module, args, out)
+            return out
+        module.rotate = rotate
+        self.wrapped.append(module)
 
     def _pre(self, module, args) -> None:
         self._stack.append([time.perf_counter(), 0.0])
@@ -73,6 +87,8 @@ class ModuleTimer:
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
+        for module in self.wrapped:
+            del module.rotate  # the class's method again
 
 
 def timed(totals: dict[str, float], key: str, fn: Callable) -> Callable:
