@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -98,16 +99,17 @@ class ModelRunner:
 
     def _choose_cpu_paths(self) -> None:
         """Host-dependent tricks, each timed on this model's shapes (model/engine/cpu_choices.py)."""
+        start = time.perf_counter()
         batch_rows = min(self.engine_config.max_num_seqs, 32)
         choices = choose_linear_packing(self.model, batch_rows)
-        log.info("oneDNN-packed weights for %d of %d linear shapes",
-                 sum(c.chosen == "packed" for c in choices), len(choices))
         layers = [layer.attn for layer in self.model.layers if type(layer.attn) is Attention]
         if layers:
             a = layers[0]
             paths = choose_decode_attention(a.num_heads, a.num_kv_heads, a.head_dim, self.dtype, batch_rows)
             for attn in layers:
                 attn.decode_paths = paths
+        log.info("oneDNN-packed weights for %d of %d linear shapes; CPU choices measured in %.2f s",
+                 sum(c.chosen == "packed" for c in choices), len(choices), time.perf_counter() - start)
 
     def _num_blocks(self) -> int:
         per_block = kv_bytes_per_block(self.config, self.block_size, self.dtype)
