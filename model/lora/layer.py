@@ -1,12 +1,16 @@
 """The serving-side LoRA projection: whatever linear module is there (nn.Linear, oneDNN-packed,
-quantized) plus, for each adapter's rows of this step, x_rows @ A^T @ B^T (B pre-scaled).
+quantized) plus, for the rows of each adapter in this step, x_rows @ A^T @ B^T (B pre-scaled).
 
-A segmented product, as punica's SGMV: the runner orders a step's sequences by adapter, so each
-adapter's rows are contiguous runs (LoRASegment), and each run is multiplied by its own adapter's A
-and B only: work proportional to the rows' own ranks, not to the sum of every adapter's in the step
-(a stacked A with a per-row mask cost 4x the products with four adapters, and measured 0.78 of the
-bare base's tok/s at rank 8). Three kernel calls per run (shrink, expand, add into the run's rows);
-rows of the bare base get nothing added, and a step without adapter rows costs one attribute check.
+One forward serves a mixed batch in three to four kernel calls per projection, however many adapters
+share the step (the call count, not the arithmetic, is what a 32-row decode step pays for on a CPU):
+  shrink  h = x @ [A_1; ...; A_k]^T           one GEMM for every adapter of the step, (rows, k * R)
+  gather  each adapter's rows, its own R columns only, into (k, L, R) (L: the most rows of one adapter)
+  expand  (k, L, R) @ (k, R, out) as one batched GEMM, added to the rows (in place when they line up)
+The expand, the larger half for qkv and gate_up, does no work for other adapters' columns (punica's
+SGMV idea: a segment per adapter); the shrink does (k * R columns), which is cheap next to the call a
+per-adapter shrink would cost. Ranks are zero-padded to the step's largest per projection (exact:
+padded columns add zeros). Rows of the bare base get nothing added; with no adapter row in the step
+the module costs one attribute check. LoRAStep is built by the manager from the runner's metadata.
 """
 from __future__ import annotations
 
@@ -19,18 +23,15 @@ from model.engine.cpu_packing import bucket_rows
 
 
 @dataclass
-class AdapterPair:
-    """One adapter's weights for one projection, on the device in the model's dtype."""
+class Stacked:
+    """One projection's weights for the step's adapters (in step order), zero-padded to rank R."""
 
-    a: torch.Tensor  # (r, in)
-    b: torch.Tensor  # (out, r), scaling folded in
-    packed: tuple[torch.Tensor, torch.Tensor] | None = None  # CPU: A and B in oneDNN's layout (cpu_packing.py)
+    a_t: torch.Tensor  # (in, k * R): A stacked, transposed once so the shrink is a plain row-major GEMM
+    b: torch.Tensor  # (k, R, out): B^T per adapter, scaling folded in
+    a_packed: torch.Tensor | None = None  # CPU: A (k * R, in) in oneDNN's layout (cpu_packing.py)
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, in) -> (n, out): x @ A^T @ B^T."""
-        if self.packed is None:
-            return (x @ self.a.t()) @ self.b.t()
-        return _packed_linear(_packed_linear(x, self.packed[0]), self.packed[1])
+    def shrink(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.a_t if self.a_packed is None else _packed_linear(x, self.a_packed)
 
 
 def _packed_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -46,10 +47,12 @@ def _packed_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class LoRAStep:
-    """This forward's adapter runs and their weights per projection key; no segments = base only."""
+    """This forward's adapter rows and, per projection key, the stacked weights; no gather = base only."""
 
-    segments: list[tuple[int, int, int]] = field(default_factory=list)  # (lora_id, first row, end row)
-    weights: dict[int, dict[tuple[int, str], AdapterPair]] = field(default_factory=dict)  # lora_id -> key -> pair
+    gather: torch.Tensor | None = None  # (k * L,) rows of h viewed (rows * k, R): row * k + adapter position
+    valid: torch.Tensor | None = None  # (k * L, 1) 0 at padding (adapters with fewer than L rows), else None
+    rows: torch.Tensor | None = None  # (k * L,) output row of each gathered row; None: they are 0..rows-1
+    stacked: dict[tuple[int, str], Stacked] = field(default_factory=dict)
 
 
 class LoRAProjection(nn.Module):
@@ -72,10 +75,18 @@ class LoRAProjection(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         step = self.step
-        if not step.segments or x.dim() != 2:  # training's (B, T, hidden) never carries adapters
+        if step.gather is None or x.dim() != 2:  # training's (B, T, hidden) never carries adapters
             return y
-        for lora_id, start, end in step.segments:
-            pair = step.weights[lora_id].get(self.key)
-            if pair is not None:  # None: this adapter does not target this projection
-                y[start:end].add_(pair.delta(x[start:end]))
-        return y
+        w = step.stacked.get(self.key)
+        if w is None:  # no adapter of this step targets this projection
+            return y
+        k, rank, out = w.b.shape
+        h = w.shrink(x).view(-1, rank).index_select(0, step.gather)  # (k * L, R): each row's own columns
+        if step.valid is not None:
+            h.mul_(step.valid)
+        h = h.view(k, -1, rank)
+        if step.rows is None and y.is_contiguous():  # rows already in adapter order: add in place
+            y.view(k, -1, out).baddbmm_(h, w.b)
+            return y
+        rows = step.rows if step.rows is not None else torch.arange(y.shape[0], device=y.device)
+        return y.index_add_(0, rows, torch.bmm(h, w.b).view(-1, out))

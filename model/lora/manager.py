@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from model.lora.layer import AdapterPair, LoRAProjection, LoRAStep
+from model.lora.layer import LoRAProjection, LoRAStep, Stacked
 from model.lora.peft_format import MODULES, AdapterError, AdapterWeights, read_adapter
 
 log = logging.getLogger("glmserve.lora")
@@ -51,10 +51,10 @@ class LoRAManager:
         self.model = model
         self.max_loras = max_loras
         self.max_lora_rank = max_lora_rank
-        self.pack = pack  # oneDNN-reordered adapter weights on CPU (off with EngineConfig.enforce_eager)
+        self.pack = pack  # oneDNN-reordered stacked A on CPU (off with EngineConfig.enforce_eager)
         self.adapters: dict[str, Adapter] = {}
         self.by_id: dict[int, Adapter] = {}
-        self.resident: OrderedDict[int, dict[tuple[int, str], AdapterPair]] = OrderedDict()  # LRU order
+        self.resident: OrderedDict[int, dict] = OrderedDict()  # lora_id -> device weights, LRU order
         self.step = LoRAStep()
         self._ids = itertools.count(1)
         self._wrapped = False
@@ -62,6 +62,8 @@ class LoRAManager:
         self.device, self.dtype = param.device, param.dtype
         self.num_loads_to_device = 0
         self.num_mixed_steps = 0
+        self._stack_ids: tuple[int, ...] | None = None  # the adapter set _stack_cache was built for
+        self._stack_cache: dict = {}
 
     # ---- registry ----------------------------------------------------------------------------------
     def load(self, name: str, path: str) -> Adapter:
@@ -82,6 +84,7 @@ class LoRAManager:
         adapter = self.adapters.pop(name)
         self.by_id.pop(adapter.lora_id, None)
         self.resident.pop(adapter.lora_id, None)
+        self._stack_ids = None
         log.info("LoRA adapter %r unloaded", name)
         return adapter
 
@@ -98,33 +101,65 @@ class LoRAManager:
 
     # ---- the step ----------------------------------------------------------------------------------
     def prepare_step(self, spans: list[tuple[int, int]]) -> None:
-        """spans: per sequence of the step's flattened tokens, in row order, (lora_id, num_rows). The
-        runner orders sequences by adapter, so each adapter's rows are one run (two when the step both
-        prefills and decodes with it): the projections multiply each run by its own adapter alone."""
+        """spans: per sequence of the step's flattened tokens, in row order, (lora_id, num_rows). Built
+        once per step for every projection (layer.py): which rows each adapter owns, padded to the
+        adapter with the most rows. The runner orders sequences by adapter, so a decode step whose
+        adapters hold equal row counts adds its products in place."""
         step = self.step
-        segments: list[tuple[int, int, int]] = []  # (lora_id, first row, end row), runs of one adapter
+        owned: dict[int, list[int]] = {}  # lora_id -> its rows, in row order
         row = 0
         for lora_id, num in spans:
-            if lora_id and segments and segments[-1][0] == lora_id and segments[-1][2] == row:
-                segments[-1] = (lora_id, segments[-1][1], row + num)
-            elif lora_id:
-                segments.append((lora_id, row, row + num))
+            if lora_id:
+                owned.setdefault(lora_id, []).extend(range(row, row + num))
             row += num
-        if not segments:
-            step.segments, step.weights = [], {}
+        if not owned:
+            step.gather, step.valid, step.rows, step.stacked = None, None, None, {}
             return
-        ids = {lora_id for lora_id, _, _ in segments}
-        if len(ids) + (sum(e - s for _, s, e in segments) < row) > 1:
+        ids = tuple(sorted(owned))
+        k, most = len(ids), max(len(r) for r in owned.values())
+        if k + (sum(len(r) for r in owned.values()) < row) > 1:
             self.num_mixed_steps += 1  # rows of two or more adapters (or adapters and the base) in one forward
-        step.weights = {lora_id: self._resident(lora_id, ids) for lora_id in sorted(ids)}
-        step.segments = segments
+        gather, targets, valid = [], [], []
+        for j, lora_id in enumerate(ids):
+            rows = owned[lora_id]
+            pad = most - len(rows)
+            gather += [r * k + j for r in rows] + [j] * pad  # padding reads row 0's columns, zeroed below
+            targets += rows + [0] * pad  # ... and adds those zeros to row 0
+            valid += [1.0] * len(rows) + [0.0] * pad
+        step.stacked = self._stacks(ids)
+        step.gather = torch.tensor(gather, device=self.device)
+        step.valid = None if all(valid) else torch.tensor(valid, device=self.device, dtype=self.dtype).unsqueeze(1)
+        step.rows = None if targets == list(range(row)) else torch.tensor(targets, device=self.device)
 
-    def _pack(self, a: torch.Tensor, b: torch.Tensor) -> AdapterPair:
-        """A (r, in) and B (out, r), with oneDNN-reordered copies on CPU (reordered once, at residency)."""
+    def _stacks(self, ids: tuple[int, ...]) -> dict[tuple[int, str], Stacked]:
+        """Per projection key, the adapters' A stacked and B batched, in `ids` order, zero-padded to
+        their largest rank; cached while the step's adapter set stays the same (decoding)."""
+        if self._stack_ids == ids:
+            for lora_id in ids:
+                self.resident.move_to_end(lora_id)  # still the most recently used
+            return self._stack_cache
+        weights = [self._resident(lora_id, set(ids)) for lora_id in ids]
+        out = {}
+        for key in {k for w in weights for k in w}:
+            parts = [w.get(key) for w in weights]
+            a0, b0 = next(p for p in parts if p is not None)
+            rank = max(p[0].shape[0] for p in parts if p is not None)
+            a_all = a0.new_zeros(len(ids), rank, a0.shape[1])  # (k, R, in)
+            b_all = b0.new_zeros(len(ids), rank, b0.shape[0])  # (k, R, out)
+            for j, p in enumerate(parts):
+                if p is not None:  # an adapter that leaves this projection alone keeps zeros
+                    a_all[j, :p[0].shape[0]] = p[0]
+                    b_all[j, :p[1].shape[1]] = p[1].t()
+            a_all = a_all.view(-1, a0.shape[1])  # (k * R, in)
+            out[key] = Stacked(a_all.t().contiguous(), b_all, self._pack(a_all))
+        self._stack_ids, self._stack_cache = ids, out
+        return out
+
+    def _pack(self, a: torch.Tensor) -> torch.Tensor | None:
+        """A (k * R, in) in oneDNN's layout on CPU; None elsewhere."""
         if not self.pack or self.device.type != "cpu" or not torch.backends.mkldnn.is_available():
-            return AdapterPair(a, b)
-        reorder = torch.ops.mkldnn._reorder_linear_weight
-        return AdapterPair(a, b, (reorder(a.contiguous(), 32), reorder(b.contiguous(), 32)))
+            return None
+        return torch.ops.mkldnn._reorder_linear_weight(a.contiguous(), 32)
 
     def _resident(self, lora_id: int, needed: set[int]) -> dict:
         if lora_id in self.resident:
@@ -138,7 +173,8 @@ class LoRAManager:
             if victim is None:
                 raise RuntimeError(f"a step needs more than max_loras={self.max_loras} adapters")
             del self.resident[victim]
-        self.resident[lora_id] = {key: self._pack(a.to(self.device, self.dtype), b.to(self.device, self.dtype))
+            self._stack_ids = None
+        self.resident[lora_id] = {key: (a.to(self.device, self.dtype), b.to(self.device, self.dtype))
                                   for key, (a, b) in adapter.weights.weights.items()}
         self.num_loads_to_device += 1
         return self.resident[lora_id]
