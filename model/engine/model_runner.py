@@ -132,7 +132,7 @@ class ModelRunner:
         # one new token with everything before it cached is a decode, whatever the phase
         prefills = [s for s in scheduled if s.num_tokens > 1]
         decodes = [s for s in scheduled if s.num_tokens == 1]
-        if self.lora is not None:  # each adapter's rows contiguous: one segment per adapter (model/lora/layer.py)
+        if self.lora is not None:  # rows in adapter order: LoRA products added in place (model/lora/layer.py)
             prefills.sort(key=lambda s: s.seq.lora_id)
             decodes.sort(key=lambda s: s.seq.lora_id)
         ordered = prefills + decodes
