@@ -44,6 +44,10 @@ class Attention(nn.Module):
 
     qk_norm_eps (Qwen3, GLM-4.5 use_qk_norm): an RMSNorm over each q and k head before RoPE."""
 
+    # decode attention kernel per batch class (1: one sequence, 2: more), measured at start-up on CPU
+    # (model/engine/cpu_choices.py); unmeasured (and in subclasses such as MLA): PyTorch's SDPA
+    decode_paths: dict[int, str] | None = None
+
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, bias: bool,
                  rotary: nn.Module, qk_norm_eps: float | None = None, output_bias: bool = False) -> None:
         super().__init__()
@@ -56,9 +60,6 @@ class Attention(nn.Module):
         self.rotary = rotary
         self.scale = head_dim ** -0.5
         self.kv_cache: torch.Tensor | None = None
-        # decode attention kernel per batch class (1: one sequence, 2: more), measured at start-up on CPU
-        # (model/engine/cpu_choices.py); unmeasured: PyTorch's SDPA
-        self.decode_paths: dict[int, str] | None = None
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata | None) -> torch.Tensor:
         qkv = self.qkv_proj(x)
