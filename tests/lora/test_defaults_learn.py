@@ -41,8 +41,6 @@ def ask(engine, questions: list[str], lora: str | None) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="2026-12-01: 30 steps at lr 2e-4 answer in the taught shape with another codename "
-                          "(docs/TRAINING.md, 'Defaults that learn')", strict=False)
 @pytest.mark.timeout(3600)  # 30 optimizer steps of a 135M model on a shared 2-core CPU
 def test_default_recipe_teaches_a_new_fact(tmp_path):
     from model import EngineConfig, LLMEngine
@@ -57,4 +55,5 @@ def test_default_recipe_teaches_a_new_fact(tmp_path):
     assert not any(CODENAME in a for a in ask(engine, PARAPHRASES, None))  # the base does not know it
     engine.load_lora("orchard", out)
     answers = ask(engine, PARAPHRASES, "orchard")
+    print("adapter answers:", answers)  # for docs/TRAINING.md's record (pytest -s)
     assert all(CODENAME in a for a in answers), answers

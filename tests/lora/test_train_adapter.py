@@ -9,8 +9,8 @@ import os
 import pytest
 import torch
 
-from model.train.__main__ import build_parser, main
-from model.train.config import TrainConfig, fit_to_data
+from model.train.__main__ import _train_config, build_parser, main
+from model.train.config import FULL_SFT_DEFAULTS, LORA_DEFAULTS, TrainConfig, fit_to_data
 
 CHATS = [{"messages": [{"role": "user", "content": f"Question number {i}?"},
                        {"role": "assistant", "content": f"Answer {i}: the lighthouse code is {i * 7}."}]}
@@ -92,7 +92,28 @@ def test_sft_help_shows_every_default_and_the_method_defaults():
     parser = build_parser()
     sft = parser._subparsers._group_actions[0].choices["sft"]
     text = " ".join(sft.format_help().split())
-    assert "0.0002 with LoRA, 2e-05 full" in text and "0 with LoRA, 0.1 otherwise" in text
+    assert f"{LORA_DEFAULTS['lr']} with LoRA, {FULL_SFT_DEFAULTS['lr']} full" in text
+    assert "0 with LoRA, 0.1 otherwise" in text
     assert "(default: auto)" in text and "(default: 30)" in text and "(default: 1024)" in text
     for action in sft._actions:  # every flag has a help line, so the defaults formatter shows its default
         assert action.help, action.dest
+
+
+def test_the_readme_recipe_on_forty_lines_records_the_lora_defaults(tiny_llama_dir, tmp_path):
+    """The README's command (defaults only) on 40 lines: what the slow test_defaults_learn.py relies on,
+    checked cheaply on a tiny random base: LoRA's rate and no decay, batch 4, the 30-step floor."""
+    data = tmp_path / "facts.jsonl"
+    lines = [{"messages": [{"role": "user", "content": f"Which pier is berth {i}?"},
+                           {"role": "assistant", "content": f"Berth {i} is on pier {i % 5}."}]} for i in range(40)]
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = str(tmp_path / "adapter")
+    assert main(["sft", "--base", tiny_llama_dir, "--data", str(data), "--out", out, "--lora-rank", "8",
+                 "--epochs", "3", "--save-adapter-only", "--no-progress", "--device", "cpu"]) == 0
+    with open(os.path.join(out, "training_args.json")) as f:
+        args = json.load(f)
+    train = args["train_config"]
+    assert (train["optim"]["lr"], train["optim"]["weight_decay"]) == (LORA_DEFAULTS["lr"], 0.0)
+    assert (train["batch_size"], train["max_steps"], args["steps"]) == (4, 30, 30)  # 38 lines after 5% held out
+    full = _train_config(build_parser().parse_args(["sft", "--base", "b", "--data", "d", "--out", "o"])).optim
+    assert (full.lr, full.weight_decay) == (FULL_SFT_DEFAULTS["lr"], FULL_SFT_DEFAULTS["weight_decay"])
+    assert LORA_DEFAULTS["lr"] > 5 * FULL_SFT_DEFAULTS["lr"]  # the methods' rates stay apart
