@@ -106,6 +106,7 @@ def test_streamed_responses_report_the_adapter_as_model(llama_server):
     assert models == {"a3"}
     whole = client.completions.create(model="a3", prompt=[1, 2000, 3000], max_tokens=2, temperature=0)
     assert whole.model == "a3"
+    assert client.embeddings.create(model="a3", input="Hello").model == "a3"
     base = llama_server.state.model_name
     assert client.completions.create(model=base, prompt=[1, 2000], max_tokens=1).model == base
 

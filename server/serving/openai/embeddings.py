@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from model import SamplingParams
 from server.errors import APIError, bad_request
+from server.lora import response_model_name
 from server.protocol.embeddings import MAX_INPUTS, Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from server.serving.admission import check_model, new_request_id
 from server.serving.engine_stream import merge, run_engine, until_disconnected
@@ -72,7 +73,7 @@ async def create_embeddings(state: ServerState, request: Request, body: Embeddin
     data = [Embedding(index=i, embedding=encode_base64(v) if body.encoding_format == "base64" else v)
             for i, v in enumerate(vectors)]
     tokens = sum(len(p) for p in prompts)
-    return finish_json(state, EmbeddingResponse(data=data, model=state.model_name,
+    return finish_json(state, EmbeddingResponse(data=data, model=response_model_name(state),
                                                 usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)))
 
 
