@@ -278,7 +278,8 @@ def test_without_keys_a_flooding_address_leaves_a_second_address_its_share(tiny_
         for s in [*flood, *other]:
             s.join(300)
         all_first = max(s.first for s in other)
-        print(f"\nsecond address: both streaming after {finished_before(flood, all_first)} of 8 flood requests finished")
+        print(f"\nsecond address: both streaming after {finished_before(flood, all_first)} of 8 flood requests "
+              "finished")
         assert finished_before(flood, all_first) < 4  # FIFO: after 5 (8 queued, 4 slots)
         assert all(s.tokens == 200 for s in flood) and all(s.tokens == 20 for s in other)
 
