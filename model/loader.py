@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 
@@ -26,6 +26,9 @@ from model.config import EngineConfig, ModelConfig, default_cache_dir
 from model.models.decoder import CausalLM
 from model.models.registry import build_model, weight_map_for
 from model.models.weight_map import expected_names, mtp_layer_of
+
+if TYPE_CHECKING:
+    from model.quant import QuantSpec
 
 log = logging.getLogger("glmserve.loader")
 
@@ -84,7 +87,12 @@ def load_model(source: str, device: str = "cpu", dtype: torch.dtype = torch.floa
 
         model, cfg, model_dir = load_gguf_stored(gguf_path, quantization, torch.device(device), dtype, cache_dir)
     else:
-        model, cfg, model_dir = _load_float(source, device, dtype, cache_dir)
+        spec = None
+        if quantization in ("int8", "int4"):
+            from model.quant import QuantSpec
+
+            spec = QuantSpec(quantization, engine_config.quantization_group_size)
+        model, cfg, model_dir = _load_float(source, device, dtype, cache_dir, spec)
     provenance = {}
     args_path = os.path.join(model_dir, "training_args.json")
     if os.path.exists(args_path):
@@ -97,16 +105,34 @@ def load_model(source: str, device: str = "cpu", dtype: torch.dtype = torch.floa
     return LoadedModel(model, cfg, model_dir, source, seconds, provenance)
 
 
-def _load_float(source: str, device: str, dtype: torch.dtype, cache_dir: str | None
-                ) -> tuple[CausalLM, ModelConfig, str]:
+def _load_float(source: str, device: str, dtype: torch.dtype, cache_dir: str | None,
+                quantize: QuantSpec | None = None) -> tuple[CausalLM, ModelConfig, str]:
+    """Float weights in `dtype`; with `quantize`, each projection is quantized as soon as it is read
+    (model/quant: QuantizingLoad), so loading never holds the whole float model."""
     model_dir = resolve_model_dir(source, cache_dir)
     with open(os.path.join(model_dir, "config.json")) as f:
         cfg = ModelConfig.from_hf_dict(json.load(f))
-    model = build_model(cfg, device="cpu" if device == "meta" else device, dtype=torch.float32, init_weights=False)
-    filled = weight_map_for(cfg).load(model, iter_checkpoint_tensors(model_dir, _without_mtp_layers(cfg)))
-    model = model.to(dtype)
+    tensors = iter_checkpoint_tensors(model_dir, _without_mtp_layers(cfg))
+    target = torch.device("cpu" if device == "meta" else device)
+    if quantize is None:
+        model = build_model(cfg, device=target, dtype=dtype, init_weights=False)
+        expected = expected_names(model)
+        filled = weight_map_for(cfg).load(model, tensors)
+    else:
+        from model.quant.quantize import QuantizingLoad
+
+        model = build_model(cfg, device="meta", dtype=dtype, init_weights=False)
+        expected = expected_names(model)
+        hooks = QuantizingLoad(model, quantize, target, dtype)
+        filled = weight_map_for(cfg).load(model, tensors, hooks)
+        if cfg.tie_word_embeddings:  # the lm_head shares the embedding's table, float or quantized
+            if type(model.embed_tokens) is torch.nn.Embedding:
+                model.lm_head.weight = model.embed_tokens.weight
+            else:
+                model.lm_head = model.embed_tokens.as_linear()
+        log.info("quantized %d modules to %s while loading", hooks.quantized, quantize.method)
     model.reset_rotary(device)
-    missing = expected_names(model) - filled - ({"lm_head.weight"} if cfg.tie_word_embeddings else set())
+    missing = expected - filled - ({"lm_head.weight"} if cfg.tie_word_embeddings else set())
     if missing:
         raise ValueError(f"checkpoint {model_dir} lacks {len(missing)} tensors, e.g. {sorted(missing)[:4]}")
     model.eval()
@@ -123,9 +149,13 @@ def iter_checkpoint_tensors(model_dir: str, keep: Callable[[str], bool] | None =
     if files:
         for path in files:
             with safe_open(str(path), framework="pt") as f:
-                for name in f.keys():
-                    if keep(name):
-                        yield name, f.get_tensor(name)
+                names = [name for name in f.keys() if keep(name)]
+            for name in names:
+                # a file opened per tensor: the pages of the file mapped so far are let go at each close,
+                # so reading a checkpoint adds one tensor to the resident set, not the whole file
+                with safe_open(str(path), framework="pt") as f:
+                    tensor = f.get_tensor(name)
+                yield name, tensor
         return
     bins = sorted(Path(model_dir).glob("pytorch_model*.bin"))
     if not bins:

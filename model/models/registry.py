@@ -35,7 +35,9 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: tor
         return model
     with torch.device("meta"):
         model = CausalLM(cfg)
-    model = model.to_empty(device=device).to(dtype)
+    if str(device) == "meta":  # the caller materializes each parameter itself (model/quant: QuantizingLoad)
+        return model.to(dtype)
+    model = model.to(dtype).to_empty(device=device)  # in dtype from the start: no float32 copy first
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     model.reset_rotary(device)

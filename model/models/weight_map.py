@@ -46,8 +46,12 @@ class WeightMap:
             return None
         raise KeyError(f"checkpoint tensor {name!r} has no place in this network")
 
-    def load(self, model: nn.Module, tensors: Iterator[tuple[str, torch.Tensor]]) -> set[str]:
-        """Copies each tensor into its parameter (slice); returns the set of our names it filled."""
+    def load(self, model: nn.Module, tensors: Iterator[tuple[str, torch.Tensor]],
+             hooks: "LoadHooks | None" = None) -> set[str]:
+        """Copies each tensor into its parameter (slice); returns the set of our names it filled.
+        With hooks, a parameter still on the meta device is materialized when its first tensor arrives,
+        and handed over once whole (the loader quantizes a projection there, so the float copy of the
+        whole model never exists)."""
         params = dict(model.named_parameters())
         filled: set[str] = set()
         cfg: ModelConfig = model.config
@@ -63,9 +67,16 @@ class WeightMap:
             dest = _shard_view(params[target].data, shard, cfg)
             if dest.shape != tensor.shape:
                 raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != expected {tuple(dest.shape)}")
-            with torch.no_grad():
-                dest.copy_(tensor)
+            if hooks is not None and params[target].is_meta:
+                params[target] = hooks.materialize(target, tensor if shard is None else None)
+                dest = _shard_view(params[target].data, shard, cfg)
+            if dest.data_ptr() != tensor.data_ptr():
+                with torch.no_grad():
+                    dest.copy_(tensor)
             filled.add(target if shard is None else f"{target}:{shard}")
+            if hooks is not None and (shard is None or target in _whole_params(filled)):
+                del params[target]  # the hook may replace the module; this reference must not keep it
+                hooks.whole(target)
         return _whole_params(filled)
 
     def export(self, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -85,6 +96,18 @@ class WeightMap:
                     name = rule.pattern.format(i=i, e=e)
                     out[name] = _shard_view(params[target].data, rule.shard, cfg).detach().contiguous().clone()
         return out
+
+
+class LoadHooks:
+    """What WeightMap.load calls on a model whose parameters start on the meta device."""
+
+    def materialize(self, name: str, whole: torch.Tensor | None) -> torch.Tensor:
+        """The parameter `name`, now in memory: `whole` itself (in the model's dtype) when one tensor fills
+        it, else empty for its shards to be copied into."""
+        raise NotImplementedError
+
+    def whole(self, name: str) -> None:  # every tensor of parameter `name` is in
+        raise NotImplementedError
 
 
 def _shard_view(param: torch.Tensor, shard: str | None, cfg: ModelConfig) -> torch.Tensor:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from model.models.weight_map import LoadHooks
 from model.quant.kernels import CPU_PACK_BLOCK_N, int4_rows_gatherable, int4_supported, pack_int4
 from model.quant.modules import Int4Embedding, Int4Linear, Int8Embedding, Int8Linear
 
@@ -39,16 +40,32 @@ def round_bf16(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.bfloat16).float()
 
 
+ROWS_PER_CHUNK = 2048  # rows quantize independently: float temporaries stay a few MB, not the whole table
+
+
+def _by_rows(quantize, w: torch.Tensor, *args) -> tuple[torch.Tensor, ...]:
+    parts = [quantize(w[i: i + ROWS_PER_CHUNK], *args) for i in range(0, w.shape[0], ROWS_PER_CHUNK)]
+    return tuple(torch.cat(columns) for columns in zip(*parts))
+
+
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """w (N, K) float -> (int8 (N, K), bf16 scales (N,))."""
+    return _by_rows(_quantize_int8_rows, w)
+
+
+def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """w (N, K) float -> (q (N, K) uint8 in 0..15, scale (N, K/g), zero (N, K/g)) with bf16-exact scales."""
+    return _by_rows(_quantize_int4_rows, w, group_size)
+
+
+def _quantize_int8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     w = w.float()
     scales = round_bf16((w.abs().amax(dim=1) / 127).clamp(min=1e-10))
     q = torch.round(w / scales.unsqueeze(1)).clamp(-127, 127).to(torch.int8)
     return q, scales.to(torch.bfloat16)
 
 
-def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """w (N, K) float -> (q (N, K) uint8 in 0..15, scale (N, K/g), zero (N, K/g)) with bf16-exact scales."""
+def _quantize_int4_rows(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     n, k = w.shape
     wg = w.float().reshape(n, k // group_size, group_size)  # (N, G, g)
     lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)
@@ -132,6 +149,52 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> int:
             setattr(module, name, quantize_linear(child, spec))
             count += 1
     return count
+
+
+class QuantizingLoad(LoadHooks):
+    """WeightMap.load hooks for a model built on the meta device: each parameter is allocated (dtype,
+    device) when its first checkpoint tensor arrives, and each projection (an nn.Linear other than
+    lm_head) is quantized as soon as its weight and bias are in, so the float copy of the whole model
+    never exists: peak memory is the quantized model plus one float tensor. The embedding and lm_head
+    are quantized the same way when spec.embeddings says so (a tied lm_head is the loader's to re-tie)."""
+
+    def __init__(self, model: nn.Module, spec: QuantSpec, device: torch.device, dtype: torch.dtype) -> None:
+        self.spec, self.device, self.dtype = spec, device, dtype
+        self.modules = dict(model.named_modules())
+        self.lm_head = getattr(model, "lm_head", None)
+        self.done: set[str] = set()
+        self.quantized = 0
+
+    def _owner(self, name: str) -> tuple[str, str]:
+        module, _, attr = name.rpartition(".")
+        return module, attr
+
+    def materialize(self, name: str, whole: torch.Tensor | None) -> torch.Tensor:
+        module, attr = self._owner(name)
+        if whole is not None:  # the checkpoint's tensor becomes the parameter: no second copy
+            data = whole.to(device=self.device, dtype=self.dtype)
+        else:
+            data = torch.empty(getattr(self.modules[module], attr).shape, dtype=self.dtype, device=self.device)
+        param = nn.Parameter(data, requires_grad=False)
+        setattr(self.modules[module], attr, param)
+        return param
+
+    def whole(self, name: str) -> None:
+        self.done.add(name)
+        module_name, _ = self._owner(name)
+        module = self.modules[module_name]
+        if type(module) is nn.Embedding and self.spec.embeddings:
+            quantized = quantize_embedding(module, self.spec)
+        elif type(module) is nn.Linear and (module is not self.lm_head or self.spec.embeddings):
+            if any(f"{module_name}.{p}" not in self.done for p, _ in module.named_parameters(recurse=False)):
+                return  # the bias (or weight) is still to come
+            quantized = quantize_linear(module, self.spec)
+        else:
+            return
+        parent, _, attr = module_name.rpartition(".")
+        setattr(self.modules[parent], attr, quantized)
+        self.modules[module_name] = None  # drops the float weight with the module
+        self.quantized += 1
 
 
 def weight_bytes(model: nn.Module) -> int:

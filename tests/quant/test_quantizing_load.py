@@ -1,0 +1,51 @@
+"""`--quantization int8|int4` on a float checkpoint quantizes each projection as it is read (no float copy of
+the whole model): the result equals loading the float model and quantizing it afterwards, tensor for
+tensor, for a tied-embedding Llama (q/k/v and gate/up fused from separate tensors), a GLM-4 with q/k/v
+biases, and a ChatGLM3 checkpoint (fused query_key_value, shards split across files)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import EngineConfig
+from model.loader import load_model
+from model.quant import QuantSpec, quantize_model
+from tests.helpers import glm_replicas
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_llama_dir: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("quantizing-load")
+    return {"llama": tiny_llama_dir,
+            "glm4": glm_replicas.build_glm4_chat_hf_replica(root / "glm-4-9b-chat-hf"),
+            "chatglm3": glm_replicas.build_chatglm3_replica(root / "chatglm3-6b")}
+
+
+def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+@pytest.mark.parametrize("method", ["int8", "int4"])
+@pytest.mark.parametrize("which", ["llama", "glm4", "chatglm3"])
+def test_quantized_while_loading_equals_quantized_after_loading(checkpoints: dict[str, str], which: str,
+                                                                 method: str) -> None:
+    spec = QuantSpec(method, 32)
+    after = load_model(checkpoints[which]).model
+    quantize_model(after, spec)
+    streamed = load_model(checkpoints[which], engine_config=EngineConfig(quantization=method)).model
+    assert not any(t.is_meta for t in _tensors(streamed).values())
+    quantize_model(streamed, spec)  # what the model runner does next: the embedding and lm_head
+    expected, got = _tensors(after), _tensors(streamed)
+    assert sorted(got) == sorted(expected)
+    for name, tensor in expected.items():
+        assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), name
+    assert [type(m).__name__ for m in streamed.modules()] == [type(m).__name__ for m in after.modules()]
+
+
+def test_a_float_load_builds_in_its_dtype_and_keeps_ties(tiny_llama_dir: str) -> None:
+    loaded = load_model(tiny_llama_dir, dtype=torch.bfloat16).model
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    assert loaded.lm_head.weight is loaded.embed_tokens.weight
+    reference = load_model(tiny_llama_dir).model.to(torch.bfloat16)
+    for (name, p), (_, q) in zip(loaded.named_parameters(), reference.named_parameters()):
+        assert torch.equal(p, q), name
