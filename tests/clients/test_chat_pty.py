@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -20,8 +21,11 @@ PROMPT = ">>> "
 def spawn_chat(url: str, *args: str) -> pexpect.spawn:
     glmserve = str(Path(sys.executable).with_name("glmserve"))
     env = {**os.environ, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TERM": "dumb"}
+    # SIGINT as an interactive shell leaves it: a suite started as a background job of a non-interactive
+    # shell inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler at all
     child = pexpect.spawn(glmserve, ["chat", "--url", url, *args], env=env, encoding="utf-8",
-                          timeout=120, dimensions=(40, 200))  # generous: CI may run with both cores busy
+                          timeout=120, dimensions=(40, 200),  # generous: CI may run with both cores busy
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     child.expect("glmserve chat · model default")
     child.expect_exact(PROMPT)
     return child
