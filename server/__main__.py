@@ -9,6 +9,7 @@ Every flag is also an environment variable: --max-num-seqs 8 == GLMSERVE_MAX_NUM
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 import types
@@ -107,6 +108,12 @@ def serve(settings: "Settings") -> int:
     from server.lifecycle import DrainingServer
 
     app = build_app(settings)
+    # The model, tokenizer and libraries loaded by now are ~850k objects that live as long as the
+    # process. A full collection walks all of them, holding the GIL for a few hundred ms, so every
+    # request that allocated enough to trigger one stalled the event loop (/health polls of 250-330
+    # ms during large bodies, issue 21). Frozen, the collector only walks what requests allocate.
+    gc.collect()
+    gc.freeze()
     # h11, not httptools: httptools has no limit on header size, so one unauthenticated client could
     # make the process hold hundreds of MiB of header bytes; h11 answers 400 past MAX_HEADER_BYTES.
     # Its subclass closes a connection whose headers take longer than --header-timeout (slowloris);
