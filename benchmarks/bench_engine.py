@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import statistics
 import subprocess
 import sys
@@ -136,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.hf_only:
         print(json.dumps(run_hf(args)))
         return 0
+    # the engine's start-up lines (threads, the CPU choices of model/engine/cpu_choices.py) on stderr
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("glmserve.engine").setLevel(logging.INFO)
     limits = None
     if args.device in ("auto", "cpu"):
         import torch
