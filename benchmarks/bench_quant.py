@@ -5,6 +5,8 @@
     python -m benchmarks.bench_quant rss                    # one child process per variant: RSS while loading
     python -m benchmarks.bench_quant perplexity             # `glmserve eval perplexity` against each variant served
     python -m benchmarks.bench_quant serve --variant int4-q41 --port 8031   # one variant over HTTP
+    python -m benchmarks.bench_quant write-glm --model /tmp/glm-1b   # a random ~1 B GLM-4 by transformers
+    python -m benchmarks.bench_quant rss --model /tmp/glm-1b --variants fp32,bf16,int8,int4-rq32
 
 Variants (all on the default SmolLM2-135M Q4_1 GGUF):
   fp32, bf16        the float paths (the GGUF dequantized once, cached)
@@ -35,12 +37,17 @@ VARIANTS = {  # name -> (dtype, quantization, group size, quantize embedding/lm_
 PROMPT = "Write a detailed essay about the history of tea, its trade routes and its culture."
 
 
-def build_engine(variant: str, max_num_seqs: int = 32, kv_mib: int = 256):
-    """The variant's LLMEngine. The GGUF-as-stored variants load through load_model(engine_config=...)."""
+def build_engine(variant: str, max_num_seqs: int = 32, kv_mib: int = 256, model: str | None = None):
+    """The variant's LLMEngine. The GGUF-as-stored variants load through load_model(engine_config=...).
+    `model`: another checkpoint directory for the float and requantized variants."""
     from model import EngineConfig, LLMEngine, QuantSpec, Tokenizer, load_model, quantize_model, resolve_model_dir
 
     dtype, quant, group, embeddings = VARIANTS[variant]
     source = resolve_model_dir("default") if quant in ("none", "int8", "int4-requant") else "default"
+    if model is not None:
+        if source == "default":
+            raise SystemExit(f"variant {variant} reads the default model's GGUF; --model takes float variants")
+        source = model
     method = "int4" if quant == "int4-requant" else quant
     ec = EngineConfig(max_num_seqs=max_num_seqs, kv_cache_memory=kv_mib << 20, dtype=dtype, quantization=method,
                       quantization_group_size=group)
@@ -161,7 +168,7 @@ def cmd_rss_one(args) -> None:
     from model import weight_bytes
 
     base = _status_kib("VmRSS")
-    engine = build_engine(args.variant, kv_mib=16)
+    engine = build_engine(args.variant, kv_mib=16, model=args.model)
     print(json.dumps({"variant": args.variant, "baseline_rss_mib": base // 1024,
                       "peak_rss_mib": _status_kib("VmHWM") // 1024,
                       "final_rss_mib": _status_kib("VmRSS") // 1024,
@@ -170,7 +177,31 @@ def cmd_rss_one(args) -> None:
 
 def cmd_rss(args) -> None:
     for v in args.variants:
-        subprocess.run([sys.executable, "-m", "benchmarks.bench_quant", "rss-one", "--variant", v], check=True)
+        model = ["--model", args.model] if args.model else []
+        subprocess.run([sys.executable, "-m", "benchmarks.bench_quant", "rss-one", "--variant", v, *model], check=True)
+
+
+def cmd_write_glm(args) -> None:
+    """A random GLM-4 (model_type glm) of ~1.06 B parameters, bf16 safetensors shards as the hub's are,
+    with the default model's tokenizer (its ids lie inside the larger vocabulary)."""
+    import shutil
+
+    import torch
+    from transformers import GlmConfig, GlmForCausalLM
+
+    from model import resolve_model_dir
+
+    config = GlmConfig(vocab_size=151552, hidden_size=2048, intermediate_size=5632, num_hidden_layers=10,
+                       num_attention_heads=16, num_key_value_heads=2, head_dim=128, max_position_embeddings=8192,
+                       tie_word_embeddings=False, torch_dtype="bfloat16")
+    torch.manual_seed(0)
+    with torch.device("cpu"):
+        model = GlmForCausalLM(config).to(torch.bfloat16)
+    print(f"{sum(p.numel() for p in model.parameters()) / 1e9:.3f} B parameters", flush=True)
+    model.save_pretrained(args.model, max_shard_size="500MB")
+    tokenizer = resolve_model_dir("default")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(os.path.join(tokenizer, name), args.model)
 
 
 def cmd_serve(args) -> None:
@@ -213,7 +244,8 @@ def cmd_perplexity(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("command", choices=["decode", "kernels", "rss", "rss-one", "serve", "perplexity"])
+    p.add_argument("command", choices=["decode", "kernels", "rss", "rss-one", "serve", "perplexity", "write-glm"])
+    p.add_argument("--model", default=None, help="a checkpoint dir for rss (float variants); write-glm's output")
     p.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
     p.add_argument("--variant", default="int4-q41")
     p.add_argument("--reps", type=int, default=3)
@@ -224,7 +256,7 @@ def main() -> None:
     p.add_argument("--data", default="data/eval/summarize.jsonl")
     args = p.parse_args()
     {"decode": cmd_decode, "kernels": cmd_kernels, "rss": cmd_rss, "rss-one": cmd_rss_one, "serve": cmd_serve,
-     "perplexity": cmd_perplexity}[args.command](args)
+     "perplexity": cmd_perplexity, "write-glm": cmd_write_glm}[args.command](args)
 
 
 if __name__ == "__main__":

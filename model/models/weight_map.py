@@ -68,7 +68,7 @@ class WeightMap:
             if dest.shape != tensor.shape:
                 raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != expected {tuple(dest.shape)}")
             if hooks is not None and params[target].is_meta:
-                params[target] = hooks.materialize(target, tensor if shard is None else None)
+                params[target] = hooks.materialize(target, tensor, whole=shard is None)
                 dest = _shard_view(params[target].data, shard, cfg)
             if dest.data_ptr() != tensor.data_ptr():
                 with torch.no_grad():
@@ -101,9 +101,9 @@ class WeightMap:
 class LoadHooks:
     """What WeightMap.load calls on a model whose parameters start on the meta device."""
 
-    def materialize(self, name: str, whole: torch.Tensor | None) -> torch.Tensor:
-        """The parameter `name`, now in memory: `whole` itself (in the model's dtype) when one tensor fills
-        it, else empty for its shards to be copied into."""
+    def materialize(self, name: str, first: torch.Tensor, whole: bool) -> torch.Tensor:
+        """The parameter `name`, now in memory, for its `first` checkpoint tensor: that tensor itself when
+        it fills the parameter whole, else an empty one for the shards to be copied into."""
         raise NotImplementedError
 
     def whole(self, name: str) -> None:  # every tensor of parameter `name` is in

@@ -32,7 +32,19 @@ def pack_int4(q: torch.Tensor, device: torch.device) -> torch.Tensor:
         pairs = (q[:, ::2].to(torch.uint8) << 4) | q[:, 1::2].to(torch.uint8)
         tiles = next(t for t in (8, 4, 2) if q.shape[1] % (16 * t) == 0)
         return torch.ops.aten._convert_weight_to_int4pack(pairs.to(device), tiles)
-    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
+    # the packer takes int32 codes (4x the uint8 table) and interleaves rows only within blocks of
+    # CPU_PACK_BLOCK_N, so row chunks pack alone into one output: a vocabulary-sized table stays small
+    n = q.shape[0]
+    rows = CPU_PACK_BLOCK_N * 64 if n % CPU_PACK_BLOCK_N == 0 else n
+    packed = None
+    for i in range(0, n, rows):
+        part = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q[i: i + rows].to(torch.int32).contiguous(), 1)
+        if packed is None:
+            if rows >= n:
+                return part
+            packed = torch.empty((n, *part.shape[1:]), dtype=part.dtype)
+        packed[i: i + part.shape[0]] = part
+    return packed
 
 
 def int4_mm(x: torch.Tensor, packed: torch.Tensor, group_size: int, scales_and_zeros: torch.Tensor) -> torch.Tensor:

@@ -44,8 +44,15 @@ ROWS_PER_CHUNK = 2048  # rows quantize independently: float temporaries stay a f
 
 
 def _by_rows(quantize, w: torch.Tensor, *args) -> tuple[torch.Tensor, ...]:
-    parts = [quantize(w[i: i + ROWS_PER_CHUNK], *args) for i in range(0, w.shape[0], ROWS_PER_CHUNK)]
-    return tuple(torch.cat(columns) for columns in zip(*parts))
+    """quantize(rows, *args) over row chunks, written into outputs allocated once (no concatenation copy)."""
+    outputs: list[torch.Tensor] = []
+    for i in range(0, w.shape[0], ROWS_PER_CHUNK):
+        parts = quantize(w[i: i + ROWS_PER_CHUNK], *args)
+        if not outputs:
+            outputs = [torch.empty((w.shape[0], *p.shape[1:]), dtype=p.dtype, device=p.device) for p in parts]
+        for out, part in zip(outputs, parts):
+            out[i: i + part.shape[0]] = part
+    return tuple(outputs)
 
 
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,16 +123,19 @@ def quantize_linear(linear: nn.Linear, spec: QuantSpec) -> nn.Module:
     return Int8Linear(q, scales.to(device), bias)
 
 
-def quantize_embedding(embedding: nn.Embedding, spec: QuantSpec) -> Int8Embedding | Int4Embedding:
+def quantize_embedding(embedding: nn.Embedding, spec: QuantSpec,
+                       out_dtype: torch.dtype | None = None) -> Int8Embedding | Int4Embedding:
+    """out_dtype: what a lookup returns (the model's dtype; default the table's own)."""
     w, device = embedding.weight.detach(), embedding.weight.device
+    out_dtype = out_dtype or w.dtype
     v, h = w.shape
     if spec.method == "int4":
         g = int4_group_for(v, h, spec.group_size)
         if g is not None and embedding_int4_ok(v, h, g, device):
-            return int4_embedding(*quantize_int4(w, g), g, w.dtype, device)
+            return int4_embedding(*quantize_int4(w, g), g, out_dtype, device)
         log.info("int4 embedding lookup unavailable for (%d, %d) on %s; int8 embedding", v, h, device)
     q, scales = quantize_int8(w)
-    return Int8Embedding(q, scales.to(device), w.dtype)
+    return Int8Embedding(q, scales.to(device), out_dtype)
 
 
 def quantize_model(model: nn.Module, spec: QuantSpec) -> int:
@@ -169,12 +179,23 @@ class QuantizingLoad(LoadHooks):
         module, _, attr = name.rpartition(".")
         return module, attr
 
-    def materialize(self, name: str, whole: torch.Tensor | None) -> torch.Tensor:
+    def _quantized_later(self, module_name: str, attr: str) -> bool:
+        module = self.modules[module_name]
+        if attr != "weight":
+            return False
+        if type(module) is nn.Embedding:
+            return self.spec.embeddings
+        return type(module) is nn.Linear and (module is not self.lm_head or self.spec.embeddings)
+
+    def materialize(self, name: str, first: torch.Tensor, whole: bool) -> torch.Tensor:
         module, attr = self._owner(name)
-        if whole is not None:  # the checkpoint's tensor becomes the parameter: no second copy
-            data = whole.to(device=self.device, dtype=self.dtype)
+        # a weight about to be quantized keeps the checkpoint's dtype (bf16 -> fp32 is exact, and the
+        # quantizer widens row chunks itself): a bf16 checkpoint's float table is never doubled
+        dtype = first.dtype if self._quantized_later(module, attr) and first.is_floating_point() else self.dtype
+        if whole:  # the checkpoint's tensor becomes the parameter: no second copy
+            data = first.to(device=self.device, dtype=dtype)
         else:
-            data = torch.empty(getattr(self.modules[module], attr).shape, dtype=self.dtype, device=self.device)
+            data = torch.empty(getattr(self.modules[module], attr).shape, dtype=dtype, device=self.device)
         param = nn.Parameter(data, requires_grad=False)
         setattr(self.modules[module], attr, param)
         return param
@@ -184,7 +205,7 @@ class QuantizingLoad(LoadHooks):
         module_name, _ = self._owner(name)
         module = self.modules[module_name]
         if type(module) is nn.Embedding and self.spec.embeddings:
-            quantized = quantize_embedding(module, self.spec)
+            quantized = quantize_embedding(module, self.spec, self.dtype)
         elif type(module) is nn.Linear and (module is not self.lm_head or self.spec.embeddings):
             if any(f"{module_name}.{p}" not in self.done for p, _ in module.named_parameters(recurse=False)):
                 return  # the bias (or weight) is still to come

@@ -40,6 +40,10 @@ def test_quantized_while_loading_equals_quantized_after_loading(checkpoints: dic
     for name, tensor in expected.items():
         assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), name
     assert [type(m).__name__ for m in streamed.modules()] == [type(m).__name__ for m in after.modules()]
+    ids = torch.tensor([[1, 5, 9, 200, 7]])
+    with torch.inference_mode():
+        logits, reference = streamed.compute_logits(streamed(ids)), after.compute_logits(after(ids))
+    assert logits.dtype == reference.dtype == torch.float32 and torch.equal(logits, reference)
 
 
 def test_a_float_load_builds_in_its_dtype_and_keeps_ties(tiny_llama_dir: str) -> None:
