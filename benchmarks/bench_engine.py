@@ -8,7 +8,8 @@ Measures: 64 requests x 128 output tokens at 32 concurrent sequences (tok/s, TTF
 alone (tok/s, TTFT of a 40-token prompt), the TTFT gain of a 1,000-token shared prefix, then HF batch 1
 (sequential) and HF static batch 32 in a child process (two torch threads' OpenMP teams in one process
 would slow both). On CPU it first prints the host's limits (benchmarks/host_limits.py: copy bandwidth,
-fp32/bf16 matmul GFLOP/s) and the batch-1 bound, the weights' bytes over the copy bandwidth.
+fp32/bf16 matmul GFLOP/s) and the batch-1 bound: the bytes a decode step reads from the weights (not the
+embedding table) over the copy bandwidth.
 """
 from __future__ import annotations
 
@@ -54,6 +55,27 @@ async def _one(engine, rid: str, prompt: list[int], max_tokens: int) -> tuple[fl
     return first or 0.0, time.perf_counter() - start, count
 
 
+def streamed_weight_bytes(model) -> int:
+    """Bytes one decode step reads from the weights: every projection (each storage once: a tied lm_head
+    is the embedding, a packed one its own copy), not the embedding table (one row per token) nor the
+    RoPE tables."""
+    seen, total = set(), 0
+    for name, module in model.named_modules():
+        if name.endswith("embed_tokens"):
+            continue
+        tensors = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+        for tensor_name, t in tensors:
+            try:
+                key = t.data_ptr()
+            except RuntimeError:  # a oneDNN-packed weight has no plain storage: its own copy
+                key = id(t)
+            if tensor_name in ("cos_cache", "sin_cache") or key in seen:
+                continue
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
+
+
 async def run_engine(args) -> dict:
     from model import AsyncEngine, EngineConfig
 
@@ -63,7 +85,7 @@ async def run_engine(args) -> dict:
     prompts = chat_prompts(engine.model_path, args.requests)
     await _one(engine, "warmup", prompts[0], 8)
     result: dict = {"prompt_tokens_mean": statistics.mean(len(p) for p in prompts),
-                    "weight_bytes": engine.engine.runner.weight_bytes}
+                    "weight_bytes": streamed_weight_bytes(engine.engine.runner.model)}
 
     sem = asyncio.Semaphore(args.concurrency)
 
