@@ -170,7 +170,7 @@ async def create_summary(state: ServerState, request: Request, body: SummarizeRe
         text = await until_disconnected(request, collect_text(summarizer.answer()))
     finally:
         ctx.close()
-    return finish_json(state, Summary(id=ctx.request_id, created=ctx.created, model=response_model_name(state), summary=text,
-                                      finish_reason=runner.finish_reason, usage=ctx.trace.usage(),
+    return finish_json(state, Summary(id=ctx.request_id, created=ctx.created, model=response_model_name(state),
+                                      summary=text, finish_reason=runner.finish_reason, usage=ctx.trace.usage(),
                                       num_chunks=len(summarizer.chunks),
                                       timings=ctx.trace.timings() if state.settings.timings else None))
