@@ -2,13 +2,15 @@
 
     python -m benchmarks.bench_neighbor                      # default model, fp32, batch 1 and 32
     python -m benchmarks.bench_neighbor --steps 24 --batches 1,32 --threads 1,2
+    python -m benchmarks.bench_neighbor --threads 0 --policies default   # 0 = no --num-threads: the ThreadTuner
 
 For every combination of neighbour (none, or one `yes > /dev/null` process: a CPU-bound neighbour holding
 one core), OMP_WAIT_POLICY (unset = libgomp's default, which spins a while before sleeping; PASSIVE =
 sleep at once) and torch thread count, a fresh child process builds the engine, prefills B greedy
 requests and times `steps` decode steps; tok/s = B / median step time. The wait policy must be set before
 the OpenMP runtime starts, hence one process per combination. Combinations alternate, so a change of the
-machine's load falls on all of them alike.
+machine's load falls on all of them alike. Thread count 0 leaves the count to the engine (ThreadTuner,
+model/engine/cpu_threads.py): the child steps until the tuner has probed once, then times.
 """
 from __future__ import annotations
 
@@ -28,23 +30,29 @@ def child(args) -> None:
     from benchmarks.bench_engine import chat_prompts
     from model import EngineConfig, LLMEngine, SamplingParams
 
-    engine = LLMEngine.from_model("default", EngineConfig(dtype=args.dtype, num_threads=args.threads,
+    auto = args.threads == 0
+    engine = LLMEngine.from_model("default", EngineConfig(dtype=args.dtype, num_threads=None if auto else args.threads,
                                                           max_num_seqs=max(args.batch, 1),
-                                                          kv_cache_memory=256 << 20))
+                                                          kv_cache_memory=1 << 30))
     prompts = chat_prompts(engine.loaded.path, args.batch)
-    params = SamplingParams(temperature=0, max_tokens=args.steps + 8, ignore_eos=True)
+    budget = (2000 if args.batch == 1 else 400) if auto else args.steps + 8
+    params = SamplingParams(temperature=0, max_tokens=budget, ignore_eos=True)
     for i, prompt in enumerate(prompts):
         engine.add_request(f"n{i}", prompt, params)
     started: set[str] = set()
     while len(started) < args.batch:  # prefill done: every request has its first token
         started |= {o.request_id for o in engine.step() if o.token_ids}
+    tuner = engine.thread_tuner
+    while auto and tuner is not None and tuner.num_probes < 1 and engine.has_unfinished():
+        engine.step()  # until the tuner has timed the candidates once
     times = []
     for _ in range(args.steps):
         t = time.perf_counter()
         engine.step()
         times.append(time.perf_counter() - t)
     step = statistics.median(times)
-    print(json.dumps({"threads": torch.get_num_threads(), "step_ms": round(step * 1e3, 1),
+    threads = tuner.current if auto and tuner is not None else torch.get_num_threads()
+    print(json.dumps({"threads": threads, "step_ms": round(step * 1e3, 1),
                       "tok_s": round(args.batch / step, 1)}), flush=True)
 
 
@@ -89,7 +97,8 @@ def main() -> None:
     print("| neighbour | batch | OMP_WAIT_POLICY | threads | step ms | tok/s |")
     print("|---|---|---|---|---|---|")
     for (neighbour, batch, policy, threads), f in sorted(best.items()):
-        print(f"| {'one `yes`' if neighbour else 'none'} | {batch} | {policy} | {threads} | {f['step_ms']} | {f['tok_s']} |")
+        count = threads if threads else f"auto ({f['threads']})"
+        print(f"| {'one `yes`' if neighbour else 'none'} | {batch} | {policy} | {count} | {f['step_ms']} | {f['tok_s']} |")
 
 
 if __name__ == "__main__":

@@ -393,6 +393,8 @@ class EngineConfig:
     enable_prefix_caching: bool = knob(True, "reuse the KV blocks of prompts seen before")
     num_threads: int | None = knob(None, "torch threads for the engine; 1 is faster when other processes share "
                                          "the cores")
+    adapt_threads: bool = knob(True, "without --num-threads, re-time the thread count every ~10 s of stepping "
+                                     "and keep the fastest (a neighbour holding a core makes fewer threads faster)")
     # n-gram speculative decoding (greedy and unseeded sampled requests): up to this many tokens proposed
     # per step from an earlier occurrence of the sequence's last tokens (prompt lookup); 0 = off
     num_speculative_tokens: int = knob(0, "n-gram speculative decoding: tokens proposed per step (0: off; 4 is a "

@@ -4,13 +4,23 @@ torch's default is the machine's core count. In a container limited by a CPU quo
 a Kubernetes CPU limit) or pinned to a few cores (taskset, cpusets), that oversubscribes: threads wait
 for quota and every matmul's slowest thread sets the step time. So the count follows, in order:
 an explicit `--num-threads`, else min(the affinity mask, ceil(cgroup quota / period)).
+
+Without `--num-threads`, ThreadTuner then re-decides the count while serving: a neighbour process that
+holds a core makes every op's parallel region wait for its descheduled thread (the default model at
+batch 1: 2 threads 27.5 -> 7.8 tok/s beside one busy process, 1 thread 18.9 -> 17.0; at 32 rows 357 -> 108
+and 191 -> 176; `python -m benchmarks.bench_neighbor`), so no fixed count wins on both a quiet and a
+shared host. Every few seconds of stepping it times a few steps at each candidate count, interleaved,
+and keeps the fastest. Thread counts do not change results here (each op splits independent outputs
+across threads; checked bit for bit on the default model), so a probe never changes a token.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
+import statistics
 from pathlib import Path
+from typing import Callable
 
 log = logging.getLogger("glmserve.engine")
 
@@ -62,3 +72,70 @@ def apply_num_threads(requested: int | None) -> int:
         torch.set_num_threads(threads)
     log.info("engine uses %d torch threads (%s)", threads, why)
     return threads
+
+
+class ThreadTuner:
+    """Chooses the engine thread's torch thread count from measured step times (see the module doc).
+
+    The engine calls before_step() and after_step(seconds, tokens) around each step. After `period_s` of
+    stepping at the current count it probes: `probe_rounds` rounds of one step at each candidate count
+    (interleaved, so a change of load falls on all alike), then keeps the count with the lowest median
+    seconds per computed token, unless it beats the current one by less than `margin`."""
+
+    def __init__(self, max_threads: int, period_s: float = 10.0, probe_rounds: int = 4, margin: float = 0.1,
+                 set_threads: Callable[[int], None] | None = None) -> None:
+        if set_threads is None:
+            import torch
+
+            set_threads = torch.set_num_threads
+        self.set_threads = set_threads
+        self.candidates = sorted({max_threads, max(1, max_threads - 1), 1}, reverse=True)
+        self.current = max_threads
+        self.period_s, self.probe_rounds, self.margin = period_s, probe_rounds, margin
+        self.stepped_s = 0.0  # stepping time at `current` since the last probe
+        self.probe: list[int] = []  # thread counts of the probe's remaining steps
+        self.samples: dict[int, list[float]] = {}
+        self.probing_with: int | None = None
+        self.applied: int | None = None  # the count last set (on the engine's own thread)
+        self.num_probes = 0
+
+    def before_step(self) -> None:
+        if not self.probe and self.stepped_s >= self.period_s:
+            self.probe = [c for _ in range(self.probe_rounds) for c in self.candidates]
+            self.samples = {c: [] for c in self.candidates}
+        self.probing_with = self.probe.pop(0) if self.probe else None
+        self._use(self.probing_with or self.current)
+
+    def after_step(self, seconds: float, tokens: int) -> None:
+        if self.probing_with is None:
+            self.stepped_s += seconds
+            return
+        self.samples[self.probing_with].append(seconds / max(1, tokens))
+        if not self.probe:
+            self._decide()
+
+    def _decide(self) -> None:
+        per_token = {c: statistics.median(v) for c, v in self.samples.items() if v}
+        best = min(per_token, key=per_token.get)
+        chosen = best if per_token[best] < per_token[self.current] * (1 - self.margin) else self.current
+        if chosen != self.current:
+            log.info("engine threads %d -> %d: %s ms per token at %s threads (another process is using the CPUs, "
+                     "or it left)", self.current, chosen,
+                     "/".join(f"{per_token[c] * 1e3:.2f}" for c in self.candidates),
+                     "/".join(str(c) for c in self.candidates))
+        self.current, self.stepped_s, self.probing_with = chosen, 0.0, None
+        self.num_probes += 1
+        self._use(chosen)
+
+    def _use(self, threads: int) -> None:
+        if threads != self.applied:
+            self.set_threads(threads)
+            self.applied = threads
+
+
+def thread_tuner_for(requested: int | None, device_type: str, enabled: bool) -> ThreadTuner | None:
+    """A tuner when the count was not fixed by --num-threads and there is more than one CPU to use."""
+    if requested or device_type != "cpu" or not enabled:
+        return None
+    threads, _ = choose_num_threads(None)
+    return ThreadTuner(threads) if threads > 1 else None

@@ -12,7 +12,7 @@ from collections import deque
 
 from model.config import EngineConfig
 from model.engine.block_manager import BlockManager
-from model.engine.cpu_threads import apply_num_threads
+from model.engine.cpu_threads import apply_num_threads, thread_tuner_for
 from model.engine.model_runner import ModelRunner
 from model.engine.ngram_proposer import propose_drafts
 from model.engine.output_processor import OutputProcessor
@@ -49,6 +49,8 @@ class LLMEngine:
         self.postprocessor = Postprocessor(self.scheduler, self.block_manager, self.sampler,
                                            OutputProcessor(tokenizer, eos, self.max_model_len))
         self._recent: deque[tuple[float, int]] = deque(maxlen=64)  # (time, tokens generated in the step)
+        self.thread_tuner = thread_tuner_for(engine_config.num_threads, self.runner.device.type,
+                                             engine_config.adapt_threads and not engine_config.enforce_eager)
         self.lora: LoRAManager | None = None  # made at the first load_lora (the network stays as loaded until then)
 
     @classmethod
@@ -147,7 +149,14 @@ class LLMEngine:
         sched = self.scheduler.schedule()
         if sched.is_empty:
             return []
-        outputs = self.postprocessor.process(sched, self.runner.run(sched.scheduled))
+        tuner = self.thread_tuner
+        if tuner is None:
+            outputs = self.postprocessor.process(sched, self.runner.run(sched.scheduled))
+        else:
+            tuner.before_step()
+            start = time.perf_counter()
+            outputs = self.postprocessor.process(sched, self.runner.run(sched.scheduled))
+            tuner.after_step(time.perf_counter() - start, sum(s.num_tokens for s in sched.scheduled))
         self._recent.append((time.time(), sum(len(out.token_ids) for out in outputs)))
         return outputs
 
