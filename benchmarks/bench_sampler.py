@@ -8,10 +8,9 @@ logits: top_p 0.9 keeps thousands, so the candidate path falls back to the sort 
 """
 from __future__ import annotations
 
-import time
-
 import torch
 
+from benchmarks.host_limits import best_seconds
 from model.engine import sampler as sampler_module
 from model.engine.sampler import Sampler
 from model.engine.sequence import Sequence
@@ -21,13 +20,7 @@ VOCAB = 49152
 
 
 def per_call_ms(fn, repeats: int = 10) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best * 1000
+    return best_seconds(fn, repeats) * 1000
 
 
 def main() -> None:

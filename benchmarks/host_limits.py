@@ -31,7 +31,8 @@ class HostLimits:
                 f"fp32 matmul {self.fp32_gflop_s:.0f} GFLOP/s, bf16 matmul {self.bf16_gflop_s:.0f} GFLOP/s")
 
 
-def _best_seconds(fn, repeats: int) -> float:
+def best_seconds(fn, repeats: int) -> float:
+    """The fastest of `repeats` calls of fn, after one warm-up call."""
     fn()
     best = float("inf")
     for _ in range(repeats):
@@ -44,14 +45,14 @@ def _best_seconds(fn, repeats: int) -> float:
 def copy_bandwidth_gb_s(mib: int = 256, repeats: int = 5) -> float:
     src = torch.ones(mib << 18)  # fp32: mib MiB
     dst = torch.empty_like(src)
-    seconds = _best_seconds(lambda: dst.copy_(src), repeats)
+    seconds = best_seconds(lambda: dst.copy_(src), repeats)
     return 2 * src.numel() * src.element_size() / seconds / 1e9
 
 
 def matmul_gflop_s(dtype: torch.dtype, n: int = 2048, repeats: int = 3) -> float:
     a = torch.randn(n, n).to(dtype)
     b = torch.randn(n, n).to(dtype)
-    seconds = _best_seconds(lambda: torch.mm(a, b), repeats)
+    seconds = best_seconds(lambda: torch.mm(a, b), repeats)
     return 2 * n ** 3 / seconds / 1e9
 
 
