@@ -72,6 +72,9 @@ def pick(what: str, candidates: dict[str, Callable[[int], Callable[[], object]]]
     return Choice(what, best if score[best] < 1.0 - MARGIN else plain, seconds)
 
 
+TIMING_BYTES = 256 << 20  # weights of one shape packed for timing at once
+
+
 def _linear_groups(model: nn.Module) -> dict[tuple[int, int], list[tuple[nn.Module, str, nn.Linear]]]:
     """The model's CPU nn.Linear modules by (in_features, out_features): (parent, attribute, module)."""
     groups: dict[tuple[int, int], list] = {}
@@ -89,8 +92,17 @@ def choose_linear_packing(model: nn.Module, batch_rows: int, timer: Timer = one_
     """Per weight shape, keeps nn.Linear or swaps in oneDNN-packed copies, whichever measured faster."""
     choices = []
     for (fan_in, fan_out), members in _linear_groups(model).items():
-        packed = [PackedLinear(lin) for _, _, lin in members]
-        plain = [lin for _, _, lin in members]
+        # timed on as many members as fit TIMING_BYTES (still far beyond any cache, so the products stream
+        # their weights as in a step): packing every member just to time it held a second copy of all the
+        # model's projections at once (+2.4 GB at start-up on a 1 B model)
+        per_weight = members[0][2].weight.numel() * members[0][2].weight.element_size()
+        if per_weight > TIMING_BYTES:  # a vocabulary-sized lm_head: a packed copy would double it at start-up
+            log.info("cpu choice: linear %d->%d stays plain (%.0f MB: too large to copy for a trial)", fan_in,
+                     fan_out, per_weight / 1e6)
+            continue
+        timed = members[: max(1, min(len(members), TIMING_BYTES // max(1, per_weight)))]
+        packed = [PackedLinear(lin) for _, _, lin in timed]
+        plain = [lin for _, _, lin in timed]
         dtype = plain[0].weight.dtype
 
         def run_all(mods: list[nn.Module]) -> Callable[[int], Callable[[], object]]:
@@ -103,8 +115,9 @@ def choose_linear_packing(model: nn.Module, batch_rows: int, timer: Timer = one_
                                                                        "packed": run_all(packed)},
                       sorted({1, batch_rows}), timer)
         if choice.chosen == "packed":
-            for (parent, name, _), p in zip(members, packed):
-                setattr(parent, name, p)
+            for i, (parent, name, lin) in enumerate(members):  # one at a time: each plain weight goes as packed
+                setattr(parent, name, packed[i] if i < len(packed) else PackedLinear(lin))
+        del packed, plain
         log.info("cpu choice: %s", choice.describe())
         choices.append(choice)
     return choices
