@@ -6,6 +6,7 @@ Live servers: tests/helpers/live_server.py (SubprocessServer, ThreadedServer).
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -17,6 +18,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # 2-thread training step took 3.4 s spinning and 0.23 s passive (it must be set before torch loads;
 # servers the tests start inherit it)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """A test that runs `glmserve serve`'s main in this process (configure_logging) leaves the root logger
+    as it found it, so later in-process servers do not print their request lines into the run's output."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
