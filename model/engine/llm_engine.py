@@ -150,12 +150,11 @@ class LLMEngine:
         if sched.is_empty:
             return []
         tuner = self.thread_tuner
-        if tuner is None:
-            outputs = self.postprocessor.process(sched, self.runner.run(sched.scheduled))
-        else:
+        if tuner is not None:
             tuner.before_step()
-            start = time.perf_counter()
-            outputs = self.postprocessor.process(sched, self.runner.run(sched.scheduled))
+        start = time.perf_counter()
+        outputs = self.postprocessor.process(sched, self.runner.run(sched.scheduled))
+        if tuner is not None:
             tuner.after_step(time.perf_counter() - start, sum(s.num_tokens for s in sched.scheduled))
         self._recent.append((time.time(), sum(len(out.token_ids) for out in outputs)))
         return outputs

@@ -74,7 +74,7 @@ class WeightMap:
                 with torch.no_grad():
                     dest.copy_(tensor)
             filled.add(target if shard is None else f"{target}:{shard}")
-            if hooks is not None and (shard is None or target in _whole_params(filled)):
+            if hooks is not None and (shard is None or _all_shards_in(target, filled)):
                 del params[target]  # the hook may replace the module; this reference must not keep it
                 hooks.whole(target)
         return _whole_params(filled)
@@ -139,6 +139,11 @@ def mtp_layer_of(name: str, cfg: ModelConfig) -> int | None:
 
 
 _SHARDS_OF = {"qkv_proj": {"q", "k", "v"}, "gate_up_proj": {"gate", "up"}}
+
+
+def _all_shards_in(name: str, filled: set[str]) -> bool:
+    """Whether every shard of the fused parameter `name` is among `filled` ("name:shard" entries)."""
+    return all(f"{name}:{shard}" in filled for shard in _SHARDS_OF[name.split(".")[-2]])
 
 
 def _whole_params(filled: set[str]) -> set[str]:

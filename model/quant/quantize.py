@@ -179,10 +179,8 @@ class QuantizingLoad(LoadHooks):
         module, _, attr = name.rpartition(".")
         return module, attr
 
-    def _quantized_later(self, module_name: str, attr: str) -> bool:
-        module = self.modules[module_name]
-        if attr != "weight":
-            return False
+    def _quantizes(self, module: nn.Module) -> bool:
+        """The one rule of what this load quantizes: projections, and the embedding / lm_head with spec.embeddings."""
         if type(module) is nn.Embedding:
             return self.spec.embeddings
         return type(module) is nn.Linear and (module is not self.lm_head or self.spec.embeddings)
@@ -191,7 +189,8 @@ class QuantizingLoad(LoadHooks):
         module, attr = self._owner(name)
         # a weight about to be quantized keeps the checkpoint's dtype (bf16 -> fp32 is exact, and the
         # quantizer widens row chunks itself): a bf16 checkpoint's float table is never doubled
-        dtype = first.dtype if self._quantized_later(module, attr) and first.is_floating_point() else self.dtype
+        quantized_later = attr == "weight" and self._quantizes(self.modules[module])
+        dtype = first.dtype if quantized_later and first.is_floating_point() else self.dtype
         if whole:  # the checkpoint's tensor becomes the parameter: no second copy
             data = first.to(device=self.device, dtype=dtype)
         else:
@@ -204,14 +203,14 @@ class QuantizingLoad(LoadHooks):
         self.done.add(name)
         module_name, _ = self._owner(name)
         module = self.modules[module_name]
-        if type(module) is nn.Embedding and self.spec.embeddings:
-            quantized = quantize_embedding(module, self.spec, self.dtype)
-        elif type(module) is nn.Linear and (module is not self.lm_head or self.spec.embeddings):
-            if any(f"{module_name}.{p}" not in self.done for p, _ in module.named_parameters(recurse=False)):
-                return  # the bias (or weight) is still to come
-            quantized = quantize_linear(module, self.spec)
-        else:
+        if not self._quantizes(module):
             return
+        if any(f"{module_name}.{p}" not in self.done for p, _ in module.named_parameters(recurse=False)):
+            return  # the bias (or weight) is still to come
+        if type(module) is nn.Embedding:
+            quantized = quantize_embedding(module, self.spec, self.dtype)
+        else:
+            quantized = quantize_linear(module, self.spec)
         parent, _, attr = module_name.rpartition(".")
         setattr(self.modules[parent], attr, quantized)
         self.modules[module_name] = None  # drops the float weight with the module
