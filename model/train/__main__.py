@@ -4,6 +4,7 @@ r"""`glmserve train`: tokenizer, pretraining, fine-tuning, and the synthetic-tas
     glmserve train pretrain --preset glm-tiny --tokenizer runs/tok --data corpus.txt --out runs/tiny
     glmserve train sft --base default --data chats.jsonl --out runs/sft --lora-rank 16 --lora-alpha 32
     glmserve train sft --base default --data facts.jsonl --out runs/facts --lora-rank 8 --save-adapter-only
+    glmserve train sft --base default --data facts.jsonl --out runs/facts --lora-rank 8 --quantization int4
     glmserve train synth --task reverse --out runs/reverse-data
     glmserve train eval --model runs/tiny --data runs/reverse-data/heldout.jsonl
 
@@ -21,8 +22,9 @@ import logging
 import os
 import sys
 
-from model.train.config import (AUTO_BATCH_SIZES, DEFAULT_MIN_STEPS, FULL_SFT_DEFAULTS, LORA_DEFAULTS,
-                                MIN_STEPS_PER_EPOCH, PRETRAIN_DEFAULTS, LoraConfig, OptimConfig, TrainConfig)
+from model.train.config import (AUTO_BATCH_SIZES, BASE_QUANTIZATIONS, DEFAULT_MIN_STEPS, FULL_SFT_DEFAULTS,
+                                LORA_DEFAULTS, MIN_STEPS_PER_EPOCH, PRETRAIN_DEFAULTS, QUANT_GROUP_SIZES,
+                                BaseQuantization, LoraConfig, OptimConfig, TrainConfig)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -116,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-adapter-only", action="store_true",
                    help="with --lora-rank: write the adapter alone in PEFT's layout (adapter_config.json + "
                         "adapter_model.safetensors) for `glmserve serve --lora NAME=DIR`, not a merged checkpoint")
+    s.add_argument("--quantization", default="none", help=f"{' | '.join(BASE_QUANTIZATIONS)}: hold the frozen "
+                   "base in int8 or int4 weights and train LoRA adapters (fp32) over it (QLoRA-style; needs "
+                   "--lora-rank; the export is the adapter alone)")
+    s.add_argument("--quantization-group-size", type=int, default=32,
+                   help=f"int4: inputs per scale, one of {QUANT_GROUP_SIZES}")
     s.add_argument("--skip-bad-lines", action="store_true", help="report bad lines and train on the rest")
     _add_loop_flags(s, lr=f"{LORA_DEFAULTS['lr']} with LoRA, {FULL_SFT_DEFAULTS['lr']} full", max_len=1024,
                     min_steps=DEFAULT_MIN_STEPS, batch_size="auto")
@@ -238,11 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from model.train.sft import SFTConfig, run_sft
 
-        lora = LoraConfig(a.lora_rank, a.lora_alpha, a.lora_dropout, tuple(a.lora_targets.split(",")))
-        if a.save_adapter_only and not lora.enabled:
-            raise SystemExit("--save-adapter-only needs --lora-rank > 0")
-        result = run_sft(SFTConfig(a.base, a.data, _train_config(a), a.eval_data, lora, a.skip_bad_lines,
-                                   a.save_adapter_only))
+        try:  # each config checks its own values once; a bad combination is a usage error, not a traceback
+            lora = LoraConfig(a.lora_rank, a.lora_alpha, a.lora_dropout, tuple(a.lora_targets.split(",")))
+            sft = SFTConfig(a.base, a.data, _train_config(a), a.eval_data, lora, a.skip_bad_lines,
+                            a.save_adapter_only, BaseQuantization(a.quantization, a.quantization_group_size))
+        except ValueError as e:
+            raise SystemExit(f"glmserve train sft: {e}") from None
+        result = run_sft(sft)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"out": a.out, "steps": result.steps, "final_eval_loss": result.final_eval_loss,
                           "tokens_per_s": round(result.tokens_per_s, 1)}))

@@ -74,6 +74,41 @@ class LoraConfig:
         return self.rank > 0
 
 
+# QLoRA-style fine-tuning: LoRA adapters over a frozen base whose projections are quantized at load
+# (model/quant; the default model's int4 is its own Q4_1 weights as stored)
+BASE_QUANTIZATIONS = ("none", "int8", "int4")
+QUANT_GROUP_SIZES = (32, 64, 128)
+
+
+@dataclass
+class BaseQuantization:
+    """How the frozen base is held while adapters train on it: none (float) or int8 / int4 weights."""
+
+    method: str = "none"
+    group_size: int = 32  # int4: inputs per scale (a layer whose width it does not divide takes the next smaller)
+
+    def __post_init__(self) -> None:
+        if self.method not in BASE_QUANTIZATIONS:
+            raise ValueError(f"quantization {self.method!r} is not one of {', '.join(BASE_QUANTIZATIONS)}")
+        if self.group_size not in QUANT_GROUP_SIZES:
+            raise ValueError(f"quantization group size {self.group_size} is not one of {QUANT_GROUP_SIZES}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+    def check_with(self, lora: LoraConfig, fsdp: bool) -> None:
+        """What a quantized base allows: only adapters train (its codes have no gradient), no FSDP sharding."""
+        if not self.enabled:
+            return
+        if not lora.enabled:
+            raise ValueError(f"quantization {self.method} freezes the base in int8/int4 codes, which cannot be "
+                             "fine-tuned themselves: train LoRA adapters over it with --lora-rank > 0")
+        if fsdp:
+            raise ValueError("FSDP does not shard a quantized base's packed weights; drop --fsdp (each process "
+                             "holds the quantized base whole, DDP syncs the adapters)")
+
+
 @dataclass
 class TrainConfig:
     """The loop: batch geometry, length, evaluation, checkpoints, precision and parallelism."""
