@@ -58,19 +58,25 @@ class SFTConfig:
         return self.lora.enabled and (self.save_adapter_only or self.quantization.enabled)
 
 
-def _load_base(cfg: SFTConfig, device: torch.device):
+def load_base(cfg: SFTConfig, device: torch.device):
     """fp32 master weights on the CPU (the trainer moves them); a quantized base is built on the training
-    device itself (an int4 packing is per device), after a memory preflight of its weights."""
+    device itself (an int4 packing is per device), after a memory preflight of its weights, and is the
+    base `glmserve serve --quantization` runs: what the load leaves float (a GGUF's Q8_0 embedding under
+    int4) is quantized after it, as the serving runner does."""
     from model.loader import load_model
 
     if not cfg.quantization.enabled:
         return load_model(cfg.base, device="cpu", dtype=torch.float32)
     from model.config import EngineConfig
+    from model.quant import QuantSpec, quantize_model
 
+    q = cfg.quantization
     # kv_cache_memory: training holds no KV cache; the preflight then checks the quantized weights alone
-    engine = EngineConfig(quantization=cfg.quantization.method, quantization_group_size=cfg.quantization.group_size,
-                          kv_cache_memory=1)
-    return load_model(cfg.base, device=str(device), dtype=torch.float32, engine_config=engine)
+    loaded = load_model(cfg.base, device=str(device), dtype=torch.float32,
+                        engine_config=EngineConfig(quantization=q.method, quantization_group_size=q.group_size,
+                                                   kv_cache_memory=1))
+    quantize_model(loaded.model, QuantSpec(q.method, q.group_size))
+    return loaded
 
 
 def _datasets(cfg: SFTConfig, tokenizer, template) -> tuple[TokenDataset, TokenDataset | None]:
@@ -97,7 +103,7 @@ def run_sft(cfg: SFTConfig, info: DistInfo | None = None) -> TrainResult:
 
     data_files_exist([cfg.data] + ([cfg.eval_data] if cfg.eval_data else []))
     with distributed_run(info, cfg.train.device) as info:
-        loaded = _load_base(cfg, info.device)
+        loaded = load_base(cfg, info.device)
         tokenizer = Tokenizer(loaded.path)
         # tools, tool calls and tool results render exactly as the server will prompt the fine-tuned model
         train_set, eval_set = _datasets(cfg, tokenizer, ToolTemplate(ChatTemplate(tokenizer)))

@@ -112,11 +112,11 @@ def qlora_base(tmp_path_factory) -> str:
     return str(dest)
 
 
-def _quantized_tiny(tiny_llama_dir: str, method: str):
-    from model.config import EngineConfig
-    from model.loader import load_model
+def _quantized_tiny(base: str, method: str):
+    from model.train.sft import load_base
 
-    return load_model(tiny_llama_dir, engine_config=EngineConfig(quantization=method, kv_cache_memory=1)).model
+    cfg = SFTConfig(base, "unused", train_config("unused"), lora=LoraConfig(rank=4), quantization=method)
+    return load_base(cfg, torch.device("cpu")).model
 
 
 def test_lora_over_a_quantized_model_trains_only_adapters_with_and_without_checkpointing(qlora_base) -> None:
