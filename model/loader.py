@@ -25,7 +25,7 @@ import torch
 from model.config import EngineConfig, ModelConfig, default_cache_dir
 from model.models.decoder import CausalLM
 from model.models.registry import build_model, weight_map_for
-from model.models.weight_map import expected_names, mtp_layer_of
+from model.models.weight_map import RowSource, expected_names, mtp_layer_of
 
 if TYPE_CHECKING:
     from model.quant import QuantSpec
@@ -112,7 +112,7 @@ def _load_float(source: str, device: str, dtype: torch.dtype, cache_dir: str | N
     model_dir = resolve_model_dir(source, cache_dir)
     with open(os.path.join(model_dir, "config.json")) as f:
         cfg = ModelConfig.from_hf_dict(json.load(f))
-    tensors = iter_checkpoint_tensors(model_dir, _without_mtp_layers(cfg))
+    tensors = iter_checkpoint_tensors(model_dir, _without_mtp_layers(cfg), SLICE_ABOVE_BYTES)
     target = torch.device("cpu" if device == "meta" else device)
     if quantize is None:
         model = build_model(cfg, device=target, dtype=dtype, init_weights=False)
@@ -130,7 +130,9 @@ def _load_float(source: str, device: str, dtype: torch.dtype, cache_dir: str | N
                 model.lm_head.weight = model.embed_tokens.weight
             else:
                 model.lm_head = model.embed_tokens.as_linear()
-        log.info("quantized %d modules to %s while loading", hooks.quantized, quantize.method)
+        log.info("quantized %d modules to %s while loading (%d read in row slices; the embedding and lm_head "
+                 "took %.1fs)", hooks.quantized, quantize.method, hooks.from_row_slices,
+                 hooks.table_seconds)
     model.reset_rotary(device)
     missing = expected - filled - ({"lm_head.weight"} if cfg.tie_word_embeddings else set())
     if missing:
@@ -139,23 +141,63 @@ def _load_float(source: str, device: str, dtype: torch.dtype, cache_dir: str | N
     return model, cfg, model_dir
 
 
-def iter_checkpoint_tensors(model_dir: str, keep: Callable[[str], bool] | None = None
-                            ) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) of every checkpoint tensor; with `keep`, safetensors tensors it refuses are not read."""
+# a safetensors tensor larger than this is handed out unread, as a RowSource: a quantizing load reads a
+# vocabulary-sized table (a 1 B GLM's 151,552 x 2048 bf16 embedding is 620 MB) in row slices
+SLICE_ABOVE_BYTES = 64 << 20
+
+
+class SafetensorsRows(RowSource):
+    """One safetensors tensor read on demand; the file is opened per read, so the pages it maps are let
+    go at once and reading a table row slice by row slice adds one slice to the resident set."""
+
+    def __init__(self, path: str, name: str, shape: list[int], dtype: torch.dtype) -> None:
+        self.path, self.name, self.shape, self.dtype = path, name, torch.Size(shape), dtype
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        from safetensors import safe_open
+
+        with safe_open(self.path, framework="pt") as f:
+            return f.get_slice(self.name)[rows]
+
+    def read(self) -> torch.Tensor:
+        from safetensors import safe_open
+
+        with safe_open(self.path, framework="pt") as f:
+            return f.get_tensor(self.name)
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def iter_checkpoint_tensors(model_dir: str, keep: Callable[[str], bool] | None = None,
+                            slice_above: int | None = None) -> Iterator[tuple[str, torch.Tensor | RowSource]]:
+    """(name, tensor) of every checkpoint tensor; with `keep`, safetensors tensors it refuses are not read.
+    Safetensors vectors (norm gains, biases) come first, across all shards: a quantizing load weights the
+    lm_head's errors by the final norm's gain, which must be in before the table is read. With
+    `slice_above`, a 2-D float safetensors tensor of more bytes comes as a SafetensorsRows, unread."""
     from safetensors import safe_open
 
     keep = keep or (lambda name: True)
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if files:
+        entries = []  # (path, name, shape, dtype) in file order
         for path in files:
             with safe_open(str(path), framework="pt") as f:
-                names = [name for name in f.keys() if keep(name)]
-            for name in names:
-                # a file opened per tensor: the pages of the file mapped so far are let go at each close,
-                # so reading a checkpoint adds one tensor to the resident set, not the whole file
-                with safe_open(str(path), framework="pt") as f:
-                    tensor = f.get_tensor(name)
-                yield name, tensor
+                for name in f.keys():
+                    if keep(name):
+                        info = f.get_slice(name)
+                        entries.append((str(path), name, info.get_shape(), _SAFETENSORS_DTYPES.get(info.get_dtype())))
+        entries.sort(key=lambda e: len(e[2]) >= 2)  # stable: vectors first, each group in file order
+        for path, name, shape, dtype in entries:
+            if (slice_above is not None and dtype is not None and len(shape) == 2
+                    and shape[0] * shape[1] * dtype.itemsize > slice_above):
+                yield name, SafetensorsRows(path, name, shape, dtype)
+                continue
+            # a file opened per tensor: the pages of the file mapped so far are let go at each close,
+            # so reading a checkpoint adds one tensor to the resident set, not the whole file
+            with safe_open(path, framework="pt") as f:
+                tensor = f.get_tensor(name)
+            yield name, tensor
         return
     bins = sorted(Path(model_dir).glob("pytorch_model*.bin"))
     if not bins:

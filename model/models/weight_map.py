@@ -46,12 +46,13 @@ class WeightMap:
             return None
         raise KeyError(f"checkpoint tensor {name!r} has no place in this network")
 
-    def load(self, model: nn.Module, tensors: Iterator[tuple[str, torch.Tensor]],
+    def load(self, model: nn.Module, tensors: Iterator[tuple[str, torch.Tensor | RowSource]],
              hooks: "LoadHooks | None" = None) -> set[str]:
         """Copies each tensor into its parameter (slice); returns the set of our names it filled.
         With hooks, a parameter still on the meta device is materialized when its first tensor arrives,
         and handed over once whole (the loader quantizes a projection there, so the float copy of the
-        whole model never exists)."""
+        whole model never exists). A RowSource goes to hooks.load_rows when the hooks take it, else it is
+        read whole."""
         params = dict(model.named_parameters())
         filled: set[str] = set()
         cfg: ModelConfig = model.config
@@ -60,6 +61,17 @@ class WeightMap:
             if found is None:
                 continue
             target, shard = found
+            if isinstance(tensor, RowSource):
+                if (hooks is not None and shard is None and target in params and params[target].is_meta
+                        and hooks.takes_rows(target)):
+                    if tuple(tensor.shape) != tuple(params[target].shape):
+                        raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != expected "
+                                         f"{tuple(params[target].shape)}")
+                    del params[target]  # the hook replaces the module; this reference must not keep it
+                    hooks.load_rows(target, tensor)
+                    filled.add(target)
+                    continue
+                tensor = tensor.read()  # every other consumer takes the tensor whole
             if target not in params:
                 if target == "lm_head.weight" and cfg.tie_word_embeddings:
                     continue
@@ -98,8 +110,30 @@ class WeightMap:
         return out
 
 
+class RowSource:
+    """A checkpoint tensor not yet read (a large one): `source[i:j]` reads rows i..j, `read()` all of it.
+    A consumer that works row by row (quantizing an embedding table) never holds the float tensor whole."""
+
+    shape: torch.Size
+    dtype: torch.dtype
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        raise NotImplementedError
+
+    def read(self) -> torch.Tensor:
+        raise NotImplementedError
+
+
 class LoadHooks:
     """What WeightMap.load calls on a model whose parameters start on the meta device."""
+
+    def takes_rows(self, name: str) -> bool:
+        """Whether parameter `name`, filled whole by one checkpoint tensor, can be loaded by load_rows."""
+        return False
+
+    def load_rows(self, name: str, source: RowSource) -> None:
+        """Parameter `name` from its tensor read in row slices; its module is finished as whole() would."""
+        raise NotImplementedError
 
     def materialize(self, name: str, first: torch.Tensor, whole: bool) -> torch.Tensor:
         """The parameter `name`, now in memory, for its `first` checkpoint tensor: that tensor itself when

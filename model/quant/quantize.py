@@ -8,12 +8,13 @@ Scales are rounded to bf16 *before* the integer codes are chosen, so the codes f
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from model.models.weight_map import LoadHooks
+from model.models.weight_map import LoadHooks, RowSource
 from model.quant.kernels import CPU_PACK_BLOCK_N, int4_rows_gatherable, int4_supported, pack_int4
 from model.quant.modules import Int4Embedding, Int4Linear, Int8Embedding, Int8Linear
 
@@ -40,14 +41,23 @@ def round_bf16(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.bfloat16).float()
 
 
-ROWS_PER_CHUNK = 2048  # rows quantize independently: float temporaries stay a few MB, not the whole table
+# rows quantize independently, in chunks of about this many weights: the int4 search's float temporaries
+# (a dozen of the chunk's size) stay a few MB, not a multiple of the table
+CHUNK_ELEMENTS = 1 << 20
 
 
-def _by_rows(quantize, w: torch.Tensor, *args) -> tuple[torch.Tensor, ...]:
-    """quantize(rows, *args) over row chunks, written into outputs allocated once (no concatenation copy)."""
+def _chunk_rows(k: int) -> int:
+    """Rows per chunk for K-wide rows: a multiple of the CPU packer's 64-row blocks."""
+    return max(CPU_PACK_BLOCK_N, CHUNK_ELEMENTS // k // CPU_PACK_BLOCK_N * CPU_PACK_BLOCK_N)
+
+
+def _by_rows(quantize, w: torch.Tensor | RowSource, *args) -> tuple[torch.Tensor, ...]:
+    """quantize(rows, *args) over row chunks, written into outputs allocated once (no concatenation copy).
+    `w` may be a RowSource (a checkpoint tensor read slice by slice: the float table never exists whole)."""
     outputs: list[torch.Tensor] = []
-    for i in range(0, w.shape[0], ROWS_PER_CHUNK):
-        parts = quantize(w[i: i + ROWS_PER_CHUNK], *args)
+    step = _chunk_rows(w.shape[1])
+    for i in range(0, w.shape[0], step):
+        parts = quantize(w[i: i + step], *args)
         if not outputs:
             outputs = [torch.empty((w.shape[0], *p.shape[1:]), dtype=p.dtype, device=p.device) for p in parts]
         for out, part in zip(outputs, parts):
@@ -55,14 +65,28 @@ def _by_rows(quantize, w: torch.Tensor, *args) -> tuple[torch.Tensor, ...]:
     return tuple(outputs)
 
 
-def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+class _RowsOn(RowSource):
+    """A RowSource whose slices land on `device` (the quantizer runs where the weights will live)."""
+
+    def __init__(self, source: RowSource, device: torch.device) -> None:
+        self.source, self.device, self.shape, self.dtype = source, device, source.shape, source.dtype
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        return self.source[rows].to(self.device)
+
+
+def quantize_int8(w: torch.Tensor | RowSource) -> tuple[torch.Tensor, torch.Tensor]:
     """w (N, K) float -> (int8 (N, K), bf16 scales (N,))."""
     return _by_rows(_quantize_int8_rows, w)
 
 
-def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """w (N, K) float -> (q (N, K) uint8 in 0..15, scale (N, K/g), zero (N, K/g)) with bf16-exact scales."""
-    return _by_rows(_quantize_int4_rows, w, group_size)
+def quantize_int4(w: torch.Tensor | RowSource, group_size: int, search: bool = False,
+                  column_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """w (N, K) float -> (q (N, K) uint8 in 0..15, scale (N, K/g), zero (N, K/g)) with bf16-exact scales:
+    min/max groups, or with `search` the grid search of _quantize_int4_rows (column-weighted)."""
+    if not search:
+        return _by_rows(_minmax_int4_rows, w, group_size)
+    return _by_rows(_quantize_int4_rows, w, group_size, column_weights)
 
 
 def _quantize_int8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,19 +96,98 @@ def _quantize_int8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scales.to(torch.bfloat16)
 
 
-def _quantize_int4_rows(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _minmax_int4_rows(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The plain min/max grid (codes 0 and 15 on each group's extremes): the search's first candidate."""
     n, k = w.shape
     wg = w.float().reshape(n, k // group_size, group_size)  # (N, G, g)
     lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)
     scale = round_bf16(((hi - lo) / 15).clamp(min=1e-10))
     zero = round_bf16(lo + 8 * scale)
-    q = torch.round((wg - zero.unsqueeze(-1)) / scale.unsqueeze(-1) + 8).clamp(0, 15).to(torch.uint8)
-    return q.reshape(n, k), scale, zero
+    return _int4_codes(wg, scale, zero).reshape(n, k), scale, zero
+
+
+def _int4_codes(wg: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """Nearest codes of (N, G, g) weights on the bf16 grid (q - 8) * scale + zero."""
+    return torch.round((wg - zero.unsqueeze(-1)) / scale.unsqueeze(-1) + 8).clamp(0, 15).to(torch.uint8)
+
+
+INT4_CLIP_CANDIDATES = 11  # grids between 14 and 16 steps over a group's range (llama.cpp's qkx2 sweep: 21)
+INT4_REFITS = 2  # least-squares refits of the best grid to its own codes
+
+
+def _quantize_int4_rows(w: torch.Tensor, group_size: int, column_weights: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per group, the grid of least (column-weighted) squared error among: min/max, candidate grids whose
+    range is the group's divided into 14..16 steps (so the extremes may be clipped or get room) each refit
+    by least squares to the codes it gives, and refits of the best one to its own codes. Every candidate
+    is scored after its scale and zero are rounded to bf16 and its codes chosen on that grid (what the
+    kernel computes), so no group ends worse than min/max. The loops are over candidates, never elements.
+
+    column_weights (K,): how much an error in each input column costs (None: all alike)."""
+    n, k = w.shape
+    groups = k // group_size
+    x = w.float().reshape(n, groups, group_size)
+    imp = (column_weights.float().to(x.device).reshape(1, groups, group_size).expand_as(x).contiguous()
+           if column_weights is not None else torch.ones_like(x))
+
+    def error(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+        q = _int4_codes(x, scale, zero).float()
+        return (imp * ((q - 8) * scale.unsqueeze(-1) + zero.unsqueeze(-1) - x).square()).sum(-1)
+
+    lo, hi = x.amin(dim=-1), x.amax(dim=-1)
+    span = (hi - lo).clamp(min=1e-10)
+    best_scale = round_bf16((span / 15).clamp(min=1e-10))
+    best_zero = round_bf16(lo + 8 * best_scale)
+    best_err = error(best_scale, best_zero)
+    sum_w, sum_wx = imp.sum(-1), (imp * x).sum(-1)
+
+    def try_codes(codes: torch.Tensor) -> None:
+        """The weighted least-squares (scale, min) of x ~ min + scale * codes, kept where it is better."""
+        nonlocal best_scale, best_zero, best_err
+        sum_wl, sum_wll, sum_wxl = (imp * codes).sum(-1), (imp * codes.square()).sum(-1), (imp * x * codes).sum(-1)
+        det = sum_w * sum_wll - sum_wl.square()
+        ok = det > 1e-20 * sum_w.square()  # all codes equal: no line through them
+        det = torch.where(ok, det, torch.ones_like(det))
+        scale = torch.where(ok, (sum_w * sum_wxl - sum_wx * sum_wl) / det, best_scale)
+        low = torch.where(ok, (sum_wll * sum_wx - sum_wl * sum_wxl) / det, best_zero - 8 * best_scale)
+        scale = round_bf16(scale.clamp(min=1e-10))
+        zero = round_bf16(low + 8 * scale)
+        err = error(scale, zero)
+        better = err < best_err
+        best_scale = torch.where(better, scale, best_scale)
+        best_zero = torch.where(better, zero, best_zero)
+        best_err = torch.where(better, err, best_err)
+
+    for i in range(INT4_CLIP_CANDIDATES):
+        steps = 14 + 2 * i / (INT4_CLIP_CANDIDATES - 1)
+        try_codes(torch.round((x - lo.unsqueeze(-1)) * (steps / span).unsqueeze(-1)).clamp(0, 15))
+    for _ in range(INT4_REFITS):
+        try_codes(_int4_codes(x, best_scale, best_zero).float())
+    return _int4_codes(x, best_scale, best_zero).reshape(n, k), best_scale, best_zero
 
 
 def scales_and_zeros(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
     """(N, G) scale and zero -> the kernels' (G, N, 2) bf16 tensor."""
     return torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
+
+
+def quantize_int4_packed(w: torch.Tensor | RowSource, group_size: int, device: torch.device, search: bool = False,
+                         column_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """w (N, K) -> (the kernel's packed weight, its (K/g, N, 2) scales and zeros) on `device`. On CPU the
+    rows are quantized and packed chunk by chunk (the packer interleaves rows within blocks of 64 only), so
+    neither the (N, K) byte-per-code table nor the packer's int32 copy of it exists whole."""
+    n = w.shape[0]
+    if device.type != "cpu" or n % CPU_PACK_BLOCK_N:
+        q, scale, zero = quantize_int4(w, group_size, search, column_weights)
+        return pack_int4(q, device), scales_and_zeros(scale, zero).to(device)
+
+    def rows(chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, scale, zero = (_quantize_int4_rows(chunk, group_size, column_weights) if search
+                          else _minmax_int4_rows(chunk, group_size))
+        return pack_int4(q, device), scale, zero
+
+    packed, scale, zero = _by_rows(rows, w)
+    return packed, scales_and_zeros(scale, zero)
 
 
 def int4_linear(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int, device: torch.device,
@@ -111,28 +214,65 @@ def embedding_int4_ok(num_embeddings: int, embedding_dim: int, group_size: int, 
             and int4_supported(num_embeddings, embedding_dim, group_size))
 
 
-def quantize_linear(linear: nn.Linear, spec: QuantSpec) -> nn.Module:
-    w, device = linear.weight.detach(), linear.weight.device
+# Which int4 weights get the grid search: the embedding and lm_head tables. On the default model they are
+# where int4 loses (its projections were Q4_1 already, and the search did not lower their perplexity, see
+# docs/BENCHMARKS.md), and the search costs ~15x min/max per weight: a 9 B model's projections would add
+# many minutes of load on CPU for no measured gain.
+
+
+LM_HEAD_GAIN_POWER = 6  # errors in lm_head column k cost |g_k|^6 (of 2, 4, 6, 8 the best on the default model)
+EMBEDDING_ONLY_WEIGHTS = None  # an untied embedding's columns: all alike (measured on no model yet)
+
+
+def lm_head_column_weights(model: nn.Module) -> torch.Tensor | None:
+    """What an error in each input column of the lm_head costs. The lm_head reads the final norm's output,
+    whose column k the norm scales by its gain g_k, so an error there moves the logits |g_k| times as much
+    (weight g_k^2) - and the large-gain channels are also the ones carrying large activations, so a
+    stronger emphasis, |g_k|^6, measured better (docs/BENCHMARKS.md, "Quantized weights"). A weighting
+    without calibration data. None when the gain is not known (yet)."""
+    gain = getattr(getattr(model, "norm", None), "weight", None)
+    if not isinstance(gain, torch.Tensor) or gain.is_meta:
+        return None
+    return gain.detach().float().abs().pow(LM_HEAD_GAIN_POWER)
+
+
+def quantize_linear(linear: nn.Linear, spec: QuantSpec, column_weights: torch.Tensor | None = None,
+                    table: bool = False) -> nn.Module:
     bias = linear.bias.detach().clone() if linear.bias is not None else None
+    return quantize_linear_weight(linear.weight.detach(), spec, linear.weight.device, bias, table, column_weights)
+
+
+def quantize_linear_weight(w: torch.Tensor | RowSource, spec: QuantSpec, device: torch.device,
+                           bias: torch.Tensor | None = None, table: bool = False,
+                           column_weights: torch.Tensor | None = None) -> nn.Module:
+    """An (N, K) weight, a tensor on `device` or a RowSource whose slices land there, as a quantized linear.
+    table: the lm_head (int4 by the grid search, with column_weights)."""
+    n, k = w.shape
     if spec.method == "int4":
-        g = int4_group_for(linear.out_features, linear.in_features, spec.group_size)
+        g = int4_group_for(n, k, spec.group_size)
         if g is not None:
-            return int4_linear(*quantize_int4(w, g), g, device, bias)
-        log.info("int4 does not fit a (%d, %d) weight; int8 instead", linear.out_features, linear.in_features)
+            return Int4Linear(*quantize_int4_packed(w, g, device, table, column_weights), g, k, n, bias)
+        log.info("int4 does not fit a (%d, %d) weight; int8 instead", n, k)
     q, scales = quantize_int8(w)
     return Int8Linear(q, scales.to(device), bias)
 
 
-def quantize_embedding(embedding: nn.Embedding, spec: QuantSpec,
-                       out_dtype: torch.dtype | None = None) -> Int8Embedding | Int4Embedding:
+def quantize_embedding(embedding: nn.Embedding, spec: QuantSpec, out_dtype: torch.dtype | None = None,
+                       column_weights: torch.Tensor | None = None) -> Int8Embedding | Int4Embedding:
     """out_dtype: what a lookup returns (the model's dtype; default the table's own)."""
-    w, device = embedding.weight.detach(), embedding.weight.device
-    out_dtype = out_dtype or w.dtype
+    w = embedding.weight.detach()
+    return quantize_embedding_weight(w, spec, out_dtype or w.dtype, w.device, column_weights)
+
+
+def quantize_embedding_weight(w: torch.Tensor | RowSource, spec: QuantSpec, out_dtype: torch.dtype,
+                              device: torch.device, column_weights: torch.Tensor | None = None
+                              ) -> Int8Embedding | Int4Embedding:
+    """int4 by the grid search (column_weights: the lm_head's, when the table is tied to it)."""
     v, h = w.shape
     if spec.method == "int4":
         g = int4_group_for(v, h, spec.group_size)
         if g is not None and embedding_int4_ok(v, h, g, device):
-            return int4_embedding(*quantize_int4(w, g), g, out_dtype, device)
+            return Int4Embedding(*quantize_int4_packed(w, g, device, True, column_weights), g, out_dtype)
         log.info("int4 embedding lookup unavailable for (%d, %d) on %s; int8 embedding", v, h, device)
     q, scales = quantize_int8(w)
     return Int8Embedding(q, scales.to(device), out_dtype)
@@ -144,8 +284,12 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> int:
     Returns how many modules were replaced."""
     count = 0
     tied = model.lm_head.weight is model.embed_tokens.weight if isinstance(model.lm_head, nn.Linear) else False
+    head_weights = lm_head_column_weights(model)
     if spec.embeddings and type(model.embed_tokens) is nn.Embedding:
-        model.embed_tokens = quantize_embedding(model.embed_tokens, spec)
+        start = time.perf_counter()
+        model.embed_tokens = quantize_embedding(model.embed_tokens, spec, column_weights=head_weights if tied
+                                                else EMBEDDING_ONLY_WEIGHTS)
+        log.info("quantized the embedding table in %.1fs", time.perf_counter() - start)
         count += 1
         if tied:
             model.lm_head = model.embed_tokens.as_linear()  # one copy serves both
@@ -156,7 +300,8 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> int:
                 continue
             if child is model.lm_head and tied:
                 continue  # stays float with the float embedding it shares a weight with
-            setattr(module, name, quantize_linear(child, spec))
+            table = child is model.lm_head
+            setattr(module, name, quantize_linear(child, spec, head_weights if table else None, table))
             count += 1
     return count
 
@@ -170,10 +315,15 @@ class QuantizingLoad(LoadHooks):
 
     def __init__(self, model: nn.Module, spec: QuantSpec, device: torch.device, dtype: torch.dtype) -> None:
         self.spec, self.device, self.dtype = spec, device, dtype
+        self.model = model
         self.modules = dict(model.named_modules())
         self.lm_head = getattr(model, "lm_head", None)
+        self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
         self.done: set[str] = set()
+        self.waiting: list[str] = []  # tables whose lm_head column weights (the final norm's gain) are not in yet
         self.quantized = 0
+        self.from_row_slices = 0  # of them, read from the checkpoint in row slices
+        self.table_seconds = 0.0  # time quantizing the embedding and lm_head took
 
     def _owner(self, name: str) -> tuple[str, str]:
         module, _, attr = name.rpartition(".")
@@ -199,18 +349,60 @@ class QuantizingLoad(LoadHooks):
         setattr(self.modules[module], attr, param)
         return param
 
+    def _head_weighted(self, module: nn.Module) -> bool:
+        """The lm_head, or an embedding that also serves as the lm_head: quantized with its column weights."""
+        return module is self.lm_head or (type(module) is nn.Embedding and self.tied)
+
+    def _gain_pending(self, module: nn.Module) -> bool:
+        gain = getattr(getattr(self.model, "norm", None), "weight", None)
+        return self._head_weighted(module) and isinstance(gain, torch.Tensor) and gain.is_meta
+
     def whole(self, name: str) -> None:
         self.done.add(name)
         module_name, _ = self._owner(name)
         module = self.modules[module_name]
+        if module is getattr(self.model, "norm", None):
+            for table in self.waiting:  # their column weights are in now
+                self._quantize(table, self.modules[table].weight)
+            self.waiting.clear()
         if not self._quantizes(module):
             return
         if any(f"{module_name}.{p}" not in self.done for p, _ in module.named_parameters(recurse=False)):
             return  # the bias (or weight) is still to come
+        if self._gain_pending(module):
+            self.waiting.append(module_name)
+            return
+        self._quantize(module_name, module.weight)
+
+    def takes_rows(self, name: str) -> bool:
+        """A weight this load quantizes, of a module holding nothing else (an embedding, a bias-free
+        projection or lm_head): it is quantized from row slices without ever being float in memory."""
+        module_name, attr = self._owner(name)
+        module = self.modules[module_name]
+        return (attr == "weight" and self._quantizes(module) and not self._gain_pending(module)
+                and [p for p, _ in module.named_parameters(recurse=False)] == ["weight"])
+
+    def load_rows(self, name: str, source: RowSource) -> None:
+        self.done.add(name)
+        self._quantize(self._owner(name)[0], _RowsOn(source, self.device))
+        self.from_row_slices += 1
+
+    def _quantize(self, module_name: str, weight: torch.Tensor | RowSource) -> None:
+        """The module's quantized replacement, by the rules quantize_model follows, from its float weight
+        (a parameter, or row slices of the checkpoint)."""
+        module = self.modules[module_name]
+        weight = weight.detach() if isinstance(weight, torch.Tensor) else weight
+        start = time.perf_counter()
         if type(module) is nn.Embedding:
-            quantized = quantize_embedding(module, self.spec, self.dtype)
+            cw = lm_head_column_weights(self.model) if self.tied else EMBEDDING_ONLY_WEIGHTS
+            quantized = quantize_embedding_weight(weight, self.spec, self.dtype, self.device, cw)
         else:
-            quantized = quantize_linear(module, self.spec)
+            bias = module.bias.detach().clone() if module.bias is not None else None
+            table = module is self.lm_head
+            quantized = quantize_linear_weight(weight, self.spec, self.device, bias, table,
+                                               lm_head_column_weights(self.model) if table else None)
+        if type(module) is nn.Embedding or module is self.lm_head:
+            self.table_seconds += time.perf_counter() - start
         parent, _, attr = module_name.rpartition(".")
         setattr(self.modules[parent], attr, quantized)
         self.modules[module_name] = None  # drops the float weight with the module

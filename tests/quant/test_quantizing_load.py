@@ -53,3 +53,31 @@ def test_a_float_load_builds_in_its_dtype_and_keeps_ties(tiny_llama_dir: str) ->
     reference = load_model(tiny_llama_dir).model.to(torch.bfloat16)
     for (name, p), (_, q) in zip(loaded.named_parameters(), reference.named_parameters()):
         assert torch.equal(p, q), name
+
+
+@pytest.mark.parametrize("method", ["int8", "int4"])
+@pytest.mark.parametrize("which", ["llama", "glm4"])
+def test_tables_read_in_row_slices_equal_quantized_after_loading(checkpoints: dict[str, str], which: str,
+                                                                 method: str, monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A tensor above the slice threshold (here 64 KiB, so the embedding and an untied lm_head are) is
+    quantized from row slices of the file, in chunks of 128 rows: the result is the same tensor for tensor."""
+    import model.loader
+    import model.quant.quantize
+
+    monkeypatch.setattr(model.loader, "SLICE_ABOVE_BYTES", 64 << 10)
+    monkeypatch.setattr(model.quant.quantize, "CHUNK_ELEMENTS", 128 * 64)  # 64-wide rows: 128 a chunk
+    spec = QuantSpec(method, 32)
+    after = load_model(checkpoints[which]).model
+    quantize_model(after, spec)
+    with caplog.at_level("INFO", logger="glmserve.loader"):
+        streamed = load_model(checkpoints[which], engine_config=EngineConfig(quantization=method)).model
+    sliced = 1 if which == "llama" else 2  # the tied table once; the GLM's embedding and its lm_head
+    assert any(f"({sliced} read in row slices;" in r.getMessage() for r in caplog.records), caplog.text
+    expected, got = _tensors(after), _tensors(streamed)
+    assert sorted(got) == sorted(expected)
+    for name, tensor in expected.items():
+        assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), name
+    ids = torch.tensor([[1, 5, 9, 200, 7]])
+    with torch.inference_mode():
+        assert torch.equal(streamed.compute_logits(streamed(ids)), after.compute_logits(after(ids)))
