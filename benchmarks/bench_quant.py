@@ -7,6 +7,7 @@
     python -m benchmarks.bench_quant serve --variant int4-q41 --port 8031   # one variant over HTTP
     python -m benchmarks.bench_quant write-glm --model /tmp/glm-1b   # a random ~1 B GLM-4 by transformers
     python -m benchmarks.bench_quant rss --model /tmp/glm-1b --variants fp32,bf16,int8,int4-rq32
+    python -m benchmarks.bench_quant tables                 # int4 embedding/lm_head settings: perplexity in process
 
 Variants (all on the default SmolLM2-135M Q4_1 GGUF):
   fp32, bf16        the float paths (the GGUF dequantized once, cached)
@@ -204,6 +205,70 @@ def cmd_write_glm(args) -> None:
         shutil.copy(os.path.join(tokenizer, name), args.model)
 
 
+TABLE_SETTINGS = ("fp32", "min/max", "search g^0", "search g^2", "search g^4", "search g^6", "int8 tables")
+
+
+def _scored_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    return [ids for ids in (tokenizer.encode(t) for t in texts) if len(ids) > 1]
+
+
+def _perplexity(model, windows: list[list[int]]) -> float:
+    """exp(mean next-token NLL) over each window alone, as `glmserve eval perplexity` scores (echo logprobs)."""
+    import math
+
+    import torch
+
+    nll, count = 0.0, 0
+    with torch.inference_mode():
+        for ids in windows:
+            logprobs = torch.log_softmax(model.compute_logits(model(torch.tensor([ids]))).float(), -1)[0]
+            nll -= logprobs[:-1].gather(1, torch.tensor(ids[1:])[:, None]).sum().item()
+            count += len(ids) - 1
+    return math.exp(nll / count)
+
+
+def cmd_tables(args) -> None:
+    """The default model's projections int4 (min/max), its tied embedding/lm_head table quantized each way:
+    perplexity in process on the --data windows and on held-out text no setting was chosen on
+    (data/eval/langdetect.jsonl, and both sides of data/eval/translate.jsonl)."""
+    import copy
+
+    import torch
+
+    from clients.eval_perplexity import windows
+    from model import Tokenizer, load_model, weight_bytes
+    from model.quant import Int4Embedding, QuantSpec, quantize_model
+    from model.quant.quantize import quantize_embedding, quantize_int4_packed
+
+    torch.set_num_threads(args.threads)
+    loaded = load_model("default")
+    tokenizer = Tokenizer(loaded.path)
+    rows = lambda path: [json.loads(line) for line in open(path, encoding="utf-8")]  # noqa: E731
+    data = _scored_ids(tokenizer, [w for r in rows(args.data) for w in windows(r["text"], 2000)])
+    held = _scored_ids(tokenizer, [r["text"] for r in rows("data/eval/langdetect.jsonl")]
+                       + [r[k] for r in rows("data/eval/translate.jsonl") for k in ("text", "reference")])
+    gain = loaded.model.norm.weight.detach().float().abs()
+    for setting in args.settings:
+        model = copy.deepcopy(loaded.model)
+        table, start = model.embed_tokens, time.perf_counter()
+        if setting == "int8 tables":
+            model.embed_tokens = quantize_embedding(table, QuantSpec("int8"))
+        elif setting == "min/max":
+            model.embed_tokens = Int4Embedding(*quantize_int4_packed(table.weight.detach(), 32, torch.device("cpu")),
+                                               32, table.weight.dtype)
+        elif setting.startswith("search g^"):
+            weights = gain.pow(int(setting.removeprefix("search g^")))
+            model.embed_tokens = quantize_embedding(table, QuantSpec("int4", 32), column_weights=weights)
+        seconds = time.perf_counter() - start
+        if setting != "fp32":
+            model.lm_head = model.embed_tokens.as_linear()
+            quantize_model(model, QuantSpec("int4", 32, embeddings=False))
+        print(json.dumps({"tables": setting, "table_seconds": round(seconds, 1),
+                          "ppl": round(_perplexity(model, data), 3), "heldout_ppl": round(_perplexity(model, held), 3),
+                          "heldout_tokens": sum(len(i) - 1 for i in held),
+                          "bytes_per_param": round(weight_bytes(model) / loaded.config.num_params(), 3)}), flush=True)
+
+
 def cmd_serve(args) -> None:
     import uvicorn
 
@@ -244,10 +309,12 @@ def cmd_perplexity(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("command", choices=["decode", "kernels", "rss", "rss-one", "serve", "perplexity", "write-glm"])
+    p.add_argument("command", choices=["decode", "kernels", "rss", "rss-one", "serve", "perplexity", "write-glm",
+                                        "tables"])
     p.add_argument("--model", default=None, help="a checkpoint dir for rss (float variants); write-glm's output")
     p.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
     p.add_argument("--variant", default="int4-q41")
+    p.add_argument("--settings", type=lambda s: s.split(","), default=list(TABLE_SETTINGS), help="for tables")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--tokens", type=int, default=64, help="decode steps timed at batch 1")
     p.add_argument("--tokens-32", type=int, default=32, help="decode steps timed at 32 streams")
@@ -256,7 +323,7 @@ def main() -> None:
     p.add_argument("--data", default="data/eval/summarize.jsonl")
     args = p.parse_args()
     {"decode": cmd_decode, "kernels": cmd_kernels, "rss": cmd_rss, "rss-one": cmd_rss_one, "serve": cmd_serve,
-     "perplexity": cmd_perplexity, "write-glm": cmd_write_glm}[args.command](args)
+     "perplexity": cmd_perplexity, "write-glm": cmd_write_glm, "tables": cmd_tables}[args.command](args)
 
 
 if __name__ == "__main__":

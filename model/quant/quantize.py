@@ -214,14 +214,15 @@ def embedding_int4_ok(num_embeddings: int, embedding_dim: int, group_size: int, 
             and int4_supported(num_embeddings, embedding_dim, group_size))
 
 
-# Which int4 weights get the grid search: the embedding and lm_head tables. On the default model they are
-# where int4 loses (its projections were Q4_1 already, and the search did not lower their perplexity, see
-# docs/BENCHMARKS.md), and the search costs ~15x min/max per weight: a 9 B model's projections would add
-# many minutes of load on CPU for no measured gain.
+# Which int4 weights get the grid search: those with column weights, i.e. the lm_head and an embedding tied
+# to it. On the default model the tied table is where int4 loses, and there the weighted search took
+# perplexity from +8.1% to +6.6% on held-out text, while the unweighted search (lower squared error) made it
+# worse (+9.8%): so projections and an untied embedding stay min/max until a weighting is measured for
+# them (docs/BENCHMARKS.md, "Quantized weights"). The search also costs far more than min/max: 4.0 s
+# for the default model's 28 M-weight table on 2 cores.
 
 
 LM_HEAD_GAIN_POWER = 6  # errors in lm_head column k cost |g_k|^6 (of 2, 4, 6, 8 the best on the default model)
-EMBEDDING_ONLY_WEIGHTS = None  # an untied embedding's columns: all alike (measured on no model yet)
 
 
 def lm_head_column_weights(model: nn.Module) -> torch.Tensor | None:
@@ -236,22 +237,22 @@ def lm_head_column_weights(model: nn.Module) -> torch.Tensor | None:
     return gain.detach().float().abs().pow(LM_HEAD_GAIN_POWER)
 
 
-def quantize_linear(linear: nn.Linear, spec: QuantSpec, column_weights: torch.Tensor | None = None,
-                    table: bool = False) -> nn.Module:
+def quantize_linear(linear: nn.Linear, spec: QuantSpec, column_weights: torch.Tensor | None = None) -> nn.Module:
     bias = linear.bias.detach().clone() if linear.bias is not None else None
-    return quantize_linear_weight(linear.weight.detach(), spec, linear.weight.device, bias, table, column_weights)
+    return quantize_linear_weight(linear.weight.detach(), spec, linear.weight.device, bias, column_weights)
 
 
 def quantize_linear_weight(w: torch.Tensor | RowSource, spec: QuantSpec, device: torch.device,
-                           bias: torch.Tensor | None = None, table: bool = False,
-                           column_weights: torch.Tensor | None = None) -> nn.Module:
-    """An (N, K) weight, a tensor on `device` or a RowSource whose slices land there, as a quantized linear.
-    table: the lm_head (int4 by the grid search, with column_weights)."""
+                           bias: torch.Tensor | None = None, column_weights: torch.Tensor | None = None
+                           ) -> nn.Module:
+    """An (N, K) weight, a tensor on `device` or a RowSource whose slices land there, as a quantized linear;
+    int4 by the grid search when column_weights (K,) are given (the lm_head's), else min/max."""
     n, k = w.shape
     if spec.method == "int4":
         g = int4_group_for(n, k, spec.group_size)
         if g is not None:
-            return Int4Linear(*quantize_int4_packed(w, g, device, table, column_weights), g, k, n, bias)
+            search = column_weights is not None
+            return Int4Linear(*quantize_int4_packed(w, g, device, search, column_weights), g, k, n, bias)
         log.info("int4 does not fit a (%d, %d) weight; int8 instead", n, k)
     q, scales = quantize_int8(w)
     return Int8Linear(q, scales.to(device), bias)
@@ -267,12 +268,14 @@ def quantize_embedding(embedding: nn.Embedding, spec: QuantSpec, out_dtype: torc
 def quantize_embedding_weight(w: torch.Tensor | RowSource, spec: QuantSpec, out_dtype: torch.dtype,
                               device: torch.device, column_weights: torch.Tensor | None = None
                               ) -> Int8Embedding | Int4Embedding:
-    """int4 by the grid search (column_weights: the lm_head's, when the table is tied to it)."""
+    """int4 by the grid search when column_weights are given (the lm_head's, for a table tied to it), else
+    min/max."""
     v, h = w.shape
     if spec.method == "int4":
         g = int4_group_for(v, h, spec.group_size)
         if g is not None and embedding_int4_ok(v, h, g, device):
-            return Int4Embedding(*quantize_int4_packed(w, g, device, True, column_weights), g, out_dtype)
+            search = column_weights is not None
+            return Int4Embedding(*quantize_int4_packed(w, g, device, search, column_weights), g, out_dtype)
         log.info("int4 embedding lookup unavailable for (%d, %d) on %s; int8 embedding", v, h, device)
     q, scales = quantize_int8(w)
     return Int8Embedding(q, scales.to(device), out_dtype)
@@ -287,8 +290,8 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> int:
     head_weights = lm_head_column_weights(model)
     if spec.embeddings and type(model.embed_tokens) is nn.Embedding:
         start = time.perf_counter()
-        model.embed_tokens = quantize_embedding(model.embed_tokens, spec, column_weights=head_weights if tied
-                                                else EMBEDDING_ONLY_WEIGHTS)
+        model.embed_tokens = quantize_embedding(model.embed_tokens, spec,
+                                                column_weights=head_weights if tied else None)
         log.info("quantized the embedding table in %.1fs", time.perf_counter() - start)
         count += 1
         if tied:
@@ -300,8 +303,7 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> int:
                 continue
             if child is model.lm_head and tied:
                 continue  # stays float with the float embedding it shares a weight with
-            table = child is model.lm_head
-            setattr(module, name, quantize_linear(child, spec, head_weights if table else None, table))
+            setattr(module, name, quantize_linear(child, spec, head_weights if child is model.lm_head else None))
             count += 1
     return count
 
@@ -394,13 +396,12 @@ class QuantizingLoad(LoadHooks):
         weight = weight.detach() if isinstance(weight, torch.Tensor) else weight
         start = time.perf_counter()
         if type(module) is nn.Embedding:
-            cw = lm_head_column_weights(self.model) if self.tied else EMBEDDING_ONLY_WEIGHTS
+            cw = lm_head_column_weights(self.model) if self.tied else None
             quantized = quantize_embedding_weight(weight, self.spec, self.dtype, self.device, cw)
         else:
             bias = module.bias.detach().clone() if module.bias is not None else None
-            table = module is self.lm_head
-            quantized = quantize_linear_weight(weight, self.spec, self.device, bias, table,
-                                               lm_head_column_weights(self.model) if table else None)
+            cw = lm_head_column_weights(self.model) if module is self.lm_head else None
+            quantized = quantize_linear_weight(weight, self.spec, self.device, bias, cw)
         if type(module) is nn.Embedding or module is self.lm_head:
             self.table_seconds += time.perf_counter() - start
         parent, _, attr = module_name.rpartition(".")

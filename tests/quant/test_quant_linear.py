@@ -17,11 +17,10 @@ from model.quant.quantize import quantize_embedding, quantize_int4, quantize_int
 SHAPES = {"square": (576, 576), "wide": (1536, 576), "tall": (576, 1536), "vocab": (8192, 576)}
 
 
-def _dequantized(lin: nn.Linear, module: nn.Module, table: bool = False) -> torch.Tensor:
-    """table: an embedding (int4 by the grid search, no column weights), else a projection (min/max)."""
+def _dequantized(lin: nn.Linear, module: nn.Module) -> torch.Tensor:
     w = lin.weight.detach()
     if hasattr(module, "group_size"):
-        q, scale, zero = quantize_int4(w, module.group_size, search=table)
+        q, scale, zero = quantize_int4(w, module.group_size)
         g = module.group_size
         return (q.float() - 8) * scale.repeat_interleave(g, 1) + zero.repeat_interleave(g, 1)
     q, scales = quantize_int8(w)
@@ -72,7 +71,7 @@ def test_quantized_embedding_rows_equal_the_dequantized_table(method) -> None:
     ids = torch.tensor([[0, 31, 32, 63, 64, 1023], [5, 5, 700, 96, 97, 1]])
     lin = nn.Linear(128, 1024, bias=False)
     lin.weight.data = emb.weight.data
-    table = _dequantized(lin, module, table=True)
+    table = _dequantized(lin, module)
     assert torch.allclose(module(ids), table[ids], rtol=0, atol=1e-6)
 
 
