@@ -220,3 +220,30 @@ def test_the_sft_config_checks_its_quantization_once(tmp_path) -> None:
     cfg = SFTConfig("default", "d.jsonl", train, lora=LoraConfig(rank=4), quantization="int8")
     assert cfg.quantization == BaseQuantization("int8") and cfg.exports_adapter
     assert not SFTConfig("default", "d.jsonl", train, lora=LoraConfig(rank=4)).exports_adapter
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_cuda_quantized_backward_and_sft(method, qlora_base, tmp_path) -> None:
+    """On CUDA int4's backward takes the kernel-identity path and int8 widens per call (kernels.py);
+    `pytest -m gpu tests/train/test_qlora.py`."""
+    torch.manual_seed(0)
+    lin = nn.Linear(576, 1536).cuda()
+    module = quantize_linear(lin, QuantSpec(method, 32))
+    x = torch.randn(37, 576, device="cuda", requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    upstream = torch.randn(37, 1536, device="cuda")
+    module(x).backward(upstream)
+    F.linear(x_ref, _dequantized(lin, module), lin.bias.detach()).backward(upstream)
+    _close(x.grad, x_ref.grad, 2 ** -7)
+
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps(c) + "\n" for c in CHATS))
+    out = str(tmp_path / "adapter")
+    assert main(["sft", "--base", qlora_base, "--data", str(data), "--out", out, "--lora-rank", "8",
+                 "--quantization", method, "--max-steps", "8", "--batch-size", "4", "--lr", "2e-2",
+                 "--warmup-steps", "0", "--max-len", "64", "--no-progress", "--device", "cuda",
+                 "--eval-ratio", "0"]) == 0
+    losses = [r["loss"] for r in read_metrics(os.path.join(out, "metrics.jsonl")) if "loss" in r]
+    assert losses[-1] < 0.75 * losses[0], losses
