@@ -102,8 +102,8 @@ class Attention(nn.Module):
                 ks, vs = k[rows], v[rows]
                 mask, causal = None, True
             else:
-                kv = cache.index_select(1, seg.block_table).flatten(1, 2)[:, : seg.context_len]  # (2, L, KVH, D)
-                ks, vs = kv[0], kv[1]
+                ks, vs = gather_blocks(cache, seg.block_table)
+                ks, vs = ks.flatten(0, 1)[: seg.context_len], vs.flatten(0, 1)[: seg.context_len]  # (L, KVH, D)
                 offset = seg.context_len - seg.num_tokens
                 q_pos = torch.arange(seg.num_tokens, device=q.device).unsqueeze(1) + offset
                 mask = torch.arange(seg.context_len, device=q.device).unsqueeze(0) <= q_pos  # (Lq, L)
@@ -119,11 +119,12 @@ class Attention(nn.Module):
         """q: (B, H, D), one query per decoding sequence -> (B, H, D)."""
         bt = meta.decode_block_tables
         b = bt.shape[0]
-        # one index_select for K and V (several times faster than advanced indexing on CPU)
-        kv = cache.index_select(1, bt.flatten()).view(2, b, -1, self.num_kv_heads, self.head_dim)
+        kd, vd = gather_blocks(cache, bt.flatten())
+        kd = kd.view(b, -1, self.num_kv_heads, self.head_dim)
+        vd = vd.view(b, -1, self.num_kv_heads, self.head_dim)
         if meta.decode_mask is None:  # one sequence: its exact context, no mask
-            kv = kv[:, :, :meta.decode_context_len]
-        kd, vd = kv[0].transpose(1, 2), kv[1].transpose(1, 2)  # (B, KVH, L, D)
+            kd, vd = kd[:, :meta.decode_context_len], vd[:, :meta.decode_context_len]
+        kd, vd = kd.transpose(1, 2), vd.transpose(1, 2)  # (B, KVH, L, D)
         qd = q.unsqueeze(2)  # (B, H, 1, D)
         path = self.decode_paths[1 if b == 1 else 2] if self.decode_paths else "sdpa"
         if path == "grouped":
@@ -136,6 +137,14 @@ class Attention(nn.Module):
     def _grouped_decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         mask: torch.Tensor | None) -> torch.Tensor:
         return grouped_decode(q, k, v, mask, self.scale)
+
+
+def gather_blocks(cache: torch.Tensor, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V of `blocks` from a layer's cache (2, num_blocks, block_size, KVH, D), each (n, block_size,
+    KVH, D). Two index_selects along each half's leading dim: those copy whole blocks, where one
+    index_select along dim 1 of the pair ran an element-wise loop, 9x slower (930 vs 100 us for 32
+    sequences x 128 tokens of the default model, and most of a 32-stream decode step's attention)."""
+    return cache[0].index_select(0, blocks), cache[1].index_select(0, blocks)
 
 
 def grouped_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,

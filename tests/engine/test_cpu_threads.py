@@ -66,6 +66,19 @@ def test_a_gain_within_the_margin_keeps_the_current_count() -> None:
     assert tuner.num_probes >= 2 and tuner.current == 2
 
 
+def test_a_steady_host_is_probed_less_often_and_a_change_resets_the_wait() -> None:
+    tuner = ThreadTuner(2, period_s=1.0, probe_rounds=2, max_period_s=4.0)
+    quiet = {2: 0.001, 1: 0.0017}
+    drive(tuner, quiet, steps=400)  # 32 tokens a step: 32 ms a step at 2 threads
+    assert tuner.num_probes >= 3 and tuner.period_s == 4.0  # 1 -> 2 -> 4, capped
+    busy = {2: 0.004, 1: 0.0018}  # a neighbour arrives: noticed within the longest wait (4 s = 32 steps)
+    steps = 0
+    while tuner.current == 2 and steps < 60:
+        drive(tuner, busy, steps=1)
+        steps += 1
+    assert tuner.current == 1 and tuner.period_s == 1.0  # the change reset the wait
+
+
 def test_no_tuner_with_an_explicit_count_one_cpu_or_another_device() -> None:
     assert thread_tuner_for(2, "cpu", True) is None
     assert thread_tuner_for(None, "cuda", True) is None
