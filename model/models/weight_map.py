@@ -61,9 +61,12 @@ class WeightMap:
             if found is None:
                 continue
             target, shard = found
+            if target not in params:
+                if target == "lm_head.weight" and cfg.tie_word_embeddings:
+                    continue  # (a RowSource of it is never read)
+                raise KeyError(f"checkpoint tensor {name!r} maps to unknown parameter {target!r}")
             if isinstance(tensor, RowSource):
-                if (hooks is not None and shard is None and target in params and params[target].is_meta
-                        and hooks.takes_rows(target)):
+                if hooks is not None and shard is None and params[target].is_meta and hooks.takes_rows(target):
                     if tuple(tensor.shape) != tuple(params[target].shape):
                         raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != expected "
                                          f"{tuple(params[target].shape)}")
@@ -72,10 +75,6 @@ class WeightMap:
                     filled.add(target)
                     continue
                 tensor = tensor.read()  # every other consumer takes the tensor whole
-            if target not in params:
-                if target == "lm_head.weight" and cfg.tie_word_embeddings:
-                    continue
-                raise KeyError(f"checkpoint tensor {name!r} maps to unknown parameter {target!r}")
             dest = _shard_view(params[target].data, shard, cfg)
             if dest.shape != tensor.shape:
                 raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != expected {tuple(dest.shape)}")
