@@ -81,3 +81,28 @@ def test_tables_read_in_row_slices_equal_quantized_after_loading(checkpoints: di
     ids = torch.tensor([[1, 5, 9, 200, 7]])
     with torch.inference_mode():
         assert torch.equal(streamed.compute_logits(streamed(ids)), after.compute_logits(after(ids)))
+
+
+@pytest.mark.parametrize("which", ["llama", "glm4"])
+def test_a_table_read_before_the_final_norm_waits_for_its_gain(checkpoints: dict[str, str], which: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lm_head (and a table tied to it) is quantized with column weights from the final norm's gain;
+    when a checkpoint yields the table first (a .bin file's order), its quantization waits for the gain."""
+    import model.loader
+
+    original = model.loader.iter_checkpoint_tensors
+
+    def norm_last(*args, **kwargs):
+        items = sorted(original(*args, **kwargs), key=lambda item: item[0] == "model.norm.weight")
+        assert items[-1][0] == "model.norm.weight"
+        return iter(items)
+
+    spec = QuantSpec("int4", 32)
+    after = load_model(checkpoints[which]).model
+    quantize_model(after, spec)
+    monkeypatch.setattr(model.loader, "iter_checkpoint_tensors", norm_last)
+    streamed = load_model(checkpoints[which], engine_config=EngineConfig(quantization="int4")).model
+    expected, got = _tensors(after), _tensors(streamed)
+    assert sorted(got) == sorted(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name
