@@ -200,6 +200,32 @@ def test_the_adapter_served_over_quantized_and_float_bases_changes_the_greedy_an
             (quantization, tok.decode(bare), tok.decode(adapted))
 
 
+def test_two_processes_over_an_int4_base_equal_one_with_double_accumulation(qlora_base, tmp_path) -> None:
+    """DDP over a quantized base: each rank builds the same int4 base, only the adapters' gradients are
+    synchronized, and the curve is the one-process curve of the same global batch."""
+    import sys
+
+    from model.train.sft import run_sft
+    from tests.train.test_distributed import _run_torchrun
+
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps(c) + "\n" for c in CHATS))
+    single = tmp_path / "single"
+    cfg = train_config(single, batch_size=2, grad_accum=2, max_steps=3, max_len=64, eval_ratio=0.0, optim_lr=2e-2,
+                       optim_weight_decay=0.0)  # the CLI's LoRA default
+    run_sft(SFTConfig(qlora_base, str(data), cfg, lora=LoraConfig(rank=8), quantization="int4"))
+    cmd = [sys.executable, "-m", "model.train", "sft", "--nproc", "2", "--base", qlora_base, "--data", str(data),
+           "--out", str(tmp_path / "ddp"), "--lora-rank", "8", "--quantization", "int4", "--batch-size", "2",
+           "--max-steps", "3", "--lr", "2e-2", "--warmup-steps", "1", "--max-len", "64", "--eval-ratio", "0",
+           "--device", "cpu", "--no-progress", "--resume", "never"]
+    proc = _run_torchrun(cmd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = [r["loss"] for r in read_metrics(str(tmp_path / "ddp" / "metrics.jsonl")) if "loss" in r]
+    ref = [r["loss"] for r in read_metrics(str(single / "metrics.jsonl")) if "loss" in r]
+    assert len(losses) == 3 and losses == pytest.approx(ref, rel=1e-3)
+    assert os.path.exists(tmp_path / "ddp" / "adapter_model.safetensors")
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--quantization", "int8"], "train LoRA adapters over it with --lora-rank > 0"),
     (["--quantization", "int3", "--lora-rank", "4"], "quantization 'int3' is not one of none, int8, int4"),
