@@ -205,7 +205,26 @@ def cmd_write_glm(args) -> None:
         shutil.copy(os.path.join(tokenizer, name), args.model)
 
 
-TABLE_SETTINGS = ("fp32", "min/max", "search g^0", "search g^2", "search g^4", "search g^6", "int8 tables")
+TABLE_SETTINGS = ("fp32", "min/max", "search g^0", "search g^2", "search g^4", "search g^6", "search E[h^2] random",
+                  "search E[h^2] data", "int8 tables")
+
+
+def _lm_head_input_second_moment(model, windows: list[list[int]]):
+    """E[h_k^2] of the final norm's output (the lm_head's input) over the windows, by the float model."""
+    import torch
+
+    total, count = torch.zeros(model.norm.weight.shape[0]), 0
+
+    def add(module, inputs, output) -> None:
+        total.add_(output.float().reshape(-1, total.shape[0]).square().sum(0))
+
+    hook = model.norm.register_forward_hook(add)
+    with torch.inference_mode():
+        for ids in windows:
+            model(torch.tensor([ids]))
+            count += len(ids)
+    hook.remove()
+    return total / count
 
 
 def _scored_ids(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -258,6 +277,10 @@ def cmd_tables(args) -> None:
                                                32, table.weight.dtype)
         elif setting.startswith("search g^"):
             weights = gain.pow(int(setting.removeprefix("search g^")))
+            model.embed_tokens = quantize_embedding(table, QuantSpec("int4", 32), column_weights=weights)
+        elif setting.startswith("search E[h^2]"):  # calibrated: 8 x 128 random token ids, or the --data windows
+            ids = torch.randint(0, table.weight.shape[0], (8, 128), generator=torch.Generator().manual_seed(0))
+            weights = _lm_head_input_second_moment(loaded.model, ids.tolist() if setting.endswith("random") else data)
             model.embed_tokens = quantize_embedding(table, QuantSpec("int4", 32), column_weights=weights)
         seconds = time.perf_counter() - start
         if setting != "fp32":
