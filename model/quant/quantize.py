@@ -2,8 +2,11 @@
 
 int8: symmetric, one scale per output channel (absmax / 127).
 int4: asymmetric min/max per group of `group_size` inputs, 16 levels: W ~ min + q * (max - min) / 15,
-      stored in the kernel's form (q - 8) * scale + zero with zero = min + 8 * scale.
+      stored in the kernel's form (q - 8) * scale + zero with zero = min + 8 * scale. The lm_head (and an
+      embedding tied to it) gets a per-group grid search instead, its errors weighted per input column
+      (_quantize_int4_rows, lm_head_column_weights).
 Scales are rounded to bf16 *before* the integer codes are chosen, so the codes fit the scales the kernel uses.
+Large checkpoint tensors may arrive as RowSources and are quantized chunk by chunk, never whole in memory.
 """
 from __future__ import annotations
 
