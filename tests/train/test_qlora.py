@@ -6,6 +6,7 @@
 - `glmserve train sft --quantization int8|int4 --lora-rank R` over a tiny transformers-written Llama: the
   loss falls, only adapters train (the quantized embedding stays frozen), the export is the PEFT adapter,
   and serving it over the quantized base (and over the float base) answers differently from the bare base;
+- a run resumes from its checkpoint on the same curve, and two DDP processes equal one;
 - bad values and --quantization without --lora-rank are refused before anything loads; merging refuses.
 """
 from __future__ import annotations
@@ -198,6 +199,27 @@ def test_the_adapter_served_over_quantized_and_float_bases_changes_the_greedy_an
         # every training answer starts "Answer {i}:": the adapter's first greedy word, not the base's noise
         assert tok.decode(adapted).startswith("Answer") and not tok.decode(bare).startswith("Answer"), \
             (quantization, tok.decode(bare), tok.decode(adapted))
+
+
+def test_a_run_over_a_quantized_base_resumes_from_its_checkpoint_on_the_same_curve(qlora_base, tmp_path) -> None:
+    """A checkpoint holds the adapters and the float norms (the codes are non-persistent buffers, rebuilt
+    by the load): 2 steps, saved, resumed to 4 equals 4 straight."""
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps(c) + "\n" for c in CHATS))
+    common = ["sft", "--base", qlora_base, "--data", str(data), "--lora-rank", "8", "--quantization", "int8",
+              "--batch-size", "4", "--lr", "2e-2", "--warmup-steps", "1", "--max-len", "64", "--no-progress",
+              "--device", "cpu", "--eval-ratio", "0"]
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    assert main(common + ["--out", straight, "--max-steps", "4", "--resume", "never"]) == 0
+    assert main(common + ["--out", resumed, "--max-steps", "2", "--save-every", "2"]) == 0
+    assert os.listdir(os.path.join(resumed, "checkpoints"))
+    assert main(common + ["--out", resumed, "--max-steps", "4"]) == 0  # --resume auto: from step 2
+
+    def curve(out: str) -> list[float]:
+        return [r["loss"] for r in read_metrics(os.path.join(out, "metrics.jsonl")) if "loss" in r]
+
+    assert json.loads(open(os.path.join(resumed, "training_args.json")).read())["resumed_from_step"] == 2
+    assert len(curve(resumed)) == 4 and curve(resumed) == pytest.approx(curve(straight), rel=1e-5)
 
 
 def test_two_processes_over_an_int4_base_equal_one_with_double_accumulation(qlora_base, tmp_path) -> None:
