@@ -45,7 +45,8 @@ class Attention(nn.Module):
     qk_norm_eps (Qwen3, GLM-4.5 use_qk_norm): an RMSNorm over each q and k head before RoPE."""
 
     # decode attention kernel per batch class (1: one sequence, 2: more), measured at start-up on CPU
-    # (model/engine/cpu_choices.py); unmeasured (and in subclasses such as MLA): PyTorch's SDPA
+    # (model/engine/cpu_choices.py): "sdpa", "grouped" or (half-precision models) "sdpa_fp32";
+    # unmeasured (and in subclasses such as MLA): PyTorch's SDPA
     decode_paths: dict[int, str] | None = None
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, bias: bool,
@@ -129,6 +130,9 @@ class Attention(nn.Module):
         path = self.decode_paths[1 if b == 1 else 2] if self.decode_paths else "sdpa"
         if path == "grouped":
             o = grouped_decode(qd, kd, vd, meta.decode_mask, self.scale)
+        elif path == "sdpa_fp32":  # a bf16/fp16 model: SDPA's fp32 kernel on upcast copies, cast back
+            o = F.scaled_dot_product_attention(qd.float(), kd.float(), vd.float(), attn_mask=meta.decode_mask,
+                                               scale=self.scale, enable_gqa=True).to(q.dtype)
         else:
             o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=self.scale,
                                                enable_gqa=True)

@@ -94,7 +94,18 @@ def test_decode_attention_path_is_chosen_per_batch_class() -> None:
     assert paths == {1: "grouped", 2: "sdpa"}
 
 
-@pytest.mark.parametrize("paths", [{1: "sdpa", 2: "sdpa"}, {1: "grouped", 2: "grouped"}])
+def test_a_half_precision_model_may_choose_fp32_sdpa() -> None:
+    timer = table_timer({("sdpa", 1): 1.0, ("grouped", 1): 0.9, ("sdpa_fp32", 1): 0.3,
+                         ("sdpa", 4): 1.0, ("grouped", 4): 0.4, ("sdpa_fp32", 4): 0.8})
+    assert choose_decode_attention(4, 2, 8, torch.bfloat16, batch_rows=4, context=12, timer=timer) == {
+        1: "sdpa_fp32", 2: "grouped"}
+    # an fp32 model has no such candidate: a timer that knows none of its labels would fail
+    assert choose_decode_attention(4, 2, 8, torch.float32, batch_rows=4, context=12, timer=table_timer(
+        {("sdpa", 1): 1.0, ("grouped", 1): 2.0, ("sdpa", 4): 1.0, ("grouped", 4): 2.0})) == {1: "sdpa", 2: "sdpa"}
+
+
+@pytest.mark.parametrize("paths", [{1: "sdpa", 2: "sdpa"}, {1: "grouped", 2: "grouped"},
+                                   {1: "sdpa_fp32", 2: "sdpa_fp32"}])
 def test_each_decode_path_attends_like_sdpa_over_the_paged_cache(paths: dict[int, str]) -> None:
     """One and three decoding sequences through Attention._paged, against SDPA on the dense K/V."""
     from model.layers.attention import Attention, AttentionMetadata
