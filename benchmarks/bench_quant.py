@@ -206,25 +206,7 @@ def cmd_write_glm(args) -> None:
 
 
 TABLE_SETTINGS = ("fp32", "min/max", "search g^0", "search g^2", "search g^4", "search g^6", "search E[h^2] random",
-                  "search E[h^2] data", "int8 tables")
-
-
-def _lm_head_input_second_moment(model, windows: list[list[int]]):
-    """E[h_k^2] of the final norm's output (the lm_head's input) over the windows, by the float model."""
-    import torch
-
-    total, count = torch.zeros(model.norm.weight.shape[0]), 0
-
-    def add(module, inputs, output) -> None:
-        total.add_(output.float().reshape(-1, total.shape[0]).square().sum(0))
-
-    hook = model.norm.register_forward_hook(add)
-    with torch.inference_mode():
-        for ids in windows:
-            model(torch.tensor([ids]))
-            count += len(ids)
-    hook.remove()
-    return total / count
+                  "search E[h^2] data", "calibrated", "calibrated random", "int8 tables")
 
 
 def _scored_ids(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -257,6 +239,7 @@ def cmd_tables(args) -> None:
     from clients.eval_perplexity import windows
     from model import Tokenizer, load_model, weight_bytes
     from model.quant import Int4Embedding, QuantSpec, quantize_model
+    from model.quant.calibration import calibration_windows, lm_head_input_second_moment, random_windows
     from model.quant.quantize import quantize_embedding, quantize_int4_packed
 
     torch.set_num_threads(args.threads)
@@ -270,7 +253,11 @@ def cmd_tables(args) -> None:
     for setting in args.settings:
         model = copy.deepcopy(loaded.model)
         table, start = model.embed_tokens, time.perf_counter()
-        if setting == "int8 tables":
+        if setting.startswith("calibrated"):  # the built path: projections first, a pass, the table last
+            vocab = loaded.config.vocab_size
+            ids = random_windows(vocab) if setting.endswith("random") else calibration_windows(loaded.path, vocab)
+            quantize_model(model, QuantSpec("int4", 32), ids)
+        elif setting == "int8 tables":
             model.embed_tokens = quantize_embedding(table, QuantSpec("int8"))
         elif setting == "min/max":
             model.embed_tokens = Int4Embedding(*quantize_int4_packed(table.weight.detach(), 32, torch.device("cpu")),
@@ -280,10 +267,10 @@ def cmd_tables(args) -> None:
             model.embed_tokens = quantize_embedding(table, QuantSpec("int4", 32), column_weights=weights)
         elif setting.startswith("search E[h^2]"):  # calibrated: 8 x 128 random token ids, or the --data windows
             ids = torch.randint(0, table.weight.shape[0], (8, 128), generator=torch.Generator().manual_seed(0))
-            weights = _lm_head_input_second_moment(loaded.model, ids.tolist() if setting.endswith("random") else data)
+            weights = lm_head_input_second_moment(loaded.model, ids.tolist() if setting.endswith("random") else data)
             model.embed_tokens = quantize_embedding(table, QuantSpec("int4", 32), column_weights=weights)
         seconds = time.perf_counter() - start
-        if setting != "fp32":
+        if setting != "fp32" and not setting.startswith("calibrated"):
             model.lm_head = model.embed_tokens.as_linear()
             quantize_model(model, QuantSpec("int4", 32, embeddings=False))
         print(json.dumps({"tables": setting, "table_seconds": round(seconds, 1),

@@ -123,16 +123,21 @@ def _load_float(source: str, device: str, dtype: torch.dtype, cache_dir: str | N
 
         model = build_model(cfg, device="meta", dtype=dtype, init_weights=False)
         expected = expected_names(model)
-        hooks = QuantizingLoad(model, quantize, target, dtype)
+        from model.quant.calibration import calibration_windows
+
+        calibration = calibration_windows(model_dir, cfg.vocab_size) if quantize.method == "int4" else None
+        hooks = QuantizingLoad(model, quantize, target, dtype, calibration)
         filled = weight_map_for(cfg).load(model, tensors, hooks)
+        model.reset_rotary(target)  # the calibration pass runs the model
+        hooks.finish()  # the int4 lm_head (or its tied table), weighted by a pass over the calibration text
         if cfg.tie_word_embeddings:  # the lm_head shares the embedding's table, float or quantized
             if type(model.embed_tokens) is torch.nn.Embedding:
                 model.lm_head.weight = model.embed_tokens.weight
             else:
                 model.lm_head = model.embed_tokens.as_linear()
         log.info("quantized %d modules to %s while loading (%d read in row slices; the embedding and lm_head "
-                 "took %.1fs)", hooks.quantized, quantize.method, hooks.from_row_slices,
-                 hooks.table_seconds)
+                 "took %.1fs, their calibration pass %.1fs)", hooks.quantized, quantize.method,
+                 hooks.from_row_slices, hooks.table_seconds, hooks.calibration_seconds)
     model.reset_rotary(device)
     missing = expected - filled - ({"lm_head.weight"} if cfg.tie_word_embeddings else set())
     if missing:

@@ -3,8 +3,9 @@
 int8: symmetric, one scale per output channel (absmax / 127).
 int4: asymmetric min/max per group of `group_size` inputs, 16 levels: W ~ min + q * (max - min) / 15,
       stored in the kernel's form (q - 8) * scale + zero with zero = min + 8 * scale. The lm_head (and an
-      embedding tied to it) gets a per-group grid search instead, its errors weighted per input column
-      (_quantize_int4_rows, lm_head_column_weights).
+      embedding tied to it) gets a per-group grid search instead, its errors weighted per input column by
+      E[h_k^2] of the lm_head input, measured by a calibration forward pass (model/quant/calibration.py)
+      once every projection is quantized: the head table is quantized last (_quantize_int4_rows).
 Scales are rounded to bf16 *before* the integer codes are chosen, so the codes fit the scales the kernel uses.
 Large checkpoint tensors may arrive as RowSources and are quantized chunk by chunk, never whole in memory.
 """
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from model.models.weight_map import LoadHooks, RowSource
+from model.quant.calibration import lm_head_input_second_moment, random_windows
 from model.quant.kernels import CPU_PACK_BLOCK_N, int4_rows_gatherable, int4_supported, pack_int4
 from model.quant.modules import Int4Embedding, Int4Linear, Int8Embedding, Int8Linear
 
@@ -218,26 +220,20 @@ def embedding_int4_ok(num_embeddings: int, embedding_dim: int, group_size: int, 
 
 
 # Which int4 weights get the grid search: those with column weights, i.e. the lm_head and an embedding tied
-# to it. On the default model the tied table is where int4 loses, and there the weighted search took
-# perplexity from +8.1% to +6.6% on held-out text, while the unweighted search (lower squared error) made it
-# worse (+9.8%): so projections and an untied embedding stay min/max until a weighting is measured for
-# them (docs/BENCHMARKS.md, "Quantized weights"). The search also costs far more than min/max: 4.0 s
-# for the default model's 28 M-weight table on 2 cores.
+# to it. On the default model the tied table is where int4 loses, and there the search weighted by the
+# measured E[h_k^2] of the lm_head input took perplexity from +8.1% (min/max) to about +4% on held-out text,
+# while the unweighted search (lower squared error) made it worse (+9.8%): so projections and an untied
+# embedding stay min/max (docs/BENCHMARKS.md, "Quantized weights"). The search also costs far more than
+# min/max: 1-4 s for the default model's 28 M-weight table on 2 cores.
 
 
-LM_HEAD_GAIN_POWER = 6  # errors in lm_head column k cost |g_k|^6 (of 2, 4, 6, 8 the best on the default model)
-
-
-def lm_head_column_weights(model: nn.Module) -> torch.Tensor | None:
-    """What an error in each input column of the lm_head costs. The lm_head reads the final norm's output,
-    whose column k the norm scales by its gain g_k, so an error there moves the logits |g_k| times as much
-    (weight g_k^2) - and the large-gain channels are also the ones carrying large activations, so a
-    stronger emphasis, |g_k|^6, measured better (docs/BENCHMARKS.md, "Quantized weights"). A weighting
-    without calibration data. None when the gain is not known (yet)."""
-    gain = getattr(getattr(model, "norm", None), "weight", None)
-    if not isinstance(gain, torch.Tensor) or gain.is_meta:
-        return None
-    return gain.detach().float().abs().pow(LM_HEAD_GAIN_POWER)
+def lm_head_column_weights(model: nn.Module, windows: list[list[int]] | None = None) -> torch.Tensor:
+    """What an error in each input column of the lm_head costs: E[h_k^2] of its input over the calibration
+    windows (model/quant/calibration.py; None: fixed random token ids), by the model as it is now (the
+    caller has quantized everything but the head table)."""
+    if windows is None:
+        windows = random_windows(model.config.vocab_size)
+    return lm_head_input_second_moment(model, windows)
 
 
 def quantize_linear(linear: nn.Linear, spec: QuantSpec, column_weights: torch.Tensor | None = None) -> nn.Module:
@@ -284,30 +280,36 @@ def quantize_embedding_weight(w: torch.Tensor | RowSource, spec: QuantSpec, out_
     return Int8Embedding(q, scales.to(device), out_dtype)
 
 
-def quantize_model(model: nn.Module, spec: QuantSpec) -> int:
+def quantize_model(model: nn.Module, spec: QuantSpec, calibration: list[list[int]] | None = None) -> int:
     """Swaps the float nn.Linear layers (and, with spec.embeddings, the embedding and lm_head) of a loaded
     CausalLM for quantized ones; modules that are quantized already (a GGUF served as stored) stay.
+    The lm_head (or the embedding tied to it) goes last: at int4 its search is weighted by a calibration
+    pass over `calibration` token windows (model/quant/calibration.py: calibration_windows; None: fixed
+    random ids) through the otherwise quantized model, the order QuantizingLoad follows.
     Returns how many modules were replaced."""
     count = 0
     tied = model.lm_head.weight is model.embed_tokens.weight if isinstance(model.lm_head, nn.Linear) else False
-    head_weights = lm_head_column_weights(model)
-    if spec.embeddings and type(model.embed_tokens) is nn.Embedding:
-        start = time.perf_counter()
-        model.embed_tokens = quantize_embedding(model.embed_tokens, spec,
-                                                column_weights=head_weights if tied else None)
-        log.info("quantized the embedding table in %.1fs", time.perf_counter() - start)
+    table = spec.embeddings and type(model.embed_tokens) is nn.Embedding
+    if table and not tied:  # min/max, before the calibration pass as in the streamed load
+        model.embed_tokens = quantize_embedding(model.embed_tokens, spec)
         count += 1
-        if tied:
-            model.lm_head = model.embed_tokens.as_linear()  # one copy serves both
-            count += 1
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if type(child) is not nn.Linear or (child is getattr(model, "lm_head", None) and not spec.embeddings):
-                continue
-            if child is model.lm_head and tied:
-                continue  # stays float with the float embedding it shares a weight with
-            setattr(module, name, quantize_linear(child, spec, head_weights if child is model.lm_head else None))
+            if type(child) is nn.Linear and child is not model.lm_head:
+                setattr(module, name, quantize_linear(child, spec))
+                count += 1
+    head = tied and table or (not tied and spec.embeddings and type(model.lm_head) is nn.Linear)
+    if head:
+        weights = lm_head_column_weights(model, calibration) if spec.method == "int4" else None
+        start = time.perf_counter()
+        if tied:
+            model.embed_tokens = quantize_embedding(model.embed_tokens, spec, column_weights=weights)
+            model.lm_head = model.embed_tokens.as_linear()  # one copy serves both
+            count += 2
+        else:
+            model.lm_head = quantize_linear(model.lm_head, spec, weights)
             count += 1
+        log.info("quantized the lm_head table in %.1fs", time.perf_counter() - start)
     return count
 
 
@@ -316,19 +318,24 @@ class QuantizingLoad(LoadHooks):
     device) when its first checkpoint tensor arrives, and each projection (an nn.Linear other than
     lm_head) is quantized as soon as its weight and bias are in, so the float copy of the whole model
     never exists: peak memory is the quantized model plus one float tensor. The embedding and lm_head
-    are quantized the same way when spec.embeddings says so (a tied lm_head is the loader's to re-tie)."""
+    are quantized the same way when spec.embeddings says so (a tied lm_head is the loader's to re-tie),
+    except at int4 the lm_head, or the embedding tied to it: finish() quantizes it last, after a calibration
+    pass over `calibration` (as quantize_model does). Until then a tied table stays float (it is the
+    pass's embedding) and an untied lm_head stays unread (its row source, or its float tensor)."""
 
-    def __init__(self, model: nn.Module, spec: QuantSpec, device: torch.device, dtype: torch.dtype) -> None:
-        self.spec, self.device, self.dtype = spec, device, dtype
+    def __init__(self, model: nn.Module, spec: QuantSpec, device: torch.device, dtype: torch.dtype,
+                 calibration: list[list[int]] | None = None) -> None:
+        self.spec, self.device, self.dtype, self.calibration = spec, device, dtype, calibration
         self.model = model
         self.modules = dict(model.named_modules())
         self.lm_head = getattr(model, "lm_head", None)
         self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
         self.done: set[str] = set()
-        self.waiting: list[str] = []  # tables whose lm_head column weights (the final norm's gain) are not in yet
+        self.waiting: dict[str, torch.Tensor | RowSource] = {}  # the head table, until finish()
         self.quantized = 0
         self.from_row_slices = 0  # of them, read from the checkpoint in row slices
         self.table_seconds = 0.0  # time quantizing the embedding and lm_head took
+        self.calibration_seconds = 0.0
 
     def _owner(self, name: str) -> tuple[str, str]:
         module, _, attr = name.rpartition(".")
@@ -354,57 +361,65 @@ class QuantizingLoad(LoadHooks):
         setattr(self.modules[module], attr, param)
         return param
 
-    def _head_weighted(self, module: nn.Module) -> bool:
-        """The lm_head, or an embedding that also serves as the lm_head: quantized with its column weights."""
-        return module is self.lm_head or (type(module) is nn.Embedding and self.tied)
-
-    def _gain_pending(self, module: nn.Module) -> bool:
-        gain = getattr(getattr(self.model, "norm", None), "weight", None)
-        return self._head_weighted(module) and isinstance(gain, torch.Tensor) and gain.is_meta
+    def _calibrated(self, module: nn.Module) -> bool:
+        """The int4 lm_head, or an embedding that also serves as the lm_head: quantized last, in finish()."""
+        return self.spec.method == "int4" and (module is self.lm_head or (type(module) is nn.Embedding and self.tied))
 
     def whole(self, name: str) -> None:
         self.done.add(name)
         module_name, _ = self._owner(name)
         module = self.modules[module_name]
-        if module is getattr(self.model, "norm", None):
-            for table in self.waiting:  # their column weights are in now
-                self._quantize(table, self.modules[table].weight)
-            self.waiting.clear()
         if not self._quantizes(module):
             return
         if any(f"{module_name}.{p}" not in self.done for p, _ in module.named_parameters(recurse=False)):
             return  # the bias (or weight) is still to come
-        if self._gain_pending(module):
-            self.waiting.append(module_name)
+        if self._calibrated(module):
+            self.waiting[module_name] = module.weight
             return
         self._quantize(module_name, module.weight)
 
     def takes_rows(self, name: str) -> bool:
         """A weight this load quantizes, of a module holding nothing else (an embedding, a bias-free
-        projection or lm_head): it is quantized from row slices without ever being float in memory."""
+        projection or lm_head): it is quantized from row slices without ever being float in memory. Not
+        the table tied to an int4 lm_head: the calibration pass reads it as the float embedding."""
         module_name, attr = self._owner(name)
         module = self.modules[module_name]
-        return (attr == "weight" and self._quantizes(module) and not self._gain_pending(module)
+        return (attr == "weight" and self._quantizes(module)
+                and not (self._calibrated(module) and type(module) is nn.Embedding)
                 and [p for p, _ in module.named_parameters(recurse=False)] == ["weight"])
 
     def load_rows(self, name: str, source: RowSource) -> None:
         self.done.add(name)
-        self._quantize(self._owner(name)[0], _RowsOn(source, self.device))
+        module_name = self._owner(name)[0]
         self.from_row_slices += 1
+        if self._calibrated(self.modules[module_name]):  # the untied int4 lm_head: read in finish()
+            self.waiting[module_name] = _RowsOn(source, self.device)
+            return
+        self._quantize(module_name, _RowsOn(source, self.device))
 
-    def _quantize(self, module_name: str, weight: torch.Tensor | RowSource) -> None:
+    def finish(self, calibration: list[list[int]] | None = None) -> None:
+        """After the last tensor (and the rotary tables): the calibration pass, then the head table."""
+        if not self.waiting:
+            return
+        start = time.perf_counter()
+        weights = lm_head_column_weights(self.model, self.calibration if calibration is None else calibration)
+        self.calibration_seconds = time.perf_counter() - start
+        for module_name, weight in self.waiting.items():
+            self._quantize(module_name, weight, weights)
+        self.waiting.clear()
+
+    def _quantize(self, module_name: str, weight: torch.Tensor | RowSource,
+                  column_weights: torch.Tensor | None = None) -> None:
         """The module's quantized replacement, by the rules quantize_model follows, from its float weight
         (a parameter, or row slices of the checkpoint)."""
         module = self.modules[module_name]
         weight = weight.detach() if isinstance(weight, torch.Tensor) else weight
         start = time.perf_counter()
         if type(module) is nn.Embedding:
-            cw = lm_head_column_weights(self.model) if self.tied else None
-            quantized = quantize_embedding_weight(weight, self.spec, self.dtype, self.device, cw)
+            quantized = quantize_embedding_weight(weight, self.spec, self.dtype, self.device, column_weights)
         else:
             bias = module.bias.detach().clone() if module.bias is not None else None
-            cw = lm_head_column_weights(self.model) if module is self.lm_head else None
-            quantized = quantize_linear_weight(weight, self.spec, self.device, bias, cw)
+            quantized = quantize_linear_weight(weight, self.spec, self.device, bias, column_weights)
         if type(module) is nn.Embedding or module is self.lm_head:
             self.table_seconds += time.perf_counter() - start
         parent, _, attr = module_name.rpartition(".")

@@ -10,6 +10,7 @@ import torch
 from model import EngineConfig
 from model.loader import load_model
 from model.quant import QuantSpec, quantize_model
+from model.quant.calibration import calibration_windows, random_windows
 from tests.helpers import glm_replicas
 
 
@@ -25,13 +26,19 @@ def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {**dict(model.named_parameters()), **dict(model.named_buffers())}
 
 
+def _quantized_after_loading(model_dir: str, spec: QuantSpec) -> torch.nn.Module:
+    """The float load, then quantize_model with the calibration windows the quantizing load reads itself."""
+    loaded = load_model(model_dir)
+    quantize_model(loaded.model, spec, calibration_windows(model_dir, loaded.config.vocab_size))
+    return loaded.model
+
+
 @pytest.mark.parametrize("method", ["int8", "int4"])
 @pytest.mark.parametrize("which", ["llama", "glm4", "chatglm3"])
 def test_quantized_while_loading_equals_quantized_after_loading(checkpoints: dict[str, str], which: str,
                                                                  method: str) -> None:
     spec = QuantSpec(method, 32)
-    after = load_model(checkpoints[which]).model
-    quantize_model(after, spec)
+    after = _quantized_after_loading(checkpoints[which], spec)
     streamed = load_model(checkpoints[which], engine_config=EngineConfig(quantization=method)).model
     assert not any(t.is_meta for t in _tensors(streamed).values())
     quantize_model(streamed, spec)  # what the model runner does next: the embedding and lm_head
@@ -68,11 +75,12 @@ def test_tables_read_in_row_slices_equal_quantized_after_loading(checkpoints: di
     monkeypatch.setattr(model.loader, "SLICE_ABOVE_BYTES", 64 << 10)
     monkeypatch.setattr(model.quant.quantize, "CHUNK_ELEMENTS", 128 * 64)  # 64-wide rows: 128 a chunk
     spec = QuantSpec(method, 32)
-    after = load_model(checkpoints[which]).model
-    quantize_model(after, spec)
+    after = _quantized_after_loading(checkpoints[which], spec)
     with caplog.at_level("INFO", logger="glmserve.loader"):
         streamed = load_model(checkpoints[which], engine_config=EngineConfig(quantization=method)).model
-    sliced = 1 if which == "llama" else 2  # the tied table once; the GLM's embedding and its lm_head
+    # the GLM's embedding and its lm_head; the Llama's tied table, except at int4, where the calibration
+    # pass reads it as the float embedding before it is quantized
+    sliced = 2 if which == "glm4" else 1 if method == "int8" else 0
     assert any(f"({sliced} read in row slices;" in r.getMessage() for r in caplog.records), caplog.text
     expected, got = _tensors(after), _tensors(streamed)
     assert sorted(got) == sorted(expected)
@@ -84,10 +92,10 @@ def test_tables_read_in_row_slices_equal_quantized_after_loading(checkpoints: di
 
 
 @pytest.mark.parametrize("which", ["llama", "glm4"])
-def test_a_table_read_before_the_final_norm_waits_for_its_gain(checkpoints: dict[str, str], which: str,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """The lm_head (and a table tied to it) is quantized with column weights from the final norm's gain;
-    when a checkpoint yields the table first (a .bin file's order), its quantization waits for the gain."""
+def test_the_head_table_is_quantized_last_whatever_the_checkpoint_order(checkpoints: dict[str, str], which: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The int4 lm_head (and a table tied to it) is quantized after the calibration pass through the whole
+    model: when a checkpoint yields the final norm last (a .bin file's order), the result is the same."""
     import model.loader
 
     original = model.loader.iter_checkpoint_tensors
@@ -98,11 +106,29 @@ def test_a_table_read_before_the_final_norm_waits_for_its_gain(checkpoints: dict
         return iter(items)
 
     spec = QuantSpec("int4", 32)
-    after = load_model(checkpoints[which]).model
-    quantize_model(after, spec)
+    after = _quantized_after_loading(checkpoints[which], spec)
     monkeypatch.setattr(model.loader, "iter_checkpoint_tensors", norm_last)
     streamed = load_model(checkpoints[which], engine_config=EngineConfig(quantization="int4")).model
     expected, got = _tensors(after), _tensors(streamed)
     assert sorted(got) == sorted(expected)
     for name, tensor in expected.items():
         assert torch.equal(got[name], tensor), name
+
+
+@pytest.mark.parametrize("which", ["llama", "glm4"])
+def test_calibration_reads_the_committed_text_and_steers_the_head_table(checkpoints: dict[str, str],
+                                                                        which: str) -> None:
+    """The quantizing load's calibration windows are the committed text by the checkpoint's tokenizer (not
+    the random stand-in), and the table they give differs from the stand-in's: the pass is not a no-op."""
+    loaded = load_model(checkpoints[which])
+    vocab = loaded.config.vocab_size
+    windows = calibration_windows(checkpoints[which], vocab)
+    assert windows != random_windows(vocab) and all(1 < len(w) <= 128 for w in windows)
+    assert sum(len(w) for w in windows) > 500
+    from_text = _quantized_after_loading(checkpoints[which], QuantSpec("int4", 32))
+    quantize_model(loaded.model, QuantSpec("int4", 32), random_windows(vocab))
+    head = "embed_tokens" if which == "llama" else "lm_head"
+    a, b = dict(from_text.named_buffers()), dict(loaded.model.named_buffers())
+    assert any(not torch.equal(a[n], b[n]) for n in a if n.startswith(head)), "calibration changed nothing"
+    assert all(torch.equal(a[n], b[n]) for n in a if not n.startswith(("embed_tokens", "lm_head"))), \
+        "only the head table depends on the calibration"
