@@ -114,10 +114,18 @@ def choose_linear_packing(model: nn.Module, batch_rows: int, timer: Timer = one_
         choice = pick(f"linear {fan_in}->{fan_out} x{len(members)}", {"plain": run_all(plain),
                                                                        "packed": run_all(packed)},
                       sorted({1, batch_rows}), timer)
+        del plain
         if choice.chosen == "packed":
-            for i, (parent, name, lin) in enumerate(members):  # one at a time: each plain weight goes as packed
+            # one at a time, dropping this list's reference as each goes, so a plain weight is freed as its
+            # packed copy comes (holding them all to the end kept a whole group twice: +1 GB on a 1 B model)
+            for i in range(len(members)):
+                parent, name, lin = members[i]
+                members[i] = None
                 setattr(parent, name, packed[i] if i < len(packed) else PackedLinear(lin))
-        del packed, plain
+                if i < len(packed):
+                    packed[i] = None
+                del lin
+        del packed
         log.info("cpu choice: %s", choice.describe())
         choices.append(choice)
     return choices
