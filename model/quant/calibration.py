@@ -42,7 +42,7 @@ def calibration_windows(model_dir: str | None, vocab_size: int) -> list[list[int
             if ids and max(ids) < vocab_size:
                 windows = [ids[i: i + WINDOW_TOKENS] for i in range(0, len(ids), WINDOW_TOKENS)]
                 return [w for w in windows if len(w) > 1][:MAX_WINDOWS]
-            log.info("the calibration text's token ids do not fit a %d-token vocabulary; random ids instead", vocab_size)
+            log.info("the calibration text's ids do not fit a %d-token vocabulary; random ids instead", vocab_size)
     elif model_dir is not None:
         log.info("no calibration text at %s (an installed copy without data/); random token ids instead",
                  CALIBRATION_TEXT)
