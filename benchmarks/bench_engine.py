@@ -170,9 +170,14 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         if args.device == "cpu" or not torch.cuda.is_available():
-            from benchmarks.host_limits import measure
+            from benchmarks.host_limits import HostLimits
 
-            limits = measure()  # before the engine starts: nothing else shares the cores
+            # in a child process before the engine starts (nothing else shares the cores): measured in this
+            # process, its 256 MiB copy buffers left the engine after them 25-30% slower at batch 1 (25 ->
+            # 18 tok/s, three runs each; so did a bare 256 MiB torch.ones freed before the engine loaded)
+            child = subprocess.run([sys.executable, "-m", "benchmarks.host_limits"], capture_output=True, text=True,
+                                   check=True)
+            limits = HostLimits(**json.loads(child.stdout.strip().splitlines()[-1]))
             print(limits.describe(), flush=True)
     result = asyncio.run(run_engine(args))
     if limits is not None:
