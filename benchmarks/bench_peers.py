@@ -310,7 +310,9 @@ async def one_stream(client: httpx.AsyncClient, base: str, model: str, index: in
 
 async def run_level(base: str, model: str, streams: int, max_tokens: int, single_requests: int) -> LevelStats:
     """One wave at a stream level: `streams` requests at once, or `single_requests` one after another at 1."""
-    limits = httpx.Limits(max_connections=streams + 4, max_keepalive_connections=streams + 4)
+    # a fresh connection per request: llama-server closed an idle kept-alive connection just as the next
+    # one-at-a-time request reused it ("Server disconnected without sending a response", 16:18 UTC run)
+    limits = httpx.Limits(max_connections=streams + 4, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
         start = time.perf_counter()
         if streams == 1:
