@@ -52,10 +52,13 @@ def build_engine(variant: str, max_num_seqs: int = 32, kv_mib: int = 256, model:
     method = "int4" if quant == "int4-requant" else quant
     ec = EngineConfig(max_num_seqs=max_num_seqs, kv_cache_memory=kv_mib << 20, dtype=dtype, quantization=method,
                       quantization_group_size=group)
-    loaded = load_model(source, dtype=ec.resolved_dtype(), engine_config=ec)
-    if not embeddings:  # quantize the layers here, leave embedding/lm_head float, and tell the runner not to
-        quantize_model(loaded.model, QuantSpec(method, group, embeddings=False))
+    if not embeddings:  # load float, quantize the layers here, leave embedding/lm_head float, and tell the
+        # runner not to (a quantizing load would quantize the tables as it reads them)
         ec = EngineConfig(max_num_seqs=max_num_seqs, kv_cache_memory=kv_mib << 20, dtype=dtype)
+        loaded = load_model(source, dtype=ec.resolved_dtype(), engine_config=ec)
+        quantize_model(loaded.model, QuantSpec(method, group, embeddings=False))
+    else:
+        loaded = load_model(source, dtype=ec.resolved_dtype(), engine_config=ec)
     return LLMEngine(loaded.model, ec, Tokenizer(loaded.path), loaded)
 
 
