@@ -14,24 +14,14 @@ fastest product per shape, printed at the end with what it means in tok/s.
 from __future__ import annotations
 
 import argparse
-import time
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks.host_limits import best_seconds
+
 # (out, in, matrices): SmolLM2-135M's fused qkv, o, gate_up, down (30 layers) and its lm_head
 DEFAULT_SHAPES = [(960, 576, 30), (576, 576, 30), (3072, 576, 30), (576, 1536, 30), (49152, 576, 1)]
-
-
-def best_of(fn: Callable[[], object], passes: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(passes):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def measure_shape(out_features: int, in_features: int, count: int, passes: int) -> dict[str, float]:
@@ -41,11 +31,11 @@ def measure_shape(out_features: int, in_features: int, count: int, passes: int) 
     packed = [torch.ops.mkldnn._reorder_linear_weight(w, 1) for w in weights]
     x = torch.randn(1, in_features)
     return {
-        "F.linear": best_of(lambda: [F.linear(x, w) for w in weights], passes),
-        "x @ W^T": best_of(lambda: [x @ w for w in transposed], passes),
-        "oneDNN packed": best_of(lambda: [torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "")
+        "F.linear": best_seconds(lambda: [F.linear(x, w) for w in weights], passes),
+        "x @ W^T": best_seconds(lambda: [x @ w for w in transposed], passes),
+        "oneDNN packed": best_seconds(lambda: [torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "")
                                           for p in packed], passes),
-        "read (amax)": best_of(lambda: [w.amax() for w in weights], passes),
+        "read (amax)": best_seconds(lambda: [w.amax() for w in weights], passes),
     }
 
 

@@ -153,15 +153,19 @@ def test_lora_over_a_quantized_model_trains_only_adapters_with_and_without_check
 @pytest.fixture(scope="module", params=["int8", "int4"])
 def qlora_run(request, qlora_base, tmp_path_factory) -> tuple[str, str]:
     method = request.param
-    root = tmp_path_factory.mktemp(f"qlora-{method}")
+    return method, train_over_quantized_base(qlora_base, method, tmp_path_factory.mktemp(f"qlora-{method}"), "cpu")
+
+
+def train_over_quantized_base(base: str, method: str, root, device: str) -> str:
+    """8 SFT steps of a rank-8 adapter over `base` quantized to `method`; returns the adapter's directory."""
     data = root / "chats.jsonl"
     data.write_text("".join(json.dumps(c) + "\n" for c in CHATS))
     out = str(root / "adapter")
-    assert main(["sft", "--base", qlora_base, "--data", str(data), "--out", out, "--lora-rank", "8",
+    assert main(["sft", "--base", base, "--data", str(data), "--out", out, "--lora-rank", "8",
                  "--quantization", method, "--max-steps", "8", "--batch-size", "4", "--lr", "2e-2",
-                 "--warmup-steps", "0", "--max-len", "64", "--no-progress", "--device", "cpu",
+                 "--warmup-steps", "0", "--max-len", "64", "--no-progress", "--device", device,
                  "--eval-ratio", "0"]) == 0
-    return method, out
+    return out
 
 
 def test_sft_over_a_quantized_base_learns_and_exports_the_adapter(qlora_run) -> None:
@@ -286,12 +290,6 @@ def test_cuda_quantized_backward_and_sft(method, qlora_base, tmp_path) -> None:
     F.linear(x_ref, _dequantized(lin, module), lin.bias.detach()).backward(upstream)
     _close(x.grad, x_ref.grad, 2 ** -7)
 
-    data = tmp_path / "chats.jsonl"
-    data.write_text("".join(json.dumps(c) + "\n" for c in CHATS))
-    out = str(tmp_path / "adapter")
-    assert main(["sft", "--base", qlora_base, "--data", str(data), "--out", out, "--lora-rank", "8",
-                 "--quantization", method, "--max-steps", "8", "--batch-size", "4", "--lr", "2e-2",
-                 "--warmup-steps", "0", "--max-len", "64", "--no-progress", "--device", "cuda",
-                 "--eval-ratio", "0"]) == 0
+    out = train_over_quantized_base(qlora_base, method, tmp_path, "cuda")
     losses = [r["loss"] for r in read_metrics(os.path.join(out, "metrics.jsonl")) if "loss" in r]
     assert losses[-1] < 0.75 * losses[0], losses
