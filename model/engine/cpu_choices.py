@@ -114,16 +114,13 @@ def choose_linear_packing(model: nn.Module, batch_rows: int, timer: Timer = one_
         choice = pick(f"linear {fan_in}->{fan_out} x{len(members)}", {"plain": run_all(plain),
                                                                        "packed": run_all(packed)},
                       sorted({1, batch_rows}), timer)
-        del plain
+        del plain, timed
         if choice.chosen == "packed":
-            # one at a time, dropping this list's reference as each goes, so a plain weight is freed as its
-            # packed copy comes (holding them all to the end kept a whole group twice: +1 GB on a 1 B model)
-            for i in range(len(members)):
-                parent, name, lin = members[i]
-                members[i] = None
-                setattr(parent, name, packed[i] if i < len(packed) else PackedLinear(lin))
-                if i < len(packed):
-                    packed[i] = None
+            # one at a time, each taken off these lists as it goes, so a plain weight is freed as its packed
+            # copy comes (holding them all to the end kept a whole group twice: +1 GB on a 1 B model)
+            while members:
+                parent, name, lin = members.pop(0)
+                setattr(parent, name, packed.pop(0) if packed else PackedLinear(lin))
                 del lin
         del packed
         log.info("cpu choice: %s", choice.describe())
@@ -135,11 +132,11 @@ def choose_linear_packing(model: nn.Module, batch_rows: int, timer: Timer = one_
 def choose_decode_attention(num_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, batch_rows: int,
                             context: int = 256, timer: Timer = one_call) -> dict[int, str]:
     """The decode attention path per batch class: 1 -> kind for one sequence, 2 -> kind for more.
-    'sdpa' (PyTorch's fused kernel) is the plain path; 'grouped' is Attention._grouped_decode; for a
-    bf16/fp16 model also 'sdpa_fp32', SDPA on fp32 copies of q/K/V: this CPU's fp32 SDPA kernel took 43 us
+    'sdpa' (PyTorch's fused kernel) is the plain path; 'grouped' is attention.grouped_decode; for a
+    bf16/fp16 model also 'sdpa_fp32' (attention.fp32_sdpa_decode, SDPA on fp32 copies of q/K/V): this CPU's fp32 SDPA kernel took 43 us
     for one sequence x 128 tokens of the default model, its bf16 one 142 us (and grouped in bf16 178 us),
     an 8% share of a bf16 batch-1 step; for 32 sequences grouped in bf16 won (463 us, fp32 SDPA 584)."""
-    from model.layers.attention import grouped_decode
+    from model.layers.attention import fp32_sdpa_decode, grouped_decode
 
     scale = head_dim ** -0.5
 
@@ -161,8 +158,7 @@ def choose_decode_attention(num_heads: int, num_kv_heads: int, head_dim: int, dt
 
     def sdpa_fp32(rows: int):
         q, k, v, mask = inputs(rows)
-        return lambda: F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, scale=scale,
-                                                      enable_gqa=True).to(dtype)
+        return lambda: fp32_sdpa_decode(q, k, v, mask, scale)
 
     candidates = {"sdpa": sdpa, "grouped": grouped}
     if dtype != torch.float32:

@@ -130,9 +130,8 @@ class Attention(nn.Module):
         path = self.decode_paths[1 if b == 1 else 2] if self.decode_paths else "sdpa"
         if path == "grouped":
             o = grouped_decode(qd, kd, vd, meta.decode_mask, self.scale)
-        elif path == "sdpa_fp32":  # a bf16/fp16 model: SDPA's fp32 kernel on upcast copies, cast back
-            o = F.scaled_dot_product_attention(qd.float(), kd.float(), vd.float(), attn_mask=meta.decode_mask,
-                                               scale=self.scale, enable_gqa=True).to(q.dtype)
+        elif path == "sdpa_fp32":
+            o = fp32_sdpa_decode(qd, kd, vd, meta.decode_mask, self.scale)
         else:
             o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=self.scale,
                                                enable_gqa=True)
@@ -149,6 +148,14 @@ def gather_blocks(cache: torch.Tensor, blocks: torch.Tensor) -> tuple[torch.Tens
     index_select along dim 1 of the pair ran an element-wise loop, 9x slower (930 vs 100 us for 32
     sequences x 128 tokens of the default model, and most of a 32-stream decode step's attention)."""
     return cache[0].index_select(0, blocks), cache[1].index_select(0, blocks)
+
+
+def fp32_sdpa_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                     scale: float) -> torch.Tensor:
+    """A bf16/fp16 model's decode attention through SDPA's fp32 kernel on upcast copies, cast back: on this
+    CPU its bf16 kernel was 2-3x slower for one sequence (model/engine/cpu_choices.py measures it)."""
+    return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, scale=scale,
+                                          enable_gqa=True).to(q.dtype)
 
 
 def grouped_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
