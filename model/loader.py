@@ -125,10 +125,11 @@ def _load_float(source: str, device: str, dtype: torch.dtype, cache_dir: str | N
         expected = expected_names(model)
         from model.quant.calibration import calibration_windows
 
-        calibration = calibration_windows(model_dir, cfg.vocab_size) if quantize.method == "int4" else None
+        # only an int4 head table is calibrated (QuantizingLoad._calibrated): no tokenizer read otherwise
+        calibrated = quantize.method == "int4" and quantize.embeddings
+        calibration = calibration_windows(model_dir, cfg.vocab_size) if calibrated else None
         hooks = QuantizingLoad(model, quantize, target, dtype, calibration)
         filled = weight_map_for(cfg).load(model, tensors, hooks)
-        model.reset_rotary(target)  # the calibration pass runs the model
         hooks.finish()  # the int4 lm_head (or its tied table), weighted by a pass over the calibration text
         if cfg.tie_word_embeddings:  # the lm_head shares the embedding's table, float or quantized
             if type(model.embed_tokens) is torch.nn.Embedding:

@@ -26,7 +26,7 @@ class _QuantMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, module: "_QuantLinear") -> torch.Tensor:  # noqa: ANN001
         ctx.module = module  # the frozen weights stay in the module: nothing of x needs saving
-        return module._mm(x.to(COMPUTE_DTYPE).contiguous()).to(x.dtype)
+        return module._kernel(x)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # noqa: ANN205
@@ -46,13 +46,17 @@ class _QuantLinear(nn.Module):
         """(rows, out) -> (rows, in): grad_out @ W in grad_out's dtype."""
         raise NotImplementedError
 
+    def _kernel(self, x2: torch.Tensor) -> torch.Tensor:
+        """(rows, in) in the model's dtype -> (rows, out) in it, through the bf16 kernel."""
+        return self._mm(x2.to(COMPUTE_DTYPE).contiguous()).to(x2.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)  # (rows, in)
         if torch.is_grad_enabled() and x.requires_grad:  # training an adapter above or below this layer
             y = _QuantMatmul.apply(x2, self)
         else:
-            y = self._mm(x2.to(COMPUTE_DTYPE).contiguous()).to(x.dtype)  # (rows, out)
+            y = self._kernel(x2)
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
         return y.view(*shape[:-1], self.out_features)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from model.config import QUANT_GROUP_SIZES
 from model.models.weight_map import LoadHooks, RowSource
 from model.quant.calibration import lm_head_input_second_moment, random_windows
 from model.quant.kernels import CPU_PACK_BLOCK_N, int4_rows_gatherable, int4_supported, pack_int4
@@ -26,7 +27,7 @@ from model.quant.modules import Int4Embedding, Int4Linear, Int8Embedding, Int8Li
 log = logging.getLogger("glmserve.quant")
 
 METHODS = ("int8", "int4")
-GROUP_SIZES = (32, 64, 128)
+GROUP_SIZES = QUANT_GROUP_SIZES
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,16 @@ def quantize_int4(w: torch.Tensor | RowSource, group_size: int, search: bool = F
                   column_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """w (N, K) float -> (q (N, K) uint8 in 0..15, scale (N, K/g), zero (N, K/g)) with bf16-exact scales:
     min/max groups, or with `search` the grid search of _quantize_int4_rows (column-weighted)."""
-    if not search:
-        return _by_rows(_minmax_int4_rows, w, group_size)
-    return _by_rows(_quantize_int4_rows, w, group_size, column_weights, divisor=SEARCH_CHUNK_DIVISOR)
+    return _by_rows(_int4_rows, w, group_size, search, column_weights, divisor=_divisor(search))
+
+
+def _int4_rows(w: torch.Tensor, group_size: int, search: bool, column_weights: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _quantize_int4_rows(w, group_size, column_weights) if search else _minmax_int4_rows(w, group_size)
+
+
+def _divisor(search: bool) -> int:
+    return SEARCH_CHUNK_DIVISOR if search else 1
 
 
 def _quantize_int8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,11 +198,10 @@ def quantize_int4_packed(w: torch.Tensor | RowSource, group_size: int, device: t
         return pack_int4(q, device), scales_and_zeros(scale, zero).to(device)
 
     def rows(chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        q, scale, zero = (_quantize_int4_rows(chunk, group_size, column_weights) if search
-                          else _minmax_int4_rows(chunk, group_size))
+        q, scale, zero = _int4_rows(chunk, group_size, search, column_weights)
         return pack_int4(q, device), scale, zero
 
-    packed, scale, zero = _by_rows(rows, w, divisor=SEARCH_CHUNK_DIVISOR if search else 1)
+    packed, scale, zero = _by_rows(rows, w, divisor=_divisor(search))
     return packed, scales_and_zeros(scale, zero)
 
 
@@ -400,12 +407,13 @@ class QuantizingLoad(LoadHooks):
             return
         self._quantize(module_name, _RowsOn(source, self.device))
 
-    def finish(self, calibration: list[list[int]] | None = None) -> None:
-        """After the last tensor (and the rotary tables): the calibration pass, then the head table."""
+    def finish(self) -> None:
+        """After the last tensor: the calibration pass (the rotary tables built for it), then the head table."""
         if not self.waiting:
             return
+        self.model.reset_rotary(self.device)  # built on the meta device; the pass runs the model
         start = time.perf_counter()
-        weights = lm_head_column_weights(self.model, self.calibration if calibration is None else calibration)
+        weights = lm_head_column_weights(self.model, self.calibration)
         self.calibration_seconds = time.perf_counter() - start
         for module_name, weight in self.waiting.items():
             self._quantize(module_name, weight, weights)
