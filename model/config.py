@@ -361,6 +361,7 @@ def preset_config(name: str, vocab_size: int, eos_token_ids: tuple[int, ...] = (
 
 
 QUANTIZATIONS = ("none", "int8", "int4", "auto")
+QUANT_GROUP_SIZES = (32, 64, 128)  # int4 inputs per scale: serving, training and model/quant check against this
 
 
 def knob(default: Any, help: str, *, size: bool = False, aliases: tuple[str, ...] = ()) -> Any:
@@ -442,7 +443,7 @@ class EngineConfig:
             raise ValueError("max_loras and max_lora_rank must be >= 1")
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization {self.quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
-        if self.quantization_group_size not in (32, 64, 128):
+        if self.quantization_group_size not in QUANT_GROUP_SIZES:
             raise ValueError("quantization_group_size must be 32, 64 or 128")
         if self.dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
             raise ValueError(f"dtype {self.dtype!r} is not one of auto, float32, bfloat16, float16")

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from model.config import QUANT_GROUP_SIZES  # the one list, shared with serving
+
 SCHEDULES = ("linear", "cosine", "constant")
 
 # Fine-tuning defaults per method (docs/TRAINING.md, "Defaults that learn"): LoRA trains a few small
@@ -77,7 +79,6 @@ class LoraConfig:
 # QLoRA-style fine-tuning: LoRA adapters over a frozen base whose projections are quantized at load
 # (model/quant; the default model's int4 is its own Q4_1 weights as stored)
 BASE_QUANTIZATIONS = ("none", "int8", "int4")
-QUANT_GROUP_SIZES = (32, 64, 128)
 
 
 @dataclass

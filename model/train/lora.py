@@ -32,6 +32,10 @@ def _codes(module: nn.Module) -> torch.Tensor:
     return module.packed if hasattr(module, "packed") else module.weight
 
 
+NO_MERGE_INTO_CODES = ("the update would be rounded away in int8/int4 codes; export the adapter alone "
+                       "(--save-adapter-only) and serve it over the base with `glmserve serve --lora NAME=DIR`")
+
+
 def _adaptable(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or (is_quantized(module) and hasattr(module, "in_features"))
 
@@ -66,9 +70,8 @@ class LoRALinear(nn.Module):
     def merged(self) -> nn.Linear:
         """The base projection with B A folded in (in the base weight's dtype)."""
         if not isinstance(self.base, nn.Linear):
-            raise ValueError(f"cannot merge a LoRA adapter into a quantized {type(self.base).__name__}: the update "
-                             "would be rounded away in its int8/int4 codes; export the adapter alone "
-                             "(--save-adapter-only) and serve it with `glmserve serve --lora NAME=DIR`")
+            raise ValueError(f"cannot merge a LoRA adapter into a quantized {type(self.base).__name__}: "
+                             + NO_MERGE_INTO_CODES)
         delta = (self.lora_B.float() @ self.lora_A.float()) * self.scaling  # (out, in)
         self.base.weight.copy_((self.base.weight.float() + delta).to(self.base.weight.dtype))
         return self.base
@@ -106,9 +109,7 @@ def merge_lora(model: nn.Module) -> int:
     """Replaces every LoRALinear by its merged nn.Linear, in place; returns how many were merged.
     Refuses (before changing anything) when an adapter sits on a quantized projection."""
     if has_quantized_base(model):
-        raise ValueError("cannot merge LoRA adapters into a quantized base (int8/int4 codes would round the update "
-                         "away); export the adapter alone (--save-adapter-only) and serve it over the base with "
-                         "`glmserve serve --lora NAME=DIR`")
+        raise ValueError("cannot merge LoRA adapters into a quantized base: " + NO_MERGE_INTO_CODES)
     merged = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

@@ -120,8 +120,9 @@ def run_sft(cfg: SFTConfig, info: DistInfo | None = None) -> TrainResult:
         else:
             log.info("base %s: %.1fM params, %.2fM trainable", cfg.base, total / 1e6, trainable / 1e6)
         data_hash = file_sha256([cfg.data])
+        quantized = {"quantization": asdict(cfg.quantization)} if cfg.quantization.enabled else {}
         fingerprint = {"data_sha256": data_hash, "base": loaded.path, "lora": asdict(cfg.lora), "task": "sft",
-                       **({"quantization": asdict(cfg.quantization)} if cfg.quantization.enabled else {})}
+                       **quantized}
         train_cfg = fit_to_data(cfg.train, len(train_set), info.world_size)
         if (train_cfg.batch_size, train_cfg.max_steps) != (cfg.train.batch_size, cfg.train.max_steps):
             log.info("%d training conversations: batch size %d, %s optimizer steps", len(train_set),
@@ -135,7 +136,7 @@ def run_sft(cfg: SFTConfig, info: DistInfo | None = None) -> TrainResult:
                                  eval_data=cfg.eval_data, num_conversations=len(train_set),
                                  lora=asdict(cfg.lora) if cfg.lora.enabled else None,
                                  trainable_params=trainable, total_params=total,
-                                 **({"quantization": asdict(cfg.quantization)} if cfg.quantization.enabled else {}))
+                                 **quantized)
             if cfg.exports_adapter:
                 export_adapter(cfg.train.out_dir, loaded.config, state, cfg.lora, loaded.path, args)
                 log.info("exported the LoRA adapter (PEFT layout) to %s", cfg.train.out_dir)
