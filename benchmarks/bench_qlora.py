@@ -22,14 +22,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.bench_quant import status_kib
+
 
 def _vm(field: str) -> float:
     """A /proc/self/status figure in MiB (VmHWM: peak resident set, VmRSS: now)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise KeyError(field)
+    return status_kib(field) / 1024
 
 
 def child(args: argparse.Namespace) -> None:

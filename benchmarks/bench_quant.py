@@ -55,10 +55,9 @@ def build_engine(variant: str, max_num_seqs: int = 32, kv_mib: int = 256, model:
     if not embeddings:  # load float, quantize the layers here, leave embedding/lm_head float, and tell the
         # runner not to (a quantizing load would quantize the tables as it reads them)
         ec = EngineConfig(max_num_seqs=max_num_seqs, kv_cache_memory=kv_mib << 20, dtype=dtype)
-        loaded = load_model(source, dtype=ec.resolved_dtype(), engine_config=ec)
+    loaded = load_model(source, dtype=ec.resolved_dtype(), engine_config=ec)
+    if not embeddings:
         quantize_model(loaded.model, QuantSpec(method, group, embeddings=False))
-    else:
-        loaded = load_model(source, dtype=ec.resolved_dtype(), engine_config=ec)
     return LLMEngine(loaded.model, ec, Tokenizer(loaded.path), loaded)
 
 
@@ -158,7 +157,7 @@ def cmd_kernels(args) -> None:
             print(json.dumps({"shape": name, "n": n, "k": k, "rows": rows, **figures}), flush=True)
 
 
-def _status_kib(field: str) -> int:
+def status_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
@@ -171,11 +170,11 @@ def cmd_rss_one(args) -> None:
 
     from model import weight_bytes
 
-    base = _status_kib("VmRSS")
+    base = status_kib("VmRSS")
     engine = build_engine(args.variant, kv_mib=16, model=args.model)
     print(json.dumps({"variant": args.variant, "baseline_rss_mib": base // 1024,
-                      "peak_rss_mib": _status_kib("VmHWM") // 1024,
-                      "final_rss_mib": _status_kib("VmRSS") // 1024,
+                      "peak_rss_mib": status_kib("VmHWM") // 1024,
+                      "final_rss_mib": status_kib("VmRSS") // 1024,
                       "weight_mib": round(weight_bytes(engine.runner.model) / 2**20, 1)}), flush=True)
 
 
@@ -269,8 +268,8 @@ def cmd_tables(args) -> None:
             weights = gain.pow(int(setting.removeprefix("search g^")))
             model.embed_tokens = quantize_embedding(table, QuantSpec("int4", 32), column_weights=weights)
         elif setting.startswith("search E[h^2]"):  # calibrated: 8 x 128 random token ids, or the --data windows
-            ids = torch.randint(0, table.weight.shape[0], (8, 128), generator=torch.Generator().manual_seed(0))
-            weights = lm_head_input_second_moment(loaded.model, ids.tolist() if setting.endswith("random") else data)
+            ids = random_windows(table.weight.shape[0]) if setting.endswith("random") else data
+            weights = lm_head_input_second_moment(loaded.model, ids)
             model.embed_tokens = quantize_embedding(table, QuantSpec("int4", 32), column_weights=weights)
         seconds = time.perf_counter() - start
         if setting != "fp32" and not setting.startswith("calibrated"):
