@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 import torch
 
 from model.config import EngineConfig, ModelConfig
-from model.engine.cpu_choices import choose_decode_attention, choose_linear_packing
+from model.engine.cpu_choices import choose_decode_attention, choose_linear_packing, pick
 from model.engine.cpu_packing import mkldnn_available
 from model.engine.pooling import Pooler, PoolingChunk
 from model.engine.scheduler import ScheduledSeq
 from model.engine.sequence import Sequence
+from model.kernels import pointwise
 from model.layers.attention import Attention, AttentionMetadata, PrefillSegment
 from model.models.decoder import CausalLM
 from model.quant import QuantSpec, describe_quantization, quantize_model, weight_bytes
@@ -108,6 +109,12 @@ class ModelRunner:
             paths = choose_decode_attention(a.num_heads, a.num_kv_heads, a.head_dim, self.dtype, batch_rows)
             for attn in layers:
                 attn.decode_paths = paths
+        if self.dtype is torch.float32 and (candidates := pointwise.timing_candidates(self.model)):
+            # norms with their residual adds, silu * up: C kernels (model/kernels/pointwise.py) or PyTorch
+            choice = pick("norms, residual adds, silu * up", candidates, sorted({1, batch_rows}))
+            if choice.chosen == "kernel":
+                pointwise.use_pointwise_kernels(self.model)
+            log.info("cpu choice: %s", choice.describe())
         log.info("oneDNN-packed weights for %d of %d linear shapes; CPU choices measured in %.2f s",
                  sum(c.chosen == "packed" for c in choices), len(choices), time.perf_counter() - start)
 

@@ -43,15 +43,27 @@ class DecoderLayer(nn.Module):
             self.post_self_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
             self.post_mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, h: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata | None) -> torch.Tensor:
-        a = self.attn(self.input_norm(h), positions, meta)
+    def forward(self, h: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor,
+                meta: AttentionMetadata | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """h: the previous layer's MLP output, not yet added to residual, the running sum of the block
+        outputs (None at the first layer: h is the embedding). Returns this layer's (MLP output, residual).
+
+        The sum is the plain pre-norm block's (out = h + attn(norm(h)); out + mlp(norm(out))), but each
+        residual add happens in the norm that follows it (RMSNorm.add_norm), so a fused kernel can do
+        both in one pass; the last layer's add is the final norm's (CausalLM.forward)."""
+        if residual is None:
+            residual = h
+            x = self.input_norm(h)
+        else:
+            x, residual = self.input_norm.add_norm(h, residual)
+        a = self.attn(x, positions, meta)
         if self.sandwich:
             a = self.post_self_attn_norm(a)
-        h = h + a
-        m = self.mlp(self.post_attn_norm(h))
+        x, residual = self.post_attn_norm.add_norm(a, residual)
+        m = self.mlp(x)
         if self.sandwich:
             m = self.post_mlp_norm(m)
-        return h + m
+        return m, residual
 
 
 class CausalLM(nn.Module):
@@ -79,12 +91,15 @@ class CausalLM(nn.Module):
         if positions is None:
             positions = torch.arange(input_ids.shape[-1], device=input_ids.device).expand_as(input_ids)
         h = self.embed_tokens(input_ids)
+        residual = None
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
-                h = checkpoint(layer, h, positions, meta, use_reentrant=False)
+                h, residual = checkpoint(layer, h, residual, positions, meta, use_reentrant=False)
             else:
-                h = layer(h, positions, meta)
-        return self.norm(h)
+                h, residual = layer(h, residual, positions, meta)
+        if residual is None:  # no layers
+            return self.norm(h)
+        return self.norm.add_norm(h, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
