@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from model.engine.cpu_packing import PackedLinear
@@ -130,39 +129,54 @@ def choose_linear_packing(model: nn.Module, batch_rows: int, timer: Timer = one_
 
 @torch.inference_mode()
 def choose_decode_attention(num_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, batch_rows: int,
-                            context: int = 256, timer: Timer = one_call) -> dict[int, str]:
+                            context: int = 256, timer: Timer = one_call, like: nn.Module | None = None
+                            ) -> dict[int, str]:
     """The decode attention path per batch class: 1 -> kind for one sequence, 2 -> kind for more.
     'sdpa' (PyTorch's fused kernel) is the plain path; 'grouped' is attention.grouped_decode; for a
-    bf16/fp16 model also 'sdpa_fp32' (attention.fp32_sdpa_decode, SDPA on fp32 copies of q/K/V): this CPU's fp32 SDPA kernel took 43 us
-    for one sequence x 128 tokens of the default model, its bf16 one 142 us (and grouped in bf16 178 us),
-    an 8% share of a bf16 batch-1 step; for 32 sequences grouped in bf16 won (463 us, fp32 SDPA 584)."""
-    from model.layers.attention import fp32_sdpa_decode, grouped_decode
+    bf16/fp16 model also 'sdpa_fp32' (attention.fp32_sdpa_decode, SDPA on fp32 copies of q/K/V): this CPU's
+    fp32 SDPA kernel took 43 us for one sequence x 128 tokens of the default model, its bf16 one 142 us (and
+    grouped in bf16 178 us), an 8% share of a bf16 batch-1 step; for 32 sequences grouped in bf16 won (463 us,
+    fp32 SDPA 584). 'kernel' (the C kernel, model/kernels/attention.py) where the model's layer `like`
+    supports it.
 
-    scale = head_dim ** -0.5
+    Each candidate is timed on what it does in a pure decode step, between the qkv and o projections of
+    one layer (Attention.attend): RoPE, the cache write, the block gather and SDPA for the PyTorch paths,
+    the one fused call for the kernel, over a paged cache with scattered blocks. (Timing SDPA alone on
+    pre-gathered K/V left out the gather, most of a 32-sequence step's attention.) `like`'s RoPE module is
+    used where given."""
+    from model.config import RopeConfig
+    from model.layers.attention import Attention, AttentionMetadata
+    from model.layers.rotary import RotaryEmbedding
 
-    def inputs(rows: int):
-        q = torch.randn(rows, num_heads, 1, head_dim).to(dtype)
-        # the engine's K/V are strided views of the gathered cache: (B, L, KVH, D) transposed
-        k = torch.randn(rows, context, num_kv_heads, head_dim).to(dtype).transpose(1, 2)
-        v = torch.randn(rows, context, num_kv_heads, head_dim).to(dtype).transpose(1, 2)
-        mask = torch.ones(rows, 1, 1, context, dtype=torch.bool)
-        return q, k, v, mask
+    rotary = like.rotary if like is not None else RotaryEmbedding(RopeConfig(), head_dim, context)
+    context = min(context, rotary.cos_cache.shape[0]) if hasattr(rotary, "cos_cache") else context
+    block_size = 16
 
-    def sdpa(rows: int):
-        q, k, v, mask = inputs(rows)
-        return lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+    def step(kind: str, rows: int) -> Callable[[], object]:
+        # a layer with 1-wide projections (never run: attend() starts from their output)
+        attn = Attention(1, num_heads, num_kv_heads, head_dim, bias=False, rotary=rotary)
+        attn.decode_paths = {1: kind, 2: kind}
+        per_seq = -(-context // block_size)
+        num_blocks = rows * per_seq + 1
+        attn.kv_cache = torch.randn(2, num_blocks, block_size, num_kv_heads, head_dim).to(dtype)
+        tables = torch.randperm(num_blocks)[:rows * per_seq].view(rows, per_seq)  # scattered, as in a step
+        lens = torch.full((rows,), context)
+        positions = lens - 1
+        slots = tables[:, (context - 1) // block_size] * block_size + (context - 1) % block_size
+        meta = AttentionMetadata(slot_mapping=slots, decode_block_tables=tables, decode_context_len=context,
+                                 decode_context_lens=lens)
+        if rows > 1:
+            ar = torch.arange(per_seq * block_size)
+            meta.decode_mask = (ar.unsqueeze(0) < lens.unsqueeze(1)).view(rows, 1, 1, -1)
+        qkv = torch.randn(rows, (num_heads + 2 * num_kv_heads) * head_dim).to(dtype)
+        return lambda: attn.attend(qkv, positions, meta)
 
-    def grouped(rows: int):
-        q, k, v, mask = inputs(rows)
-        return lambda: grouped_decode(q, k, v, mask, scale)
-
-    def sdpa_fp32(rows: int):
-        q, k, v, mask = inputs(rows)
-        return lambda: fp32_sdpa_decode(q, k, v, mask, scale)
-
-    candidates = {"sdpa": sdpa, "grouped": grouped}
+    kinds = ["sdpa", "grouped"]
     if dtype != torch.float32:
-        candidates["sdpa_fp32"] = sdpa_fp32
+        kinds.append("sdpa_fp32")
+    if like is not None and like.supports_decode_kernel():
+        kinds.append("kernel")
+    candidates = {kind: (lambda rows, kind=kind: step(kind, rows)) for kind in kinds}
     paths = {}
     for rows, key in ((1, 1), (max(2, batch_rows), 2)):
         choice = pick(f"decode attention {str(dtype).removeprefix('torch.')} {rows} seqs x {context}",

@@ -106,7 +106,7 @@ class ModelRunner:
         layers = [layer.attn for layer in self.model.layers if type(layer.attn) is Attention]
         if layers:
             a = layers[0]
-            paths = choose_decode_attention(a.num_heads, a.num_kv_heads, a.head_dim, self.dtype, batch_rows)
+            paths = choose_decode_attention(a.num_heads, a.num_kv_heads, a.head_dim, self.dtype, batch_rows, like=a)
             for attn in layers:
                 attn.decode_paths = paths
         if self.dtype is torch.float32 and (candidates := pointwise.timing_candidates(self.model)):
@@ -221,9 +221,9 @@ class ModelRunner:
                   for s in decodes]
         meta.decode_block_tables = self._tensor(tables)
         meta.decode_context_len = max(context_lens)
+        meta.decode_context_lens = lens = self._tensor(context_lens)  # the C kernel's lengths: it needs no mask
         if len(decodes) == 1:  # attention slices the one context to its length: no mask
             return
-        lens = self._tensor(context_lens)
         ar = torch.arange(max_blocks * bs, device=self.device)
         meta.decode_mask = (ar.unsqueeze(0) < lens.unsqueeze(1)).view(len(decodes), 1, 1, -1)
 

@@ -3,7 +3,9 @@
 Serving flattens a step's tokens into one (T,) batch. Each layer writes the new K/V into the cache at
 `slot_mapping`, then attends in at most two kinds of call:
   * prefill segments (one SDPA call each; chunks after the first read earlier K/V from the cache),
-  * all decode tokens at once: one batched SDPA over block-gathered K/V with a length mask.
+  * all decode tokens at once: one batched SDPA over block-gathered K/V with a length mask, or (decode path
+    "kernel", chosen at start-up on CPU) the C kernel reading K/V straight from the blocks; in a pure decode
+    step that kernel also does RoPE and the cache write, one call per layer (model/kernels/attention.py).
 """
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.kernels import attention as kernels
 from model.layers.norm import RMSNorm
+from model.layers.rotary import RotaryEmbedding
 
 
 @dataclass
@@ -32,6 +36,7 @@ class AttentionMetadata:
     decode_block_tables: torch.Tensor | None = None  # (B, max_blocks) int64, padded with 0
     decode_mask: torch.Tensor | None = None  # (B, 1, 1, max_blocks * block_size) bool; None for one sequence
     decode_context_len: int = 0  # the longest decode context (one sequence: its own, no mask needed)
+    decode_context_lens: torch.Tensor | None = None  # (B,) int64: each decode's context, new token included
 
     @property
     def num_decodes(self) -> int:
@@ -45,8 +50,8 @@ class Attention(nn.Module):
     qk_norm_eps (Qwen3, GLM-4.5 use_qk_norm): an RMSNorm over each q and k head before RoPE."""
 
     # decode attention kernel per batch class (1: one sequence, 2: more), measured at start-up on CPU
-    # (model/engine/cpu_choices.py): "sdpa", "grouped" or (half-precision models) "sdpa_fp32";
-    # unmeasured (and in subclasses such as MLA): PyTorch's SDPA
+    # (model/engine/cpu_choices.py): "sdpa", "grouped", (half-precision models) "sdpa_fp32" or (where
+    # supports_decode_kernel()) "kernel"; unmeasured (and in subclasses such as MLA): PyTorch's SDPA
     decode_paths: dict[int, str] | None = None
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, bias: bool,
@@ -63,7 +68,30 @@ class Attention(nn.Module):
         self.kv_cache: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata | None) -> torch.Tensor:
-        qkv = self.qkv_proj(x)
+        return self.o_proj(self.attend(self.qkv_proj(x), positions, meta))
+
+    def supports_decode_kernel(self) -> bool:
+        """Whether the C decode kernel computes what this layer's PyTorch path does: an fp32 CPU cache, this
+        class (not MLA), no q/k norm, the standard RoPE module, and a library built on this host."""
+        cache = self.kv_cache
+        return (type(self) is Attention and self.q_norm is None and type(self.rotary) is RotaryEmbedding
+                and cache is not None and cache.dtype == torch.float32 and cache.is_cpu
+                and cache.is_contiguous() and kernels.available())
+
+    def _decode_path(self, num_decodes: int) -> str:
+        return self.decode_paths[1 if num_decodes == 1 else 2] if self.decode_paths else "sdpa"
+
+    def attend(self, qkv: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata | None) -> torch.Tensor:
+        """From the qkv projection's output (..., T, q_size + 2 kv_size) to o_proj's input (..., T, q_size)."""
+        if meta is not None and not meta.prefills and meta.num_decodes \
+                and self._decode_path(meta.num_decodes) == "kernel":
+            # a pure decode step: RoPE, the cache write and attention in one C call (~25 torch ops otherwise)
+            rotary = self.rotary
+            out = torch.empty(qkv.shape[0], self.q_size, dtype=torch.float32)
+            return kernels.fused_decode(qkv, positions, rotary.cos_cache, rotary.sin_cache, rotary.rotary_dim,
+                                        rotary.interleaved, meta.slot_mapping, self.kv_cache,
+                                        meta.decode_block_tables, meta.decode_context_lens, self.num_heads,
+                                        self.scale, out)
         h, kvh, d = self.num_heads, self.num_kv_heads, self.head_dim
         v = qkv[..., self.q_size + self.kv_size:].unflatten(-1, (kvh, d))
         if self.q_norm is None and hasattr(self.rotary, "rotate"):
@@ -80,7 +108,7 @@ class Attention(nn.Module):
             out = self._dense_causal(q, k, v)
         else:
             out = self._paged(q, k, v, meta)
-        return self.o_proj(out.flatten(-2))
+        return out.flatten(-2)
 
     def _dense_causal(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # (B, T, H, D) -> (B, H, T, D)
@@ -120,6 +148,10 @@ class Attention(nn.Module):
         """q: (B, H, D), one query per decoding sequence -> (B, H, D)."""
         bt = meta.decode_block_tables
         b = bt.shape[0]
+        path = self._decode_path(b)
+        if path == "kernel":  # q rotated and the new K/V cached already (a step with prefills too)
+            return kernels.decode_attention(q, cache, bt, meta.decode_context_lens, self.scale,
+                                            torch.empty(q.shape, dtype=torch.float32))
         kd, vd = gather_blocks(cache, bt.flatten())
         kd = kd.view(b, -1, self.num_kv_heads, self.head_dim)
         vd = vd.view(b, -1, self.num_kv_heads, self.head_dim)
@@ -127,7 +159,6 @@ class Attention(nn.Module):
             kd, vd = kd[:, :meta.decode_context_len], vd[:, :meta.decode_context_len]
         kd, vd = kd.transpose(1, 2), vd.transpose(1, 2)  # (B, KVH, L, D)
         qd = q.unsqueeze(2)  # (B, H, 1, D)
-        path = self.decode_paths[1 if b == 1 else 2] if self.decode_paths else "sdpa"
         if path == "grouped":
             o = grouped_decode(qd, kd, vd, meta.decode_mask, self.scale)
         elif path == "sdpa_fp32":

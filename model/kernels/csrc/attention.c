@@ -1,0 +1,298 @@
+/* Paged decode attention for glmserve (one query token per sequence), fp32.
+
+   The cache of one layer is (2, num_blocks, block_size, kv_heads, head_dim): K = half 0, V = half 1.
+   Each (sequence, kv head) pair is one task: the query heads of its GQA group are attended together, so
+   every K and V row is read once per group, straight from the sequence's blocks (no gather copy, no mask),
+   with an online softmax one block at a time (scores of a block, its max, one rescale of the running sums).
+
+   Two entry points:
+     glm_decode_attention_f32  q already rotated, the new K/V already in the cache (mixed steps).
+     glm_fused_decode_f32      a pure decode step from the qkv projection output: RoPE on q and k, K/V
+                               written to their cache slots, then attention; one call per layer where the
+                               PyTorch path ran ~25 ops.
+
+   Both return 0, or a negative code for an index out of range (nothing read or written out of bounds):
+   -1 a context length outside [1, max_blocks * block_size], -2 a block id outside [0, num_blocks),
+   -3 a position outside the rotary tables, -4 a cache slot outside the cache.
+
+   AVX-512 for the dot products, the V accumulation and exp (any head_dim: full 16-lane chunks and one
+   masked tail); a scalar path when the compiler targets no AVX-512. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+/* ---- small vector helpers ------------------------------------------------------------------------- */
+
+#ifdef __AVX512F__
+static inline __mmask16 tail_mask(int64_t n) { return (__mmask16)((1u << n) - 1u); }
+
+static inline float dot(const float *a, const float *b, int64_t d) {
+    __m512 acc = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= d; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+    if (i < d) {
+        __mmask16 m = tail_mask(d - i);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+/* acc += p * v */
+static inline void axpy(float *acc, float p, const float *v, int64_t d) {
+    __m512 pv = _mm512_set1_ps(p);
+    int64_t i = 0;
+    for (; i + 16 <= d; i += 16)
+        _mm512_storeu_ps(acc + i, _mm512_fmadd_ps(pv, _mm512_loadu_ps(v + i), _mm512_loadu_ps(acc + i)));
+    if (i < d) {
+        __mmask16 m = tail_mask(d - i);
+        _mm512_mask_storeu_ps(acc + i, m, _mm512_fmadd_ps(pv, _mm512_maskz_loadu_ps(m, v + i),
+                                                          _mm512_maskz_loadu_ps(m, acc + i)));
+    }
+}
+
+static inline void scale_vec(float *x, float c, int64_t d) {
+    __m512 cv = _mm512_set1_ps(c);
+    int64_t i = 0;
+    for (; i + 16 <= d; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(cv, _mm512_loadu_ps(x + i)));
+    if (i < d) {
+        __mmask16 m = tail_mask(d - i);
+        _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(cv, _mm512_maskz_loadu_ps(m, x + i)));
+    }
+}
+
+/* exp(x) for x <= 0 (scores minus their running max): x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-6
+   polynomial (relative error ~2e-7, about 2 ulp), times 2^n by scalef. Below -87 the result is flushed to 0. */
+static inline __m512 exp512(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-87.0f);
+    __mmask16 tiny = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+    x = _mm512_max_ps(x, lo);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  /* ln2 split: hi exact in float */
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_maskz_mov_ps(~tiny, _mm512_scalef_ps(p, n));
+}
+
+/* s[0..n) = exp(s - m); returns their sum */
+static inline float exp_shift_sum(float *s, int64_t n, float m) {
+    __m512 mv = _mm512_set1_ps(m), sum = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(s + i), mv));
+        _mm512_storeu_ps(s + i, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    if (i < n) {
+        __mmask16 k = tail_mask(n - i);
+        __m512 e = _mm512_maskz_mov_ps(k, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + i), mv)));
+        _mm512_mask_storeu_ps(s + i, k, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    return _mm512_reduce_add_ps(sum);
+}
+#else
+static inline float dot(const float *a, const float *b, int64_t d) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < d; i++) acc += a[i] * b[i];
+    return acc;
+}
+
+static inline void axpy(float *acc, float p, const float *v, int64_t d) {
+    for (int64_t i = 0; i < d; i++) acc[i] += p * v[i];
+}
+
+static inline void scale_vec(float *x, float c, int64_t d) {
+    for (int64_t i = 0; i < d; i++) x[i] *= c;
+}
+
+static inline float exp_shift_sum(float *s, int64_t n, float m) {
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n; i++) {
+        s[i] = expf(s[i] - m);
+        sum += s[i];
+    }
+    return sum;
+}
+#endif
+
+/* ---- attention of one GQA group over one sequence's blocks ---------------------------------------- */
+
+typedef struct {
+    const float *k, *v;  /* the layer's K and V halves, (num_blocks, block_size, kv_heads, head_dim) */
+    int64_t block_size, kv_heads, d;
+} Cache;
+
+/* q: (g, d) rotated query heads of kv head `kvh`; out: (g, d). scratch: g * (block_size + d + 2) floats. */
+static void attend_group(const float *q, int64_t g, const Cache *c, int64_t kvh, const int64_t *blocks,
+                         int64_t len, float scale, float *out, float *scratch) {
+    const int64_t bs = c->block_size, d = c->d, row = c->kv_heads * d;
+    float *s = scratch;            /* (g, bs) scores of the current block */
+    float *acc = s + g * bs;       /* (g, d) running sum of p * v */
+    float *mx = acc + g * d;       /* (g) running max */
+    float *sum = mx + g;           /* (g) running sum of p */
+    for (int64_t j = 0; j < g; j++) mx[j] = -INFINITY, sum[j] = 0.0f;
+    memset(acc, 0, (size_t)(g * d) * sizeof(float));
+    for (int64_t start = 0; start < len; start += bs) {
+        const int64_t n = len - start < bs ? len - start : bs;
+        const int64_t base = blocks[start / bs] * bs * row + kvh * d;
+        const float *kb = c->k + base, *vb = c->v + base;
+        for (int64_t t = 0; t < n; t++) {
+            const float *kr = kb + t * row;
+            for (int64_t j = 0; j < g; j++) s[j * bs + t] = dot(q + j * d, kr, d) * scale;
+        }
+        for (int64_t j = 0; j < g; j++) {
+            float *sj = s + j * bs;
+            float m = mx[j];
+            for (int64_t t = 0; t < n; t++) m = sj[t] > m ? sj[t] : m;
+            if (m > mx[j]) {  /* a new max: earlier sums shrink by exp(old - new) (0 for the first block) */
+                float corr = expf(mx[j] - m);
+                sum[j] *= corr;
+                scale_vec(acc + j * d, corr, d);
+                mx[j] = m;
+            }
+            sum[j] += exp_shift_sum(sj, n, m);
+        }
+        for (int64_t t = 0; t < n; t++) {
+            const float *vr = vb + t * row;
+            for (int64_t j = 0; j < g; j++) axpy(acc + j * d, s[j * bs + t], vr, d);
+        }
+    }
+    for (int64_t j = 0; j < g; j++) {
+        const float inv = 1.0f / sum[j];
+        for (int64_t i = 0; i < d; i++) out[j * d + i] = acc[j * d + i] * inv;
+    }
+}
+
+static int64_t context_len(const void *lens, int lens_int32, int64_t b) {
+    return lens_int32 ? (int64_t)((const int32_t *)lens)[b] : ((const int64_t *)lens)[b];
+}
+
+/* every context length and every block id a context touches in range */
+static int check_tables(const int64_t *tables, int64_t max_blocks, const void *lens, int lens_int32, int64_t nb,
+                        int64_t bs, int64_t b) {
+    for (int64_t i = 0; i < b; i++) {
+        int64_t len = context_len(lens, lens_int32, i);
+        if (len < 1 || len > max_blocks * bs) return -1;
+        for (int64_t j = 0; j < (len + bs - 1) / bs; j++) {
+            int64_t blk = tables[i * max_blocks + j];
+            if (blk < 0 || blk >= nb) return -2;
+        }
+    }
+    return 0;
+}
+
+static inline int64_t scratch_floats(int64_t g, int64_t bs, int64_t d) { return g * (bs + 2 * d + 2); }
+
+int glm_decode_attention_f32(const float *q, int64_t q_row_stride, const float *cache, int64_t num_blocks,
+                             int64_t block_size, const int64_t *block_tables, int64_t max_blocks,
+                             const void *context_lens, int lens_int32, int64_t batch, int64_t heads,
+                             int64_t kv_heads, int64_t head_dim, float scale, float *out, int nt) {
+    int rc = check_tables(block_tables, max_blocks, context_lens, lens_int32, num_blocks, block_size, batch);
+    if (rc) return rc;
+    const int64_t g = heads / kv_heads, d = head_dim;
+    const Cache c = {cache, cache + num_blocks * block_size * kv_heads * d, block_size, kv_heads, d};
+    int alloc_failed = 0;
+#pragma omp parallel num_threads(nt)
+    {
+        float *scratch = malloc((size_t)scratch_floats(g, block_size, d) * sizeof(float));
+        if (!scratch) {
+#pragma omp atomic write
+            alloc_failed = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t task = 0; task < batch * kv_heads; task++) {
+            if (!scratch) continue;
+            const int64_t b = task / kv_heads, kvh = task % kv_heads;
+            attend_group(q + b * q_row_stride + kvh * g * d, g, &c, kvh, block_tables + b * max_blocks,
+                         context_len(context_lens, lens_int32, b), scale, out + (b * heads + kvh * g) * d,
+                         scratch);
+        }
+        free(scratch);
+    }
+    return alloc_failed ? -5 : 0;
+}
+
+/* ---- the fused pure-decode step ------------------------------------------------------------------ */
+
+/* RoPE of one head as model/layers/rotary.py does it: half-split pairs (i, i + rd/2) or interleaved pairs
+   (2i, 2i + 1), cos/sin of pair i; dims >= rd copied. */
+static inline void rotate_head(const float *x, float *y, const float *cs, const float *sn, int64_t rd,
+                               int interleaved, int64_t d) {
+    const int64_t half = rd / 2;
+    if (interleaved) {
+        for (int64_t i = 0; i < half; i++) {
+            const float a = x[2 * i], b = x[2 * i + 1];
+            y[2 * i] = a * cs[i] - b * sn[i];
+            y[2 * i + 1] = b * cs[i] + a * sn[i];
+        }
+    } else {
+        for (int64_t i = 0; i < half; i++) {
+            const float a = x[i], b = x[i + half];
+            y[i] = a * cs[i] - b * sn[i];
+            y[i + half] = b * cs[i] + a * sn[i];
+        }
+    }
+    for (int64_t i = rd; i < d; i++) y[i] = x[i];
+}
+
+int glm_fused_decode_f32(const float *qkv, const int64_t *positions, const float *cos_table,
+                         const float *sin_table, int64_t num_positions, int64_t rotary_dim, int interleaved,
+                         const int64_t *slot_mapping, float *cache, int64_t num_blocks, int64_t block_size,
+                         const int64_t *block_tables, int64_t max_blocks, const void *context_lens,
+                         int lens_int32, int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                         float scale, float *out, int nt) {
+    int rc = check_tables(block_tables, max_blocks, context_lens, lens_int32, num_blocks, block_size, batch);
+    if (rc) return rc;
+    for (int64_t b = 0; b < batch; b++) {
+        if (positions[b] < 0 || positions[b] >= num_positions) return -3;
+        if (slot_mapping[b] < 0 || slot_mapping[b] >= num_blocks * block_size) return -4;
+    }
+    const int64_t g = heads / kv_heads, d = head_dim, half = rotary_dim / 2;
+    const int64_t q_size = heads * d, kv_size = kv_heads * d, row = q_size + 2 * kv_size;
+    float *k_cache = cache, *v_cache = cache + num_blocks * block_size * kv_size;
+    const Cache c = {k_cache, v_cache, block_size, kv_heads, d};
+    int alloc_failed = 0;
+#pragma omp parallel num_threads(nt)
+    {
+        /* every new K/V row is in the cache before any task reads a context (the implicit barrier) */
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < batch * kv_heads; task++) {
+            const int64_t b = task / kv_heads, kvh = task % kv_heads;
+            const float *x = qkv + b * row + q_size + kvh * d;
+            const int64_t dst = slot_mapping[b] * kv_size + kvh * d;
+            rotate_head(x, k_cache + dst, cos_table + positions[b] * half, sin_table + positions[b] * half,
+                        rotary_dim, interleaved, d);
+            memcpy(v_cache + dst, x + kv_size, (size_t)d * sizeof(float));
+        }
+        float *scratch = malloc((size_t)scratch_floats(g, block_size, d) * sizeof(float));
+        if (!scratch) {
+#pragma omp atomic write
+            alloc_failed = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t task = 0; task < batch * kv_heads; task++) {
+            if (!scratch) continue;
+            const int64_t b = task / kv_heads, kvh = task % kv_heads;
+            const float *cs = cos_table + positions[b] * half, *sn = sin_table + positions[b] * half;
+            float *qg = scratch;  /* (g, d) rotated query heads */
+            for (int64_t j = 0; j < g; j++)
+                rotate_head(qkv + b * row + (kvh * g + j) * d, qg + j * d, cs, sn, rotary_dim, interleaved, d);
+            attend_group(qg, g, &c, kvh, block_tables + b * max_blocks, context_len(context_lens, lens_int32, b),
+                         scale, out + (b * heads + kvh * g) * d, scratch + g * d);
+        }
+        free(scratch);
+    }
+    return alloc_failed ? -5 : 0;
+}
