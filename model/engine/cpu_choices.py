@@ -55,7 +55,13 @@ def pick(what: str, candidates: dict[str, Callable[[int], Callable[[], object]]]
     best of ROUNDS calls, the candidates interleaved call by call after a warm-up round (oneDNN builds its
     primitives), so a neighbour process that takes a core for a while slows all of them alike. Each kind's
     score is its mean time ratio to the plain path over row_counts (each row count weighs the same,
-    however long it takes); the best kind wins if it beats the plain path by MARGIN, else plain stays."""
+    however long it takes); the best kind wins if it beats the plain path by MARGIN, else plain stays.
+
+    Measured once per process and label: a second engine in the process (tests, a reload) reuses the first's
+    choice, so two engines never differ in their kernels, and their roundings, by a noisy timing."""
+    key = (what, tuple(candidates))
+    if timer is one_call and key in _DECIDED:
+        return _DECIDED[key]
     seconds: dict[str, dict[int, float]] = {kind: {} for kind in candidates}
     for rows in row_counts:
         works = {kind: make(rows) for kind, make in candidates.items()}
@@ -68,7 +74,13 @@ def pick(what: str, candidates: dict[str, Callable[[int], Callable[[], object]]]
     plain = next(iter(seconds))
     score = {kind: sum(s[r] / seconds[plain][r] for r in row_counts) / len(row_counts) for kind, s in seconds.items()}
     best = min(score, key=score.get)
-    return Choice(what, best if score[best] < 1.0 - MARGIN else plain, seconds)
+    choice = Choice(what, best if score[best] < 1.0 - MARGIN else plain, seconds)
+    if timer is one_call:
+        _DECIDED[key] = choice
+    return choice
+
+
+_DECIDED: dict[tuple[str, tuple[str, ...]], Choice] = {}  # pick's choices in this process, by label and kinds
 
 
 TIMING_BYTES = 256 << 20  # weights of one shape packed for timing at once
@@ -184,3 +196,43 @@ def choose_decode_attention(num_heads: int, num_kv_heads: int, head_dim: int, dt
         log.info("cpu choice: %s", choice.describe())
         paths[key] = choice.chosen
     return paths
+
+
+@torch.inference_mode()
+def choose_int8_kernel(model: nn.Module, batch_rows: int, timer: Timer = one_call) -> list[Choice]:
+    """Per int8 weight shape, PyTorch's bf16 kernel or the C kernel with fp32 activations
+    (model/kernels/qlinear.py), timed at 1 row and at a full decode batch on the model's own layers (as many
+    as fit TIMING_BYTES, so weights stream from memory as in a step). fp32 models only: the C kernel takes
+    fp32 activations. Sets Int8Linear.cpu_kernel on every module of a shape that chose it."""
+    from model.kernels import qlinear
+    from model.quant.modules import Int8Linear
+
+    if not qlinear.available():
+        return []
+    groups: dict[tuple[int, int], list[Int8Linear]] = {}
+    for module in model.modules():
+        if type(module) is Int8Linear and module.weight.device.type == "cpu":
+            groups.setdefault((module.in_features, module.out_features), []).append(module)
+    choices = []
+    for (fan_in, fan_out), members in groups.items():
+        timed = members[: max(1, min(len(members), TIMING_BYTES // max(1, members[0].weight.numel())))]
+
+        def run_all(kernel: bool) -> Callable[[int], Callable[[], object]]:
+            def make(rows: int) -> Callable[[], object]:
+                x = torch.randn(rows, fan_in)
+
+                def work() -> None:
+                    for m in timed:
+                        m.cpu_kernel = kernel
+                        m(x)
+                return work
+            return make
+
+        choice = pick(f"int8 linear {fan_in}->{fan_out} x{len(members)}", {"torch": run_all(False),
+                                                                            "kernel": run_all(True)},
+                      sorted({1, batch_rows}), timer)
+        for m in members:
+            m.cpu_kernel = choice.chosen == "kernel"
+        log.info("cpu choice: %s", choice.describe())
+        choices.append(choice)
+    return choices

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from model.kernels.qlinear import int8_linear
 from model.quant.kernels import (CPU_PACK_BLOCK_N, COMPUTE_DTYPE, gather_int4_rows, int4_mm, int4_rows_gatherable,
                                  int8_mm)
 
@@ -65,6 +66,10 @@ class _QuantLinear(nn.Module):
 class Int8Linear(_QuantLinear):
     """y = x (w * scales)^T + b; w (out, in) int8, one bf16 scale per output channel."""
 
+    # serving on CPU: the C kernel with fp32 activations (model/kernels/qlinear.py) instead of PyTorch's bf16
+    # one, where the runner's start-up measurement chose it (model/engine/cpu_choices.py choose_int8_kernel)
+    cpu_kernel = False
+
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         super().__init__(weight.shape[1], weight.shape[0], bias)
         self.register_buffer("weight", weight, persistent=False)
@@ -72,6 +77,11 @@ class Int8Linear(_QuantLinear):
 
     def _mm(self, x: torch.Tensor) -> torch.Tensor:
         return int8_mm(x, self.weight, self.scales)
+
+    def _kernel(self, x2: torch.Tensor) -> torch.Tensor:
+        if self.cpu_kernel and x2.dtype is torch.float32:
+            return int8_linear(x2.contiguous(), self.weight, self.scales)
+        return super()._kernel(x2)
 
     def grad_input(self, grad_out: torch.Tensor) -> torch.Tensor:
         grad_in = grad_out.new_zeros(grad_out.shape[0], self.in_features)

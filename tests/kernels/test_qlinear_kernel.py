@@ -1,0 +1,144 @@
+"""The int8 weight-only C kernel (model/kernels/qlinear.py) against the matmul of its dequantized weight,
+computed on this machine; its batch invariance (a row's result whatever the batch, the threads); Int8Linear
+using it; the start-up choice on given timings; and an int8 engine on the kernel: batch-invariant greedy
+output and the same tokens as the engine on PyTorch's int8 kernel."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from model.kernels import build
+
+pytestmark = [
+    pytest.mark.skipif(build.compiler() is None, reason="no C compiler on PATH: the kernels cannot be built"),
+    pytest.mark.skipif(not build.enabled(), reason="GLMSERVE_KERNELS=0 turns the kernels off"),
+]
+
+
+@pytest.fixture(scope="module")
+def ql():
+    from model.kernels import qlinear
+
+    assert qlinear.library() is not None, "a compiler exists but csrc/qlinear.c did not build or load"
+    if not qlinear.available():
+        pytest.skip("this CPU has no AVX512_BF16: the kernel is never chosen here")
+    return qlinear
+
+
+def _case(m: int, k: int, n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g)
+    w = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=g)
+    scales = (torch.rand(n, generator=g) * 0.02 + 1e-3).to(torch.bfloat16)
+    return x, w, scales
+
+
+def _reference(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    # the kernel's arithmetic: x rounded to bf16 (as PyTorch's int8 kernel takes it), exact products, fp32 sums
+    return (x.to(torch.bfloat16).double() @ w.double().t() * scales.double()).float()
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, 6, 7, 13, 32, 64, 129])
+@pytest.mark.parametrize("k,n", [(16, 4), (17, 5), (100, 1001), (576, 960), (1536, 576), (4100, 9)])
+def test_kernel_equals_the_dequantized_matmul(ql, m: int, k: int, n: int) -> None:
+    x, w, scales = _case(m, k, n)
+    y = ql.int8_linear(x, w, scales)
+    ref = _reference(x, w, scales)
+    # fp32 sums of k exact products: a few ulps of the sum of magnitudes
+    bound = (x.to(torch.bfloat16).double().abs() @ w.double().abs().t() * scales.double()) * (k * 2 ** -23) + 1e-6
+    assert y.shape == (m, n)
+    assert ((y.double() - ref.double()).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_row_gets_the_same_bits_alone_or_in_any_batch(ql, threads: int) -> None:
+    x, w, scales = _case(37, 576, 203, seed=3)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        batched = ql.int8_linear(x, w, scales)
+        alone = torch.cat([ql.int8_linear(x[i:i + 1].contiguous(), w, scales) for i in range(37)])
+        split = torch.cat([ql.int8_linear(x[:11].contiguous(), w, scales), ql.int8_linear(x[11:].contiguous(), w, scales)])
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(batched, alone)
+    assert torch.equal(batched, split)
+
+
+def test_bad_arguments_are_refused(ql) -> None:
+    x, w, scales = _case(2, 32, 8)
+    with pytest.raises(ValueError, match="fp32 x"):
+        ql.int8_linear(x.double(), w, scales)
+    with pytest.raises(ValueError, match="contiguous"):
+        ql.int8_linear(x.t().contiguous().t(), w, scales)
+    with pytest.raises(ValueError, match="weight"):
+        ql.int8_linear(x, w[:, :16].contiguous(), scales)
+
+
+def test_int8_linear_module_uses_the_kernel_only_when_chosen(ql) -> None:
+    from model.quant.modules import Int8Linear
+
+    x, w, scales = _case(3, 64, 24, seed=5)
+    bias = torch.randn(24)
+    module = Int8Linear(w, scales, bias)
+    with torch.inference_mode():
+        torch_path = module(x)
+        module.cpu_kernel = True
+        kernel_path = module(x)
+        halves = module(x.to(torch.bfloat16))  # not fp32: PyTorch's kernel, whatever was chosen
+    assert torch.equal(kernel_path, ql.int8_linear(x, w, scales) + bias)
+    torch.testing.assert_close(kernel_path, torch_path, rtol=2e-2, atol=2e-2)  # torch's output is bf16-rounded
+    assert halves.dtype == torch.bfloat16
+
+
+def test_the_choice_follows_the_timings(ql) -> None:
+    from model.engine.cpu_choices import choose_int8_kernel
+    from model.quant.modules import Int8Linear
+
+    model = torch.nn.Sequential(Int8Linear(*_case(1, 64, 32)[1:]), Int8Linear(*_case(1, 64, 32)[1:]),
+                                Int8Linear(*_case(1, 32, 16)[1:]))
+
+    def timer(fast: str):
+        return lambda label, work: (work(), 1.0 if f"/{fast}/" in label else 2.0)[1]
+
+    choices = choose_int8_kernel(model, 8, timer=timer("kernel"))
+    assert [c.chosen for c in choices] == ["kernel", "kernel"]
+    assert all(m.cpu_kernel for m in model)
+    choose_int8_kernel(model, 8, timer=timer("torch"))
+    assert not any(m.cpu_kernel for m in model)
+
+
+def _prompts(count: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(3, 49152) for _ in range(rng.randint(40, 90))] for _ in range(count)]
+
+
+def _force(engine, on: bool) -> None:
+    from model.quant.modules import Int8Linear
+
+    for module in engine.runner.model.modules():
+        if isinstance(module, Int8Linear):
+            module.cpu_kernel = on
+
+
+def test_int8_engine_on_the_kernel_is_batch_invariant_and_agrees_with_torch(ql, tiny_llama_dir: str) -> None:
+    from model import EngineConfig, LLMEngine, SamplingParams
+    from model.engine.model_runner import kv_bytes_per_block
+
+    params = SamplingParams(temperature=0, max_tokens=24, min_tokens=24)
+    target, *others = _prompts(5, seed=11)
+    alone = LLMEngine.from_model(tiny_llama_dir, EngineConfig(quantization="int8", kv_cache_memory=32 << 20))
+    _force(alone, True)
+    expected = alone.generate([target], params)[0][0].token_ids
+    _force(alone, False)
+    assert alone.generate([target], params)[0][0].token_ids == expected  # PyTorch's bf16 kernel: same tokens
+
+    block = kv_bytes_per_block(alone.model_config, 16, torch.float32)
+    mixed = LLMEngine.from_model(tiny_llama_dir, EngineConfig(quantization="int8", max_num_batched_tokens=32,
+                                                              max_num_seqs=5, kv_cache_memory=14 * block))
+    _force(mixed, True)
+    outs = mixed.generate(others[:2] + [target] + others[2:], params)
+    assert mixed.scheduler.num_preemptions > 0
+    assert outs[2][0].token_ids == expected
