@@ -1,4 +1,5 @@
-"""Paged decode attention in C (model/kernels/csrc/attention.c): one query token per sequence, fp32.
+"""Paged decode attention in C (model/kernels/csrc/attention.c): one query token per sequence; fp32 or bf16
+tensors (all of a call's alike), fp32 math.
 
     decode_attention(q, cache, block_tables, context_lens, scale, out)      q rotated, new K/V cached
     fused_decode(qkv, positions, cos, sin, rotary_dim, interleaved, slot_mapping, cache, block_tables,
@@ -31,12 +32,12 @@ _ERRORS = {-1: "a context length outside [1, max_blocks * block_size]", -2: "a b
 
 def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     """Declares the entry points' signatures on a loaded library (the build's, or a test's own)."""
-    lib.glm_decode_attention_f32.argtypes = [_p, _i64, _p, _i64, _i64, _p, _i64, _p, _int, _i64, _i64, _i64, _i64,
-                                             _f32, _p, _int]
-    lib.glm_decode_attention_f32.restype = _int
-    lib.glm_fused_decode_f32.argtypes = [_p, _p, _p, _p, _i64, _i64, _int, _p, _p, _i64, _i64, _p, _i64, _p, _int,
-                                         _i64, _i64, _i64, _i64, _f32, _p, _int]
-    lib.glm_fused_decode_f32.restype = _int
+    lib.glm_decode_attention.argtypes = [_p, _i64, _p, _i64, _i64, _p, _i64, _p, _int, _i64, _i64, _i64, _i64,
+                                         _f32, _p, _int, _int]
+    lib.glm_decode_attention.restype = _int
+    lib.glm_fused_decode.argtypes = [_p, _p, _p, _p, _i64, _i64, _int, _p, _p, _i64, _i64, _p, _i64, _p, _int,
+                                     _i64, _i64, _i64, _i64, _f32, _p, _int, _int]
+    lib.glm_fused_decode.restype = _int
     return lib
 
 
@@ -50,11 +51,14 @@ def available() -> bool:
     return library() is not None
 
 
+DTYPES = (torch.float32, torch.bfloat16)
+
+
 def _check_cache(cache: torch.Tensor, heads: int) -> tuple[int, int, int, int]:
     """(num_blocks, block_size, kv_heads, head_dim) of one layer's (2, blocks, block_size, kv_heads, D) cache."""
-    if cache.dtype != torch.float32 or not cache.is_cpu or not cache.is_contiguous() or cache.dim() != 5 \
+    if cache.dtype not in DTYPES or not cache.is_cpu or not cache.is_contiguous() or cache.dim() != 5 \
             or cache.shape[0] != 2:
-        raise ValueError("decode attention kernel: the cache must be a contiguous fp32 CPU tensor "
+        raise ValueError("decode attention kernel: the cache must be a contiguous fp32/bf16 CPU tensor "
                          "(2, num_blocks, block_size, kv_heads, head_dim)")
     _, nb, bs, kvh, d = cache.shape
     if heads % kvh:
@@ -81,18 +85,21 @@ def _raise_for(rc: int) -> None:
 def decode_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor,
                      scale: float, out: torch.Tensor, lib: ctypes.CDLL | None = None) -> torch.Tensor:
     """out (B, H, D) = attention of q (B, H, D; rows may be strided, heads dense) over each sequence's first
-    context_lens[b] cached tokens, blocks block_tables[b]. The new tokens' K/V must already be cached."""
+    context_lens[b] cached tokens, blocks block_tables[b]. The new tokens' K/V must already be cached.
+    q, cache and out of one dtype (fp32 or bf16)."""
     lib = lib or library()
     b, h, d = q.shape
     nb, bs, kvh, cd = _check_cache(cache, h)
-    if q.dtype != torch.float32 or not q.is_cpu or q.stride(2) != 1 or q.stride(1) != d or cd != d:
-        raise ValueError("decode attention kernel: q must be fp32 CPU (B, H, D) with dense heads, D the cache's")
-    if out.dtype != torch.float32 or not out.is_contiguous() or out.shape != q.shape:
-        raise ValueError("decode attention kernel: out must be contiguous fp32 shaped like q")
+    dtype = cache.dtype
+    if q.dtype != dtype or not q.is_cpu or q.stride(2) != 1 or q.stride(1) != d or cd != d:
+        raise ValueError("decode attention kernel: q must be CPU (B, H, D) with dense heads, dtype and D the cache's")
+    if out.dtype != dtype or not out.is_contiguous() or out.shape != q.shape:
+        raise ValueError("decode attention kernel: out must be contiguous, shaped like q, of the cache's dtype")
     lens_int32 = _check_tables(block_tables, context_lens, b)
-    _raise_for(lib.glm_decode_attention_f32(
+    _raise_for(lib.glm_decode_attention(
         q.data_ptr(), q.stride(0), cache.data_ptr(), nb, bs, block_tables.data_ptr(), block_tables.shape[1],
-        context_lens.data_ptr(), lens_int32, b, h, kvh, d, scale, out.data_ptr(), torch.get_num_threads()))
+        context_lens.data_ptr(), lens_int32, b, h, kvh, d, scale, out.data_ptr(), int(dtype == torch.bfloat16),
+        torch.get_num_threads()))
     return out
 
 
@@ -102,15 +109,15 @@ def fused_decode(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, 
                  lib: ctypes.CDLL | None = None) -> torch.Tensor:
     """A pure decode step of one layer from its qkv projection output (B, H*D + 2*KVH*D): RoPE on q and k as
     model/layers/rotary.py applies it (cos/sin: RotaryEmbedding.cos_cache/sin_cache, (P, rotary_dim/2)), K/V
-    written to cache slot slot_mapping[b], then out (B, H*D) = attention over the contexts (new token included)."""
+    written to cache slot slot_mapping[b], then out (B, H*D) = attention over the contexts (new token included).
+    qkv, cache and out of one dtype (fp32 or bf16); the tables fp32."""
     lib = lib or library()
     nb, bs, kvh, d = _check_cache(cache, heads)
-    b = qkv.shape[0]
-    if qkv.dtype != torch.float32 or not qkv.is_cpu or not qkv.is_contiguous() \
-            or qkv.shape != (b, (heads + 2 * kvh) * d):
-        raise ValueError("decode attention kernel: qkv must be contiguous fp32 CPU (B, (H + 2 KVH) D)")
-    if out.dtype != torch.float32 or not out.is_contiguous() or out.shape != (b, heads * d):
-        raise ValueError("decode attention kernel: out must be contiguous fp32 (B, H D)")
+    b, dtype = qkv.shape[0], cache.dtype
+    if qkv.dtype != dtype or not qkv.is_cpu or not qkv.is_contiguous() or qkv.shape != (b, (heads + 2 * kvh) * d):
+        raise ValueError("decode attention kernel: qkv must be contiguous CPU (B, (H + 2 KVH) D) of the cache's dtype")
+    if out.dtype != dtype or not out.is_contiguous() or out.shape != (b, heads * d):
+        raise ValueError("decode attention kernel: out must be contiguous (B, H D) of the cache's dtype")
     if cos.dtype != torch.float32 or sin.dtype != torch.float32 or not cos.is_contiguous() \
             or not sin.is_contiguous() or cos.shape != sin.shape or cos.shape[1] * 2 != rotary_dim \
             or rotary_dim > d or rotary_dim % 2:
@@ -119,9 +126,9 @@ def fused_decode(qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, 
         if t.dtype != torch.int64 or not t.is_cpu or not t.is_contiguous() or t.shape != (b,):
             raise ValueError("decode attention kernel: positions and slot_mapping must be contiguous int64 (B,)")
     lens_int32 = _check_tables(block_tables, context_lens, b)
-    _raise_for(lib.glm_fused_decode_f32(
+    _raise_for(lib.glm_fused_decode(
         qkv.data_ptr(), positions.data_ptr(), cos.data_ptr(), sin.data_ptr(), cos.shape[0], rotary_dim,
         int(interleaved), slot_mapping.data_ptr(), cache.data_ptr(), nb, bs, block_tables.data_ptr(),
         block_tables.shape[1], context_lens.data_ptr(), lens_int32, b, heads, kvh, d, scale, out.data_ptr(),
-        torch.get_num_threads()))
+        int(dtype == torch.bfloat16), torch.get_num_threads()))
     return out

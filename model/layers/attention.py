@@ -71,11 +71,11 @@ class Attention(nn.Module):
         return self.o_proj(self.attend(self.qkv_proj(x), positions, meta))
 
     def supports_decode_kernel(self) -> bool:
-        """Whether the C decode kernel computes what this layer's PyTorch path does: an fp32 CPU cache, this
-        class (not MLA), no q/k norm, the standard RoPE module, and a library built on this host."""
+        """Whether the C decode kernel computes what this layer's PyTorch path does: an fp32 or bf16 CPU cache,
+        this class (not MLA), no q/k norm, the standard RoPE module, and a library built on this host."""
         cache = self.kv_cache
         return (type(self) is Attention and self.q_norm is None and type(self.rotary) is RotaryEmbedding
-                and cache is not None and cache.dtype == torch.float32 and cache.is_cpu
+                and cache is not None and cache.dtype in kernels.DTYPES and cache.is_cpu
                 and cache.is_contiguous() and kernels.available())
 
     def _decode_path(self, num_decodes: int) -> str:
@@ -87,7 +87,7 @@ class Attention(nn.Module):
                 and self._decode_path(meta.num_decodes) == "kernel":
             # a pure decode step: RoPE, the cache write and attention in one C call (~25 torch ops otherwise)
             rotary = self.rotary
-            out = torch.empty(qkv.shape[0], self.q_size, dtype=torch.float32)
+            out = torch.empty(qkv.shape[0], self.q_size, dtype=qkv.dtype)
             return kernels.fused_decode(qkv, positions, rotary.cos_cache, rotary.sin_cache, rotary.rotary_dim,
                                         rotary.interleaved, meta.slot_mapping, self.kv_cache,
                                         meta.decode_block_tables, meta.decode_context_lens, self.num_heads,
@@ -151,7 +151,7 @@ class Attention(nn.Module):
         path = self._decode_path(b)
         if path == "kernel":  # q rotated and the new K/V cached already (a step with prefills too)
             return kernels.decode_attention(q, cache, bt, meta.decode_context_lens, self.scale,
-                                            torch.empty(q.shape, dtype=torch.float32))
+                                            torch.empty(q.shape, dtype=q.dtype))
         kd, vd = gather_blocks(cache, bt.flatten())
         kd = kd.view(b, -1, self.num_kv_heads, self.head_dim)
         vd = vd.view(b, -1, self.num_kv_heads, self.head_dim)

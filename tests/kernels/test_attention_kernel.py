@@ -46,7 +46,7 @@ def lib(request, tmp_path_factory):
 
 
 def paged_case(lens: list[int], heads: int, kv_heads: int, head_dim: int, partial: float = 1.0,
-               interleaved: bool = False, seed: int = 0):
+               interleaved: bool = False, seed: int = 0, dtype: torch.dtype = torch.float32):
     """A layer over a random cache with scattered (non-contiguous, shuffled) blocks; one decode per sequence."""
     gen = torch.Generator().manual_seed(seed)
     rotary = RotaryEmbedding(RopeConfig(partial_rotary_factor=partial, interleaved=interleaved), head_dim, 512)
@@ -54,7 +54,7 @@ def paged_case(lens: list[int], heads: int, kv_heads: int, head_dim: int, partia
     b = len(lens)
     per_seq = -(-max(lens) // BLOCK) + 1  # one padding column beyond the longest, as a longer batch leaves
     num_blocks = b * per_seq + 5
-    cache = torch.randn(2, num_blocks, BLOCK, kv_heads, head_dim, generator=gen)
+    cache = torch.randn(2, num_blocks, BLOCK, kv_heads, head_dim, generator=gen).to(dtype)
     tables = torch.randperm(num_blocks, generator=gen)[:b * per_seq].view(b, per_seq).contiguous()
     for i, n in enumerate(lens):  # padding entries beyond a context are 0, as the runner pads
         tables[i, -(-n // BLOCK):] = 0
@@ -66,7 +66,7 @@ def paged_case(lens: list[int], heads: int, kv_heads: int, head_dim: int, partia
     if b > 1:
         ar = torch.arange(per_seq * BLOCK)
         meta.decode_mask = (ar[None] < context_lens[:, None]).view(b, 1, 1, -1)
-    qkv = torch.randn(b, (heads + 2 * kv_heads) * head_dim, generator=gen)
+    qkv = torch.randn(b, (heads + 2 * kv_heads) * head_dim, generator=gen).to(dtype)
     return attn, cache, qkv, positions, meta
 
 
@@ -117,6 +117,35 @@ def test_decode_attention_over_rotated_q_and_written_cache(lib, shape, lens_dtyp
     got = kernels.decode_attention(q, written, meta.decode_block_tables, meta.decode_context_lens.to(lens_dtype),
                                    attn.scale, torch.empty(q.shape), lib=lib)
     torch.testing.assert_close(got, dense_reference(q, written, meta, attn.scale), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[2], SHAPES[5]], ids=lambda s: f"h{s[0]}kv{s[1]}d{s[2]}")
+def test_bf16_fused_decode_rounds_where_torch_rounds_and_attends_in_fp32(lib, shape) -> None:
+    """bf16 q/k/v/cache/out: the cache gets the rotated k rounded as PyTorch's RoPE rounds it; the output is
+    fp32 attention over the bf16 values (q rotated and rounded), rounded once, so it sits within bf16
+    rounding of an fp32 reference and close to PyTorch's own bf16 step."""
+    heads, kv_heads, d, partial, interleaved = shape
+    attn, cache, qkv, positions, meta = paged_case(CONTEXTS, heads, kv_heads, d, partial, interleaved, seed=4,
+                                                   dtype=torch.bfloat16)
+    ref_out, ref_cache = torch_step(attn, cache, qkv, positions, meta)
+    got_cache = cache.clone()
+    r = attn.rotary
+    got = kernels.fused_decode(qkv, positions, r.cos_cache, r.sin_cache, r.rotary_dim, interleaved,
+                               meta.slot_mapping, got_cache, meta.decode_block_tables, meta.decode_context_lens,
+                               heads, attn.scale, torch.empty(len(CONTEXTS), heads * d, dtype=torch.bfloat16),
+                               lib=lib)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got_cache.float(), ref_cache.float(), rtol=1e-2, atol=1e-6)
+    q = r.rotate(positions, qkv[:, :heads * d].unflatten(-1, (heads, d))).float()  # rounded to bf16 by RoPE
+    exact = dense_reference(q, got_cache.float(), meta, attn.scale).flatten(1)
+    torch.testing.assert_close(got.float(), exact, rtol=8e-3, atol=1e-3)
+    torch.testing.assert_close(got.float(), ref_out.float(), rtol=3e-2, atol=3e-2)
+
+    # the rotated-q entry on the written cache
+    q16 = q.to(torch.bfloat16)
+    got1 = kernels.decode_attention(q16, got_cache, meta.decode_block_tables, meta.decode_context_lens, attn.scale,
+                                    torch.empty(q16.shape, dtype=torch.bfloat16), lib=lib)
+    torch.testing.assert_close(got1.float().flatten(1), exact, rtol=8e-3, atol=1e-3)
 
 
 def test_one_sequence_at_each_context_alone(lib) -> None:
@@ -182,8 +211,10 @@ def test_indices_out_of_range_raise_before_any_access(lib) -> None:
         call(positions=torch.tensor([19, r.cos_cache.shape[0]]))
     with pytest.raises(IndexError, match="slot"):
         call(slot_mapping=torch.tensor([0, cache.shape[1] * BLOCK]))
-    with pytest.raises(ValueError, match="fp32"):
-        call(cache=cache.to(torch.bfloat16))
+    with pytest.raises(ValueError, match="dtype"):
+        call(cache=cache.to(torch.bfloat16))  # qkv and out stay fp32
+    with pytest.raises(ValueError, match="fp32/bf16"):
+        call(cache=cache.half())
     with pytest.raises(ValueError, match="groups"):
         call(heads=3, out=torch.empty(2, 48))
 

@@ -1,4 +1,4 @@
-/* Paged decode attention for glmserve (one query token per sequence), fp32.
+/* Paged decode attention for glmserve (one query token per sequence), fp32 or bf16 tensors, fp32 math.
 
    The cache of one layer is (2, num_blocks, block_size, kv_heads, head_dim): K = half 0, V = half 1.
    Each (sequence, kv head) pair is one task: the query heads of its GQA group are attended together, so
@@ -15,23 +15,46 @@
    -1 a context length outside [1, max_blocks * block_size], -2 a block id outside [0, num_blocks),
    -3 a position outside the rotary tables, -4 a cache slot outside the cache.
 
-   AVX-512 for the dot products, the V accumulation and exp (any head_dim: full 16-lane chunks and one
-   masked tail); a scalar path when the compiler targets no AVX-512. */
+   bf16 (is_bf16 = 1): q/qkv, the cache and out are bf16; K/V rows are widened to fp32 as they load, scores,
+   softmax and sums stay fp32, and what PyTorch's path rounds to bf16 is rounded here alike (rotated q and k,
+   the output), to nearest even.
+
+   AVX-512 (F, BW, VL) for the dot products, the V accumulation and exp (any head_dim: full 16-lane chunks
+   and one masked tail); a scalar path when the compiler targets no AVX-512. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef __AVX512F__
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define GLM_AVX512 1
 #include <immintrin.h>
 #endif
 
+typedef uint16_t bf16;
+
+static inline float bf16_to_f32(bf16 h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* round to nearest even, as PyTorch's float -> bfloat16 conversion (a NaN stays a quiet NaN) */
+static inline bf16 f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (bf16)(u >> 16);
+}
+
 /* ---- small vector helpers ------------------------------------------------------------------------- */
 
-#ifdef __AVX512F__
+#ifdef GLM_AVX512
 static inline __mmask16 tail_mask(int64_t n) { return (__mmask16)((1u << n) - 1u); }
 
-static inline float dot(const float *a, const float *b, int64_t d) {
+static inline float dot_f32(const float *a, const float *b, int64_t d) {
     __m512 acc = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 16 <= d; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
@@ -43,7 +66,7 @@ static inline float dot(const float *a, const float *b, int64_t d) {
 }
 
 /* acc += p * v */
-static inline void axpy(float *acc, float p, const float *v, int64_t d) {
+static inline void axpy_f32(float *acc, float p, const float *v, int64_t d) {
     __m512 pv = _mm512_set1_ps(p);
     int64_t i = 0;
     for (; i + 16 <= d; i += 16)
@@ -51,6 +74,33 @@ static inline void axpy(float *acc, float p, const float *v, int64_t d) {
     if (i < d) {
         __mmask16 m = tail_mask(d - i);
         _mm512_mask_storeu_ps(acc + i, m, _mm512_fmadd_ps(pv, _mm512_maskz_loadu_ps(m, v + i),
+                                                          _mm512_maskz_loadu_ps(m, acc + i)));
+    }
+}
+
+static inline __m512 widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+
+static inline float dot_bf16(const float *a, const bf16 *b, int64_t d) {
+    __m512 acc = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= d; i += 16)
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), widen(_mm256_loadu_si256((const __m256i *)(b + i))), acc);
+    if (i < d) {
+        __mmask16 m = tail_mask(d - i);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), widen(_mm256_maskz_loadu_epi16(m, b + i)), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+static inline void axpy_bf16(float *acc, float p, const bf16 *v, int64_t d) {
+    __m512 pv = _mm512_set1_ps(p);
+    int64_t i = 0;
+    for (; i + 16 <= d; i += 16)
+        _mm512_storeu_ps(acc + i, _mm512_fmadd_ps(pv, widen(_mm256_loadu_si256((const __m256i *)(v + i))),
+                                                  _mm512_loadu_ps(acc + i)));
+    if (i < d) {
+        __mmask16 m = tail_mask(d - i);
+        _mm512_mask_storeu_ps(acc + i, m, _mm512_fmadd_ps(pv, widen(_mm256_maskz_loadu_epi16(m, v + i)),
                                                           _mm512_maskz_loadu_ps(m, acc + i)));
     }
 }
@@ -103,14 +153,24 @@ static inline float exp_shift_sum(float *s, int64_t n, float m) {
     return _mm512_reduce_add_ps(sum);
 }
 #else
-static inline float dot(const float *a, const float *b, int64_t d) {
+static inline float dot_f32(const float *a, const float *b, int64_t d) {
     float acc = 0.0f;
     for (int64_t i = 0; i < d; i++) acc += a[i] * b[i];
     return acc;
 }
 
-static inline void axpy(float *acc, float p, const float *v, int64_t d) {
+static inline void axpy_f32(float *acc, float p, const float *v, int64_t d) {
     for (int64_t i = 0; i < d; i++) acc[i] += p * v[i];
+}
+
+static inline float dot_bf16(const float *a, const bf16 *b, int64_t d) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < d; i++) acc += a[i] * bf16_to_f32(b[i]);
+    return acc;
+}
+
+static inline void axpy_bf16(float *acc, float p, const bf16 *v, int64_t d) {
+    for (int64_t i = 0; i < d; i++) acc[i] += p * bf16_to_f32(v[i]);
 }
 
 static inline void scale_vec(float *x, float c, int64_t d) {
@@ -130,13 +190,24 @@ static inline float exp_shift_sum(float *s, int64_t n, float m) {
 /* ---- attention of one GQA group over one sequence's blocks ---------------------------------------- */
 
 typedef struct {
-    const float *k, *v;  /* the layer's K and V halves, (num_blocks, block_size, kv_heads, head_dim) */
+    const void *k, *v;  /* the layer's K and V halves, (num_blocks, block_size, kv_heads, head_dim) */
     int64_t block_size, kv_heads, d;
+    int is_bf16;
 } Cache;
 
-/* q: (g, d) rotated query heads of kv head `kvh`; out: (g, d). scratch: g * (block_size + d + 2) floats. */
+static inline float dot_row(const float *q, const Cache *c, const void *half, int64_t at) {
+    return c->is_bf16 ? dot_bf16(q, (const bf16 *)half + at, c->d) : dot_f32(q, (const float *)half + at, c->d);
+}
+
+static inline void axpy_row(float *acc, float p, const Cache *c, const void *half, int64_t at) {
+    if (c->is_bf16) axpy_bf16(acc, p, (const bf16 *)half + at, c->d);
+    else axpy_f32(acc, p, (const float *)half + at, c->d);
+}
+
+/* q: (g, d) rotated fp32 query heads of kv head `kvh`; out: (g, d) of the output's type, at element `out_at`.
+   scratch: g * (block_size + d + 2) floats. */
 static void attend_group(const float *q, int64_t g, const Cache *c, int64_t kvh, const int64_t *blocks,
-                         int64_t len, float scale, float *out, float *scratch) {
+                         int64_t len, float scale, void *out, int64_t out_at, float *scratch) {
     const int64_t bs = c->block_size, d = c->d, row = c->kv_heads * d;
     float *s = scratch;            /* (g, bs) scores of the current block */
     float *acc = s + g * bs;       /* (g, d) running sum of p * v */
@@ -147,11 +218,8 @@ static void attend_group(const float *q, int64_t g, const Cache *c, int64_t kvh,
     for (int64_t start = 0; start < len; start += bs) {
         const int64_t n = len - start < bs ? len - start : bs;
         const int64_t base = blocks[start / bs] * bs * row + kvh * d;
-        const float *kb = c->k + base, *vb = c->v + base;
-        for (int64_t t = 0; t < n; t++) {
-            const float *kr = kb + t * row;
-            for (int64_t j = 0; j < g; j++) s[j * bs + t] = dot(q + j * d, kr, d) * scale;
-        }
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t j = 0; j < g; j++) s[j * bs + t] = dot_row(q + j * d, c, c->k, base + t * row) * scale;
         for (int64_t j = 0; j < g; j++) {
             float *sj = s + j * bs;
             float m = mx[j];
@@ -164,14 +232,16 @@ static void attend_group(const float *q, int64_t g, const Cache *c, int64_t kvh,
             }
             sum[j] += exp_shift_sum(sj, n, m);
         }
-        for (int64_t t = 0; t < n; t++) {
-            const float *vr = vb + t * row;
-            for (int64_t j = 0; j < g; j++) axpy(acc + j * d, s[j * bs + t], vr, d);
-        }
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t j = 0; j < g; j++) axpy_row(acc + j * d, s[j * bs + t], c, c->v, base + t * row);
     }
     for (int64_t j = 0; j < g; j++) {
         const float inv = 1.0f / sum[j];
-        for (int64_t i = 0; i < d; i++) out[j * d + i] = acc[j * d + i] * inv;
+        for (int64_t i = 0; i < d; i++) {
+            const float o = acc[j * d + i] * inv;
+            if (c->is_bf16) ((bf16 *)out)[out_at + j * d + i] = f32_to_bf16(o);
+            else ((float *)out)[out_at + j * d + i] = o;
+        }
     }
 }
 
@@ -195,14 +265,20 @@ static int check_tables(const int64_t *tables, int64_t max_blocks, const void *l
 
 static inline int64_t scratch_floats(int64_t g, int64_t bs, int64_t d) { return g * (bs + 2 * d + 2); }
 
-int glm_decode_attention_f32(const float *q, int64_t q_row_stride, const float *cache, int64_t num_blocks,
-                             int64_t block_size, const int64_t *block_tables, int64_t max_blocks,
-                             const void *context_lens, int lens_int32, int64_t batch, int64_t heads,
-                             int64_t kv_heads, int64_t head_dim, float scale, float *out, int nt) {
+/* element i of a row of either type, as fp32 */
+static inline float load_at(const void *p, int64_t i, int is_bf16) {
+    return is_bf16 ? bf16_to_f32(((const bf16 *)p)[i]) : ((const float *)p)[i];
+}
+
+int glm_decode_attention(const void *q, int64_t q_row_stride, const void *cache, int64_t num_blocks,
+                         int64_t block_size, const int64_t *block_tables, int64_t max_blocks,
+                         const void *context_lens, int lens_int32, int64_t batch, int64_t heads, int64_t kv_heads,
+                         int64_t head_dim, float scale, void *out, int is_bf16, int nt) {
     int rc = check_tables(block_tables, max_blocks, context_lens, lens_int32, num_blocks, block_size, batch);
     if (rc) return rc;
-    const int64_t g = heads / kv_heads, d = head_dim;
-    const Cache c = {cache, cache + num_blocks * block_size * kv_heads * d, block_size, kv_heads, d};
+    const int64_t g = heads / kv_heads, d = head_dim, half = num_blocks * block_size * kv_heads * d;
+    const void *v = is_bf16 ? (const void *)((const bf16 *)cache + half) : (const void *)((const float *)cache + half);
+    const Cache c = {cache, v, block_size, kv_heads, d, is_bf16};
     int alloc_failed = 0;
 #pragma omp parallel num_threads(nt)
     {
@@ -215,9 +291,11 @@ int glm_decode_attention_f32(const float *q, int64_t q_row_stride, const float *
         for (int64_t task = 0; task < batch * kv_heads; task++) {
             if (!scratch) continue;
             const int64_t b = task / kv_heads, kvh = task % kv_heads;
-            attend_group(q + b * q_row_stride + kvh * g * d, g, &c, kvh, block_tables + b * max_blocks,
-                         context_len(context_lens, lens_int32, b), scale, out + (b * heads + kvh * g) * d,
-                         scratch);
+            float *qg = scratch;  /* (g, d) the group's query heads in fp32 */
+            const int64_t q_at = b * q_row_stride + kvh * g * d;
+            for (int64_t i = 0; i < g * d; i++) qg[i] = load_at(q, q_at + i, is_bf16);
+            attend_group(qg, g, &c, kvh, block_tables + b * max_blocks, context_len(context_lens, lens_int32, b),
+                         scale, out, (b * heads + kvh * g) * d, scratch + g * d);
         }
         free(scratch);
     }
@@ -226,33 +304,23 @@ int glm_decode_attention_f32(const float *q, int64_t q_row_stride, const float *
 
 /* ---- the fused pure-decode step ------------------------------------------------------------------ */
 
-/* RoPE of one head as model/layers/rotary.py does it: half-split pairs (i, i + rd/2) or interleaved pairs
-   (2i, 2i + 1), cos/sin of pair i; dims >= rd copied. */
-static inline void rotate_head(const float *x, float *y, const float *cs, const float *sn, int64_t rd,
-                               int interleaved, int64_t d) {
+/* RoPE of one head (fp32, in place) as model/layers/rotary.py does it: half-split pairs (i, i + rd/2) or
+   interleaved pairs (2i, 2i + 1), cos/sin of pair i; dims >= rd unchanged. */
+static inline void rotate_head(float *x, const float *cs, const float *sn, int64_t rd, int interleaved) {
     const int64_t half = rd / 2;
-    if (interleaved) {
-        for (int64_t i = 0; i < half; i++) {
-            const float a = x[2 * i], b = x[2 * i + 1];
-            y[2 * i] = a * cs[i] - b * sn[i];
-            y[2 * i + 1] = b * cs[i] + a * sn[i];
-        }
-    } else {
-        for (int64_t i = 0; i < half; i++) {
-            const float a = x[i], b = x[i + half];
-            y[i] = a * cs[i] - b * sn[i];
-            y[i + half] = b * cs[i] + a * sn[i];
-        }
+    for (int64_t i = 0; i < half; i++) {
+        const int64_t i0 = interleaved ? 2 * i : i, i1 = interleaved ? 2 * i + 1 : i + half;
+        const float a = x[i0], b = x[i1];
+        x[i0] = a * cs[i] - b * sn[i];
+        x[i1] = b * cs[i] + a * sn[i];
     }
-    for (int64_t i = rd; i < d; i++) y[i] = x[i];
 }
 
-int glm_fused_decode_f32(const float *qkv, const int64_t *positions, const float *cos_table,
-                         const float *sin_table, int64_t num_positions, int64_t rotary_dim, int interleaved,
-                         const int64_t *slot_mapping, float *cache, int64_t num_blocks, int64_t block_size,
-                         const int64_t *block_tables, int64_t max_blocks, const void *context_lens,
-                         int lens_int32, int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim,
-                         float scale, float *out, int nt) {
+int glm_fused_decode(const void *qkv, const int64_t *positions, const float *cos_table, const float *sin_table,
+                     int64_t num_positions, int64_t rotary_dim, int interleaved, const int64_t *slot_mapping,
+                     void *cache, int64_t num_blocks, int64_t block_size, const int64_t *block_tables,
+                     int64_t max_blocks, const void *context_lens, int lens_int32, int64_t batch, int64_t heads,
+                     int64_t kv_heads, int64_t head_dim, float scale, void *out, int is_bf16, int nt) {
     int rc = check_tables(block_tables, max_blocks, context_lens, lens_int32, num_blocks, block_size, batch);
     if (rc) return rc;
     for (int64_t b = 0; b < batch; b++) {
@@ -261,36 +329,51 @@ int glm_fused_decode_f32(const float *qkv, const int64_t *positions, const float
     }
     const int64_t g = heads / kv_heads, d = head_dim, half = rotary_dim / 2;
     const int64_t q_size = heads * d, kv_size = kv_heads * d, row = q_size + 2 * kv_size;
-    float *k_cache = cache, *v_cache = cache + num_blocks * block_size * kv_size;
-    const Cache c = {k_cache, v_cache, block_size, kv_heads, d};
+    const int64_t v_half = num_blocks * block_size * kv_size;
+    const Cache c = {cache, is_bf16 ? (void *)((bf16 *)cache + v_half) : (void *)((float *)cache + v_half),
+                     block_size, kv_heads, d, is_bf16};
     int alloc_failed = 0;
 #pragma omp parallel num_threads(nt)
     {
-        /* every new K/V row is in the cache before any task reads a context (the implicit barrier) */
-#pragma omp for schedule(static)
-        for (int64_t task = 0; task < batch * kv_heads; task++) {
-            const int64_t b = task / kv_heads, kvh = task % kv_heads;
-            const float *x = qkv + b * row + q_size + kvh * d;
-            const int64_t dst = slot_mapping[b] * kv_size + kvh * d;
-            rotate_head(x, k_cache + dst, cos_table + positions[b] * half, sin_table + positions[b] * half,
-                        rotary_dim, interleaved, d);
-            memcpy(v_cache + dst, x + kv_size, (size_t)d * sizeof(float));
-        }
         float *scratch = malloc((size_t)scratch_floats(g, block_size, d) * sizeof(float));
         if (!scratch) {
 #pragma omp atomic write
             alloc_failed = 1;
+        }
+        /* every new K/V row is in the cache before any task reads a context (the implicit barrier) */
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < batch * kv_heads; task++) {
+            if (!scratch) continue;
+            const int64_t b = task / kv_heads, kvh = task % kv_heads;
+            const int64_t k_at = b * row + q_size + kvh * d, dst = slot_mapping[b] * kv_size + kvh * d;
+            float *k = scratch;
+            for (int64_t i = 0; i < d; i++) k[i] = load_at(qkv, k_at + i, is_bf16);
+            rotate_head(k, cos_table + positions[b] * half, sin_table + positions[b] * half, rotary_dim,
+                        interleaved);
+            if (is_bf16) {
+                bf16 *kc = (bf16 *)cache + dst, *vc = (bf16 *)c.v + dst;
+                for (int64_t i = 0; i < d; i++) kc[i] = f32_to_bf16(k[i]);
+                memcpy(vc, (const bf16 *)qkv + k_at + kv_size, (size_t)d * sizeof(bf16));
+            } else {
+                memcpy((float *)cache + dst, k, (size_t)d * sizeof(float));
+                memcpy((float *)c.v + dst, (const float *)qkv + k_at + kv_size, (size_t)d * sizeof(float));
+            }
         }
 #pragma omp for schedule(dynamic, 1)
         for (int64_t task = 0; task < batch * kv_heads; task++) {
             if (!scratch) continue;
             const int64_t b = task / kv_heads, kvh = task % kv_heads;
             const float *cs = cos_table + positions[b] * half, *sn = sin_table + positions[b] * half;
-            float *qg = scratch;  /* (g, d) rotated query heads */
-            for (int64_t j = 0; j < g; j++)
-                rotate_head(qkv + b * row + (kvh * g + j) * d, qg + j * d, cs, sn, rotary_dim, interleaved, d);
+            float *qg = scratch;  /* (g, d) rotated query heads, rounded to bf16 where PyTorch rounds them */
+            const int64_t q_at = b * row + kvh * g * d;
+            for (int64_t i = 0; i < g * d; i++) qg[i] = load_at(qkv, q_at + i, is_bf16);
+            for (int64_t j = 0; j < g; j++) {
+                rotate_head(qg + j * d, cs, sn, rotary_dim, interleaved);
+                if (is_bf16)
+                    for (int64_t i = 0; i < rotary_dim; i++) qg[j * d + i] = bf16_to_f32(f32_to_bf16(qg[j * d + i]));
+            }
             attend_group(qg, g, &c, kvh, block_tables + b * max_blocks, context_len(context_lens, lens_int32, b),
-                         scale, out + (b * heads + kvh * g) * d, scratch + g * d);
+                         scale, out, (b * heads + kvh * g) * d, scratch + g * d);
         }
         free(scratch);
     }
