@@ -100,21 +100,28 @@ def _linear_groups(model: nn.Module) -> dict[tuple[int, int], list[tuple[nn.Modu
 
 @torch.inference_mode()
 def choose_linear_packing(model: nn.Module, batch_rows: int, timer: Timer = one_call) -> list[Choice]:
-    """Per weight shape, keeps nn.Linear or swaps in oneDNN-packed copies, whichever measured faster."""
+    """Per weight shape, keeps nn.Linear, swaps in oneDNN-packed copies, or the C kernel on the plain weight
+    (model/kernels/linear.py: fp32 weights, where it built), whichever measured faster."""
+    from model.kernels import linear as kernel
+
     choices = []
     for (fan_in, fan_out), members in _linear_groups(model).items():
         # timed on as many members as fit TIMING_BYTES (still far beyond any cache, so the products stream
         # their weights as in a step): packing every member just to time it held a second copy of all the
         # model's projections at once (+2.4 GB at start-up on a 1 B model)
         per_weight = members[0][2].weight.numel() * members[0][2].weight.element_size()
-        if per_weight > TIMING_BYTES:  # a vocabulary-sized lm_head: a packed copy would double it at start-up
+        timed = members[: max(1, min(len(members), TIMING_BYTES // max(1, per_weight)))]
+        plain = [lin for _, _, lin in timed]
+        dtype = plain[0].weight.dtype
+        # a vocabulary-sized lm_head: a packed copy would double it at start-up; the kernel needs no copy
+        packs = per_weight <= TIMING_BYTES
+        packed = [PackedLinear(lin) for lin in plain] if packs else []
+        kernels = ([kernel.KernelLinear(lin) for lin in plain]
+                   if dtype in kernel.DTYPES and kernel.available() else [])
+        if not packs and not kernels:
             log.info("cpu choice: linear %d->%d stays plain (%.0f MB: too large to copy for a trial)", fan_in,
                      fan_out, per_weight / 1e6)
             continue
-        timed = members[: max(1, min(len(members), TIMING_BYTES // max(1, per_weight)))]
-        packed = [PackedLinear(lin) for _, _, lin in timed]
-        plain = [lin for _, _, lin in timed]
-        dtype = plain[0].weight.dtype
 
         def run_all(mods: list[nn.Module]) -> Callable[[int], Callable[[], object]]:
             def make(rows: int) -> Callable[[], object]:
@@ -122,10 +129,13 @@ def choose_linear_packing(model: nn.Module, batch_rows: int, timer: Timer = one_
                 return lambda: [m(x) for m in mods]
             return make
 
-        choice = pick(f"linear {fan_in}->{fan_out} x{len(members)}", {"plain": run_all(plain),
-                                                                       "packed": run_all(packed)},
-                      sorted({1, batch_rows}), timer)
-        del plain, timed
+        candidates = {"plain": run_all(plain)}
+        if packs:
+            candidates["packed"] = run_all(packed)
+        if kernels:
+            candidates["kernel"] = run_all(kernels)
+        choice = pick(f"linear {fan_in}->{fan_out} x{len(members)}", candidates, sorted({1, batch_rows}), timer)
+        del plain, timed, kernels
         if choice.chosen == "packed":
             # one at a time, each taken off these lists as it goes, so a plain weight is freed as its packed
             # copy comes (holding them all to the end kept a whole group twice: +1 GB on a 1 B model)
@@ -133,6 +143,9 @@ def choose_linear_packing(model: nn.Module, batch_rows: int, timer: Timer = one_
                 parent, name, lin = members.pop(0)
                 setattr(parent, name, packed.pop(0) if packed else PackedLinear(lin))
                 del lin
+        elif choice.chosen == "kernel":  # the same Parameters: nothing copied, a tied head stays tied
+            for parent, name, lin in members:
+                setattr(parent, name, kernel.KernelLinear(lin))
         del packed
         log.info("cpu choice: %s", choice.describe())
         choices.append(choice)
