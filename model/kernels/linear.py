@@ -17,7 +17,7 @@ from torch import nn
 
 from model.kernels import build
 
-DTYPES = (torch.float32,)  # the weight dtypes the kernel serves
+DTYPES = (torch.float32, torch.bfloat16)  # the weight dtypes the kernel serves (x, bias and y the same)
 MAX_ROWS = 64  # past this the register-blocked tiles stop beating MKL's sgemm (prefill sizes)
 
 
@@ -26,8 +26,9 @@ def library() -> ctypes.CDLL | None:
     lib = build.load("linear")
     if lib is not None and not hasattr(lib, "_glmserve_declared"):
         ptr, size = ctypes.c_void_p, ctypes.c_long
-        lib.linear_f32.argtypes = [ptr, ptr, ptr, ptr, size, size, size, ctypes.c_int]
-        lib.linear_f32.restype = None
+        for fn in (lib.linear_f32, lib.linear_bf16):
+            fn.argtypes = [ptr, ptr, ptr, ptr, size, size, size, ctypes.c_int]
+            fn.restype = None
         lib.linear_simd_level.argtypes = []
         lib.linear_simd_level.restype = ctypes.c_int
         lib._glmserve_declared = True
@@ -38,23 +39,32 @@ def available() -> bool:
     return library() is not None
 
 
+def entry(dtype: torch.dtype):
+    """The C function for weights of this dtype, or None."""
+    lib = library()
+    if lib is None or dtype not in DTYPES:
+        return None
+    return lib.linear_f32 if dtype == torch.float32 else lib.linear_bf16
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            threads: int | None = None) -> torch.Tensor:
-    """F.linear(x, weight, bias) through the kernel: x (..., K) fp32 contiguous, weight (N, K) fp32
-    contiguous. Raises ValueError on inputs the kernel does not take (callers that may see them check first,
+    """F.linear(x, weight, bias) through the kernel: x (..., K) and weight (N, K), contiguous, both fp32 or
+    both bf16 (fp32 sums, the output rounded to bf16 as PyTorch rounds it). Raises ValueError on inputs the kernel does not take (callers that may see them check first,
     as KernelLinear does); RuntimeError when the kernel is not available."""
     lib = library()
     if lib is None:
         raise RuntimeError("the linear kernel is not available on this host (see model/kernels/build.py)")
     n, k = weight.shape
-    if (x.dtype != torch.float32 or weight.dtype != torch.float32 or x.shape[-1] != k or not x.is_contiguous()
+    dtype = weight.dtype
+    if (dtype not in DTYPES or x.dtype != dtype or x.shape[-1] != k or not x.is_contiguous()
             or not weight.is_contiguous() or x.device.type != "cpu" or weight.device.type != "cpu"):
-        raise ValueError(f"linear kernel takes contiguous fp32 CPU x (..., {k}) and weight (N, K); got x "
-                         f"{tuple(x.shape)} {x.dtype}, weight {tuple(weight.shape)} {weight.dtype}")
-    if bias is not None and (bias.dtype != torch.float32 or bias.shape != (n,) or not bias.is_contiguous()):
-        raise ValueError(f"linear kernel bias must be contiguous fp32 ({n},)")
-    y = torch.empty(*x.shape[:-1], n, dtype=torch.float32)
-    lib.linear_f32(x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(),
+        raise ValueError(f"linear kernel takes contiguous fp32 or bf16 CPU x (..., {k}) and weight (N, K) of one "
+                         f"dtype; got x {tuple(x.shape)} {x.dtype}, weight {tuple(weight.shape)} {weight.dtype}")
+    if bias is not None and (bias.dtype != dtype or bias.shape != (n,) or not bias.is_contiguous()):
+        raise ValueError(f"linear kernel bias must be contiguous ({n},) {dtype}")
+    y = torch.empty(*x.shape[:-1], n, dtype=dtype)
+    entry(dtype)(x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(),
                    x.numel() // k if k else 0, n, k, torch.get_num_threads() if threads is None else threads)
     return y
 
@@ -68,18 +78,24 @@ class KernelLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight  # the same Parameter: tied weights stay tied, nothing is copied
         self.bias = linear.bias
-        self._fn = library().linear_f32 if available() else None
+        w = linear.weight
+        # a weight the kernel cannot read in place keeps F.linear (checked once: modules keep their weight)
+        b = linear.bias
+        readable = w.is_contiguous() and w.device.type == "cpu" and (b is None or (b.dtype == w.dtype
+                                                                                  and b.is_contiguous()))
+        self._fn = entry(w.dtype) if readable else None
+        self._dtype = w.dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b, fn = self.weight, self.bias, self._fn
         k = self.in_features
         rows = x.numel() // k if k else 0
-        if (fn is None or rows > MAX_ROWS or x.dtype is not torch.float32 or w.dtype is not torch.float32
+        if (fn is None or rows > MAX_ROWS or x.dtype is not self._dtype or w.dtype is not self._dtype
                 or not x.is_contiguous() or x.device.type != "cpu" or (torch.is_grad_enabled() and (
                     w.requires_grad or x.requires_grad))):
             return F.linear(x, w, b)
         n = self.out_features
-        y = torch.empty(*x.shape[:-1], n, dtype=torch.float32)
+        y = torch.empty(*x.shape[:-1], n, dtype=x.dtype)
         fn(x.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(), rows, n, k,
            torch.get_num_threads())
         return y

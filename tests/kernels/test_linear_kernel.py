@@ -35,24 +35,30 @@ def kl():
 
 def assert_close_to_linear(got: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> None:
     """Within the rounding bound of two fp32 dot products of length K summed in different orders:
-    |a - b| <= 2 K eps sum_k |x_k w_k| (+ the bias's rounding), both against F.linear on this machine."""
-    want = F.linear(x, w, b)
+    |a - b| <= 2 K eps sum_k |x_k w_k|, plus the output's rounding (the bias's in fp32; one bf16 unit for
+    bf16, whose fp32 sums may fall either side of a rounding boundary), against F.linear on this machine."""
+    assert got.dtype == x.dtype
+    want = F.linear(x, w, b).float()
+    got = got.float()
     k = x.shape[-1]
-    bound = 2 * k * EPS * (x.abs() @ w.abs().t()) + 4 * EPS * want.abs() + 1e-30
+    unit = 2.0 ** -7 if x.dtype == torch.bfloat16 else 4 * EPS
+    bound = 2 * k * EPS * (x.float().abs() @ w.float().abs().t()) + unit * torch.maximum(want.abs(), got.abs())
+    bound += 1e-30
     err = (got - want).abs()
     assert got.shape == want.shape
     assert bool((err <= bound).all()), f"max error {err.max().item():.3g}, its bound {bound[err > bound].min():.3g}"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("k", INNER)
-def test_kernel_matches_f_linear_over_rows_outputs_and_bias(kl, k: int, threads: int) -> None:
+def test_kernel_matches_f_linear_over_rows_outputs_and_bias(kl, k: int, threads: int, dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(k * 10 + threads)
     for n in OUTER:
-        w = torch.randn(n, k, generator=g)
-        b = torch.randn(n, generator=g)
+        w = torch.randn(n, k, generator=g).to(dtype)
+        b = torch.randn(n, generator=g).to(dtype)
         for m in ROWS:
-            x = torch.randn(m, k, generator=g)
+            x = torch.randn(m, k, generator=g).to(dtype)
             for bias in (None, b):
                 assert_close_to_linear(kl.linear(x, w, bias, threads=threads), x, w, bias)
 
@@ -67,6 +73,8 @@ def test_kernel_takes_leading_dims_and_checks_its_inputs(kl) -> None:
     with pytest.raises(ValueError):
         kl.linear(x.to(torch.float64), w)
     with pytest.raises(ValueError):
+        kl.linear(x.to(torch.bfloat16), w)  # x and W of one dtype
+    with pytest.raises(ValueError):
         kl.linear(torch.randn(3, 25), w)
     with pytest.raises(ValueError):
         kl.linear(torch.randn(24, 3).t(), w)  # not contiguous
@@ -77,6 +85,8 @@ def test_kernel_takes_leading_dims_and_checks_its_inputs(kl) -> None:
 def counted(module):
     """Counts the module's calls into the C function (the real one still does the work)."""
     real, calls = module._fn, []
+    if real is None:  # a module that never calls the kernel stays as it is
+        return calls
 
     def fn(*args):
         calls.append(args[4])  # rows
@@ -98,12 +108,20 @@ def test_kernel_linear_uses_the_kernel_up_to_its_row_limit_then_f_linear(kl) -> 
         assert_close_to_linear(mod(x3), x3, lin.weight, lin.bias)
         mod(torch.randn(48, 4).t())  # a non-contiguous input goes to F.linear
     assert calls == [1, 5, kl.MAX_ROWS, 14]
+    half = kl.KernelLinear(nn.Linear(48, 24, dtype=torch.bfloat16))  # a bf16 model's projection
+    half_calls = counted(half)
+    with torch.inference_mode():
+        for rows in (3, kl.MAX_ROWS + 3):
+            x = torch.randn(rows, 48, dtype=torch.bfloat16)
+            assert_close_to_linear(half(x), x, half.weight, half.bias)
+        with pytest.raises(RuntimeError):  # fp32 rows into a bf16 module: F.linear's dtype error, not a wrong read
+            half(torch.randn(2, 48))
+    assert half_calls == [3]
     wide = kl.KernelLinear(nn.Linear(48, 8, dtype=torch.float64))  # a dtype the kernel does not take
-    wide_calls = counted(wide)
+    assert wide._fn is None
     x = torch.randn(3, 48, dtype=torch.float64)
     with torch.inference_mode():
         torch.testing.assert_close(wide(x), F.linear(x, wide.weight, wide.bias))
-    assert wide_calls == []
 
 
 def test_kernel_linear_holds_the_linear_s_own_parameters_and_keeps_autograd(kl) -> None:
