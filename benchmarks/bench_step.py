@@ -6,7 +6,7 @@
 B greedy requests are prefilled, then every step decodes one token for each. First the step is timed
 bare (the reference), then with timers on the engine's parts and forward hooks on every module: a
 module's *exclusive* time (its own ops, its children's time taken off) is added to its category:
-matmuls (nn.Linear / PackedLinear, the vocabulary projection apart), attention (the Attention module's
+matmuls (nn.Linear / PackedLinear / KernelLinear, the vocabulary projection apart), attention (the Attention module's
 own work: K/V cache write, gather, SDPA, splits), rotary, norms, MLP activation (silu * up), residual
 adds / embedding. Outside the forward: scheduling, the runner's metadata building, the sampler, the
 rest of the postprocessing. Hooks cost a few microseconds each, so the parts add to a bit more than
@@ -28,12 +28,13 @@ from benchmarks.bench_engine import chat_prompts
 
 def category(module: nn.Module, name: str) -> str:
     from model.engine.cpu_packing import PackedLinear
+    from model.kernels.linear import KernelLinear
     from model.layers.attention import Attention
     from model.layers.mlp import GatedMLP
     from model.layers.norm import RMSNorm
     from model.layers.rotary import RotaryEmbedding
 
-    if isinstance(module, (nn.Linear, PackedLinear)):
+    if isinstance(module, (nn.Linear, PackedLinear, KernelLinear)):
         return "matmul: lm_head" if name.endswith("lm_head") else "matmuls: qkv, o, gate_up, down"
     if isinstance(module, Attention):
         return "attention: cache write, gather, SDPA"
