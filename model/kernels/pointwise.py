@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import logging
 from typing import Callable
 
 import torch
@@ -24,11 +23,12 @@ from torch import nn
 from model.kernels import build
 from model.layers.mlp import GatedMLP
 from model.layers.norm import RMSNorm
-
-log = logging.getLogger("glmserve.kernels")
+from model.quant.kernels import COMPUTE_DTYPE
+from model.quant.modules import Int4Linear, Int8Linear
 
 _P, _I, _L, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
 _BF16 = torch.bfloat16
+BF16_LINEARS = (Int4Linear, Int8Linear)  # the quantized linears: bf16 kernels behind fp32-in, fp32-out casts
 
 
 @functools.cache
@@ -132,16 +132,17 @@ def silu_mul(gate_up: torch.Tensor, out_dtype: torch.dtype | None = None, roundi
 class KernelRMSNorm(RMSNorm):
     """RMSNorm through the kernels when grad is off and the input fits; its parent's code otherwise."""
 
-    def _fits(self, x: torch.Tensor) -> bool:
-        return not torch.is_grad_enabled() and x.is_contiguous() and x.dtype is self.weight.dtype
+    def _takes(self, x: torch.Tensor) -> bool:
+        return not torch.is_grad_enabled() and x.dtype is self.weight.dtype and x.is_contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._fits(x):
+        if not self._takes(x):
             return super().forward(x)
         return rms_norm(x, self.weight, self.eps)
 
     def add_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not (self._fits(residual) and x.is_contiguous() and x.shape == residual.shape and (x.dtype is torch.float32 or x.dtype is _BF16)):
+        # x may be bf16 over an fp32 residual (a quantized MLP's output, KernelGatedMLP._bf16_forward)
+        if not (self._takes(residual) and _fits(x) and x.shape == residual.shape):
             return super().add_norm(x, residual)
         return add_rms_norm(x, residual, self.weight, self.eps), residual
 
@@ -149,17 +150,33 @@ class KernelRMSNorm(RMSNorm):
 class KernelGatedMLP(GatedMLP):
     """GatedMLP with silu(gate) * up as one kernel call, when grad is off and the projection's output fits."""
 
+    bf16_linears = False  # use_pointwise_kernels sets it where both projections are bf16-computing int4/int8
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.bf16_linears and x.dtype is torch.float32 and not torch.is_grad_enabled()
+                and type(self.gate_up_proj) in BF16_LINEARS and type(self.down_proj) in BF16_LINEARS):
+            return self._bf16_forward(x)
         gate_up = self.gate_up_proj(x)
         if torch.is_grad_enabled() or not _fits(gate_up):
             gate, up = gate_up.chunk(2, dim=-1)
             return self.down_proj(F.silu(gate) * up)
         return self.down_proj(silu_mul(gate_up))
 
+    def _bf16_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """An fp32 model's quantized MLP: the int4/int8 linears cast their input to bf16 and their output
+        back to fp32 (4 casts an MLP); fed bf16 they cast nothing. So x is cast once, silu * up reads and
+        writes bf16 (computing in fp32, as PyTorch's fp32 ops on the cast-back values do: the same numbers),
+        and the bf16 output goes to the next residual add, which widens it exactly (add_rms_norm takes it).
+        The type check in forward keeps a LoRA-wrapped projection (adapters add in fp32) on the plain path."""
+        gate_up = self.gate_up_proj(x.to(_BF16))
+        return self.down_proj(silu_mul(gate_up, out_dtype=_BF16, rounding=torch.float32))
+
 
 def use_pointwise_kernels(model: nn.Module) -> int:
     """Serving only: every RMSNorm and GatedMLP of model becomes its kernel subclass (the same module,
-    parameters and all: only its class changes). Returns how many were swapped, 0 without the kernels."""
+    parameters and all: only its class changes). Returns how many were swapped, 0 without the kernels.
+    In an fp32 model, a decoder layer's MLP over int4/int8 linears also passes bf16 between them (above),
+    unless sandwich norms (GLM-4) take its output: they would norm it in bf16."""
     if not available():
         return 0
     count = 0
@@ -170,17 +187,27 @@ def use_pointwise_kernels(model: nn.Module) -> int:
         elif type(module) is GatedMLP:
             module.__class__ = KernelGatedMLP
             count += 1
+    for layer in getattr(model, "layers", ()):
+        mlp = getattr(layer, "mlp", None)
+        if (type(mlp) is KernelGatedMLP and not getattr(layer, "sandwich", True) and _bf16_quantized(mlp.gate_up_proj)
+                and _bf16_quantized(mlp.down_proj) and next(model.parameters()).dtype is torch.float32):
+            mlp.bf16_linears = True
     return count
 
 
+def _bf16_quantized(linear: nn.Module) -> bool:
+    return type(linear) in BF16_LINEARS and COMPUTE_DTYPE is _BF16 and linear.bias is None
+
+
 def use_pytorch_paths(model: nn.Module) -> int:
-    """The inverse of use_pointwise_kernels (a start-up measurement that finds them slower puts this back)."""
+    """The inverse of use_pointwise_kernels (the tests run one engine both ways)."""
     count = 0
     for module in model.modules():
         if type(module) is KernelRMSNorm:
             module.__class__ = RMSNorm
             count += 1
         elif type(module) is KernelGatedMLP:
+            module.__dict__.pop("bf16_linears", None)
             module.__class__ = GatedMLP
             count += 1
     return count

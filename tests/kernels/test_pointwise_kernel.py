@@ -236,14 +236,45 @@ def test_timing_candidates_run_the_models_ops(pw) -> None:
     assert pw.timing_candidates(torch.nn.Linear(2, 2)) == {}
 
 
-def _tiny_model():
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_quantized_mlp_passes_bf16_between_its_linears(pw, method: str) -> None:
+    """An fp32 model over int8/int4 linears: the swapped MLP hands bf16 from one linear to the next and out
+    (no casts back and forth), with what the plain path computes; the network's output agrees; a projection
+    wrapped by something else (a LoRA adapter) puts the MLP back on the fp32 path."""
+    from model.quant import QuantSpec, quantize_model
+
+    torch.manual_seed(5)
+    model = _tiny_model(hidden=64, intermediate=128)
+    quantize_model(model, QuantSpec(method, 32, embeddings=False))
+    ids = torch.randint(0, 64, (2, 9))
+    with torch.inference_mode():
+        plain = model(ids)
+        x = torch.randn(3, 64)
+        plain_mlp = model.layers[0].mlp(x)
+        pw.use_pointwise_kernels(model)
+        mlp = model.layers[0].mlp
+        assert all(layer.mlp.bf16_linears for layer in model.layers)
+        got = mlp(x)
+        assert got.dtype == torch.bfloat16 and plain_mlp.dtype == torch.float32
+        torch.testing.assert_close(got.float(), plain_mlp, **BF16_TOL)
+        torch.testing.assert_close(model(ids), plain, rtol=1e-3, atol=1e-3)
+        mlp.gate_up_proj = torch.nn.Sequential(mlp.gate_up_proj)  # a wrapper the fold does not know
+        assert mlp(x).dtype == torch.float32
+        torch.testing.assert_close(mlp(x), plain_mlp, rtol=1e-5, atol=1e-5)
+
+
+def _tiny_model(hidden: int = 32, intermediate: int = 48):
     from model.config import ModelConfig
     from model.models.decoder import CausalLM
 
-    cfg = ModelConfig.from_hf_dict({"model_type": "llama", "vocab_size": 64, "hidden_size": 32,
-                                    "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
-                                    "num_key_value_heads": 2, "max_position_embeddings": 64})
-    return CausalLM(cfg)
+    cfg = ModelConfig.from_hf_dict({"model_type": "llama", "vocab_size": 64, "hidden_size": hidden,
+                                    "intermediate_size": intermediate, "num_hidden_layers": 2,
+                                    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64})
+    model = CausalLM(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return model.eval()
 
 
 # ---- the engine: greedy output with the kernels swapped in equals PyTorch's paths, under batching ----------
@@ -260,19 +291,21 @@ def _greedy(engine, prompts: list[list[int]], lengths: list[int]) -> dict[str, l
     return tokens
 
 
-def _kernel_engine_equals_torch_engine(path: str, vocab: int) -> None:
+def _kernel_engine_equals_torch_engine(path: str, vocab: int, quantization: str = "none") -> None:
     from model import EngineConfig, LLMEngine
     from model.kernels import pointwise
     from model.layers.norm import RMSNorm
 
     # no prefix cache: the second run recomputes every prompt rather than reusing the first run's K/V
     config = EngineConfig(max_num_seqs=8, max_num_batched_tokens=64, kv_cache_memory=16 << 20,
-                          enable_prefix_caching=False)
+                          enable_prefix_caching=False, quantization=quantization)
     engine = LLMEngine.from_model(path, config)
     model = engine.runner.model
     if not any(type(m) is pointwise.KernelRMSNorm for m in model.modules()):
         # the start-up measurement kept PyTorch on this host (or the oneDNN gate was off): put them in anyway
         assert pointwise.use_pointwise_kernels(model) > 0
+    if quantization != "none":  # the MLPs pass bf16 between their quantized linears
+        assert all(layer.mlp.bf16_linears for layer in model.layers)
     assert not any(type(m) is RMSNorm for m in model.modules() if getattr(m, "weight", None) is not None
                    and m.weight.shape[0] == model.config.hidden_size)
     rng = random.Random(0)
@@ -284,8 +317,9 @@ def _kernel_engine_equals_torch_engine(path: str, vocab: int) -> None:
     assert with_kernels == _greedy(engine, prompts, lengths)
 
 
-def test_engine_greedy_with_kernels_equals_torch_paths_llama(pw, tiny_llama_dir: str) -> None:
-    _kernel_engine_equals_torch_engine(tiny_llama_dir, 49152)
+@pytest.mark.parametrize("quantization", ["none", "int8", "int4"])
+def test_engine_greedy_with_kernels_equals_torch_paths_llama(pw, tiny_llama_dir: str, quantization: str) -> None:
+    _kernel_engine_equals_torch_engine(tiny_llama_dir, 49152, quantization)
 
 
 def test_engine_greedy_with_kernels_equals_torch_paths_glm4_sandwich(pw, tmp_path_factory) -> None:
