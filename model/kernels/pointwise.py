@@ -154,7 +154,7 @@ class KernelGatedMLP(GatedMLP):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (self.bf16_linears and x.dtype is torch.float32 and not torch.is_grad_enabled()
-                and type(self.gate_up_proj) in BF16_LINEARS and type(self.down_proj) in BF16_LINEARS):
+                and _bf16_quantized(self.gate_up_proj) and _bf16_quantized(self.down_proj)):
             return self._bf16_forward(x)
         gate_up = self.gate_up_proj(x)
         if torch.is_grad_enabled() or not _fits(gate_up):
@@ -167,7 +167,8 @@ class KernelGatedMLP(GatedMLP):
         back to fp32 (4 casts an MLP); fed bf16 they cast nothing. So x is cast once, silu * up reads and
         writes bf16 (computing in fp32, as PyTorch's fp32 ops on the cast-back values do: the same numbers),
         and the bf16 output goes to the next residual add, which widens it exactly (add_rms_norm takes it).
-        The type check in forward keeps a LoRA-wrapped projection (adapters add in fp32) on the plain path."""
+        forward checks the projections each call: a LoRA-wrapped one (adapters add in fp32), or one the runner
+        gave a C kernel with fp32 activations (Int8Linear.cpu_kernel), keeps the MLP on the fp32 path."""
         gate_up = self.gate_up_proj(x.to(_BF16))
         return self.down_proj(silu_mul(gate_up, out_dtype=_BF16, rounding=torch.float32))
 
@@ -196,7 +197,9 @@ def use_pointwise_kernels(model: nn.Module) -> int:
 
 
 def _bf16_quantized(linear: nn.Module) -> bool:
-    return type(linear) in BF16_LINEARS and COMPUTE_DTYPE is _BF16 and linear.bias is None
+    """An int4/int8 linear that computes in bf16 (not on a C kernel taking fp32 activations), without bias."""
+    return (type(linear) in BF16_LINEARS and COMPUTE_DTYPE is _BF16 and linear.bias is None
+            and not getattr(linear, "cpu_kernel", False))
 
 
 def use_pytorch_paths(model: nn.Module) -> int:

@@ -304,8 +304,11 @@ def _kernel_engine_equals_torch_engine(path: str, vocab: int, quantization: str 
     if not any(type(m) is pointwise.KernelRMSNorm for m in model.modules()):
         # the start-up measurement kept PyTorch on this host (or the oneDNN gate was off): put them in anyway
         assert pointwise.use_pointwise_kernels(model) > 0
-    if quantization != "none":  # the MLPs pass bf16 between their quantized linears
-        assert all(layer.mlp.bf16_linears for layer in model.layers)
+    if quantization != "none":  # the MLPs pass bf16 between their bf16-computing quantized linears
+        for layer in model.layers:
+            mlp = layer.mlp
+            assert mlp.bf16_linears == (pointwise._bf16_quantized(mlp.gate_up_proj)
+                                        and pointwise._bf16_quantized(mlp.down_proj))
     assert not any(type(m) is RMSNorm for m in model.modules() if getattr(m, "weight", None) is not None
                    and m.weight.shape[0] == model.config.hidden_size)
     rng = random.Random(0)
@@ -330,3 +333,20 @@ def test_engine_greedy_with_kernels_equals_torch_paths_glm4_sandwich(pw, tmp_pat
     cfg = ModelConfig.from_hf_dict(json.loads((Path(path) / "config.json").read_text()))
     assert cfg.post_sublayer_norms  # GLM-4-0414: sandwich norms, partial interleaved rotary
     _kernel_engine_equals_torch_engine(path, cfg.vocab_size)
+
+
+def test_int8_linears_on_their_fp32_kernel_keep_the_fp32_mlp(pw) -> None:
+    """Int8Linear.cpu_kernel (a C kernel with fp32 activations): feeding it bf16 would put it back on
+    PyTorch's bf16 kernel, so the MLP stays fp32 there."""
+    from model.quant import QuantSpec, quantize_model
+
+    torch.manual_seed(6)
+    model = _tiny_model(hidden=64, intermediate=128)
+    quantize_model(model, QuantSpec("int8", 32, embeddings=False))
+    pw.use_pointwise_kernels(model)
+    mlp = model.layers[0].mlp
+    x = torch.randn(2, 64)
+    with torch.inference_mode():
+        assert mlp(x).dtype == torch.bfloat16
+        mlp.gate_up_proj.cpu_kernel = True
+        assert mlp(x).dtype == torch.float32
