@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--case", action="append", help="BATCHxCONTEXT (default 1x128 1x512 32x128 32x256)")
     p.add_argument("--paths", default="sdpa,grouped,kernel")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's own count)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not kernels.available():
         print("the attention kernel is unavailable on this host (no compiler, or GLMSERVE_KERNELS=0)")
         return 1

@@ -54,56 +54,73 @@ static inline bf16 f32_to_bf16(float f) {
 #ifdef GLM_AVX512
 static inline __mmask16 tail_mask(int64_t n) { return (__mmask16)((1u << n) - 1u); }
 
-static inline float dot_f32(const float *a, const float *b, int64_t d) {
-    __m512 acc = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= d; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
-    if (i < d) {
-        __mmask16 m = tail_mask(d - i);
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
-    }
-    return _mm512_reduce_add_ps(acc);
-}
-
-/* acc += p * v */
-static inline void axpy_f32(float *acc, float p, const float *v, int64_t d) {
-    __m512 pv = _mm512_set1_ps(p);
-    int64_t i = 0;
-    for (; i + 16 <= d; i += 16)
-        _mm512_storeu_ps(acc + i, _mm512_fmadd_ps(pv, _mm512_loadu_ps(v + i), _mm512_loadu_ps(acc + i)));
-    if (i < d) {
-        __mmask16 m = tail_mask(d - i);
-        _mm512_mask_storeu_ps(acc + i, m, _mm512_fmadd_ps(pv, _mm512_maskz_loadu_ps(m, v + i),
-                                                          _mm512_maskz_loadu_ps(m, acc + i)));
-    }
-}
-
 static inline __m512 widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
 
-static inline float dot_bf16(const float *a, const bf16 *b, int64_t d) {
-    __m512 acc = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= d; i += 16)
-        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), widen(_mm256_loadu_si256((const __m256i *)(b + i))), acc);
-    if (i < d) {
-        __mmask16 m = tail_mask(d - i);
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), widen(_mm256_maskz_loadu_epi16(m, b + i)), acc);
-    }
-    return _mm512_reduce_add_ps(acc);
+/* out[t] = scale * (q . k[t * row ..]) for t < m <= 16: sixteen rows at once in sixteen independent sums,
+   added across lanes by one transposing reduction (a reduction per dot product, each a serial chain, made
+   the scores most of the kernel's time). Rows t >= m read row 0 again and are dropped. */
+static inline __m512 reduce16(__m512 *a) {
+    __m512 t[8], u[4];
+    for (int i = 0; i < 8; i++)
+        t[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 4; i++)
+        u[i] = _mm512_add_ps(_mm512_shuffle_ps(t[2 * i], t[2 * i + 1], 0x44),
+                             _mm512_shuffle_ps(t[2 * i], t[2 * i + 1], 0xee));
+    const __m512 v = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xdd));
+    const __m512 w = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88), _mm512_shuffle_f32x4(u[2], u[3], 0xdd));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(v, w, 0x88), _mm512_shuffle_f32x4(v, w, 0xdd));
 }
 
-static inline void axpy_bf16(float *acc, float p, const bf16 *v, int64_t d) {
-    __m512 pv = _mm512_set1_ps(p);
-    int64_t i = 0;
-    for (; i + 16 <= d; i += 16)
-        _mm512_storeu_ps(acc + i, _mm512_fmadd_ps(pv, widen(_mm256_loadu_si256((const __m256i *)(v + i))),
-                                                  _mm512_loadu_ps(acc + i)));
-    if (i < d) {
-        __mmask16 m = tail_mask(d - i);
-        _mm512_mask_storeu_ps(acc + i, m, _mm512_fmadd_ps(pv, widen(_mm256_maskz_loadu_epi16(m, v + i)),
-                                                          _mm512_maskz_loadu_ps(m, acc + i)));
+#define DEFINE_SCORES16(NAME, T, LOADM)                                                                   \
+    static inline void NAME(const float *q, const T *k, int64_t row, int64_t m, int64_t d, float scale,   \
+                            float *out) {                                                                 \
+        __m512 a[16];                                                                                     \
+        const T *r[16];                                                                                   \
+        for (int t = 0; t < 16; t++) a[t] = _mm512_setzero_ps(), r[t] = k + (t < m ? t : 0) * row;        \
+        for (int64_t i = 0; i < d; i += 16) {                                                             \
+            const __mmask16 mk = d - i >= 16 ? (__mmask16)0xffff : tail_mask(d - i);                      \
+            const __m512 qv = _mm512_maskz_loadu_ps(mk, q + i);                                           \
+            for (int t = 0; t < 16; t++) a[t] = _mm512_fmadd_ps(qv, LOADM(mk, r[t] + i), a[t]);           \
+        }                                                                                                 \
+        _mm512_mask_storeu_ps(out, tail_mask(m), _mm512_mul_ps(reduce16(a), _mm512_set1_ps(scale)));       \
     }
-}
+
+/* acc[0..d) += sum over t < n of p[t] * v[t * row + i]: the V rows of one block weighted by their
+   probabilities. The sums stay in registers across the block's rows, 64 columns at a time (four
+   independent chains; an acc kept in memory made each row wait on the previous row's store). */
+#define DEFINE_ACC_BLOCK(NAME, T, LOAD, LOADM)                                                          \
+    static inline void NAME(float *acc, const float *p, const T *v, int64_t n, int64_t row, int64_t d) { \
+        int64_t i = 0;                                                                                  \
+        for (; i + 64 <= d; i += 64) {                                                                  \
+            __m512 a0 = _mm512_loadu_ps(acc + i), a1 = _mm512_loadu_ps(acc + i + 16);                   \
+            __m512 a2 = _mm512_loadu_ps(acc + i + 32), a3 = _mm512_loadu_ps(acc + i + 48);              \
+            for (int64_t t = 0; t < n; t++) {                                                           \
+                const T *vr = v + t * row + i;                                                          \
+                const __m512 pv = _mm512_set1_ps(p[t]);                                                 \
+                a0 = _mm512_fmadd_ps(pv, LOAD(vr), a0);                                                 \
+                a1 = _mm512_fmadd_ps(pv, LOAD(vr + 16), a1);                                            \
+                a2 = _mm512_fmadd_ps(pv, LOAD(vr + 32), a2);                                            \
+                a3 = _mm512_fmadd_ps(pv, LOAD(vr + 48), a3);                                            \
+            }                                                                                           \
+            _mm512_storeu_ps(acc + i, a0), _mm512_storeu_ps(acc + i + 16, a1);                          \
+            _mm512_storeu_ps(acc + i + 32, a2), _mm512_storeu_ps(acc + i + 48, a3);                     \
+        }                                                                                               \
+        for (; i < d; i += 16) {                                                                        \
+            const __mmask16 m = d - i >= 16 ? (__mmask16)0xffff : tail_mask(d - i);                     \
+            __m512 a = _mm512_maskz_loadu_ps(m, acc + i);                                               \
+            for (int64_t t = 0; t < n; t++) a = _mm512_fmadd_ps(_mm512_set1_ps(p[t]), LOADM(m, v + t * row + i), a); \
+            _mm512_mask_storeu_ps(acc + i, m, a);                                                       \
+        }                                                                                               \
+    }
+
+#define LOAD_F32(ptr) _mm512_loadu_ps(ptr)
+#define LOADM_F32(m, ptr) _mm512_maskz_loadu_ps(m, ptr)
+#define LOAD_BF16(ptr) widen(_mm256_loadu_si256((const __m256i *)(ptr)))
+#define LOADM_BF16(m, ptr) widen(_mm256_maskz_loadu_epi16(m, ptr))
+DEFINE_ACC_BLOCK(acc_block_f32, float, LOAD_F32, LOADM_F32)
+DEFINE_ACC_BLOCK(acc_block_bf16, bf16, LOAD_BF16, LOADM_BF16)
+DEFINE_SCORES16(scores16_f32, float, LOADM_F32)
+DEFINE_SCORES16(scores16_bf16, bf16, LOADM_BF16)
 
 static inline void scale_vec(float *x, float c, int64_t d) {
     __m512 cv = _mm512_set1_ps(c);
@@ -153,24 +170,32 @@ static inline float exp_shift_sum(float *s, int64_t n, float m) {
     return _mm512_reduce_add_ps(sum);
 }
 #else
-static inline float dot_f32(const float *a, const float *b, int64_t d) {
-    float acc = 0.0f;
-    for (int64_t i = 0; i < d; i++) acc += a[i] * b[i];
-    return acc;
+static inline void scores16_f32(const float *q, const float *k, int64_t row, int64_t m, int64_t d, float scale,
+                                float *out) {
+    for (int64_t t = 0; t < m; t++) {
+        float acc = 0.0f;
+        for (int64_t i = 0; i < d; i++) acc += q[i] * k[t * row + i];
+        out[t] = acc * scale;
+    }
 }
 
-static inline void axpy_f32(float *acc, float p, const float *v, int64_t d) {
-    for (int64_t i = 0; i < d; i++) acc[i] += p * v[i];
+static inline void acc_block_f32(float *acc, const float *p, const float *v, int64_t n, int64_t row, int64_t d) {
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t i = 0; i < d; i++) acc[i] += p[t] * v[t * row + i];
 }
 
-static inline float dot_bf16(const float *a, const bf16 *b, int64_t d) {
-    float acc = 0.0f;
-    for (int64_t i = 0; i < d; i++) acc += a[i] * bf16_to_f32(b[i]);
-    return acc;
+static inline void scores16_bf16(const float *q, const bf16 *k, int64_t row, int64_t m, int64_t d, float scale,
+                                 float *out) {
+    for (int64_t t = 0; t < m; t++) {
+        float acc = 0.0f;
+        for (int64_t i = 0; i < d; i++) acc += q[i] * bf16_to_f32(k[t * row + i]);
+        out[t] = acc * scale;
+    }
 }
 
-static inline void axpy_bf16(float *acc, float p, const bf16 *v, int64_t d) {
-    for (int64_t i = 0; i < d; i++) acc[i] += p * bf16_to_f32(v[i]);
+static inline void acc_block_bf16(float *acc, const float *p, const bf16 *v, int64_t n, int64_t row, int64_t d) {
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t i = 0; i < d; i++) acc[i] += p[t] * bf16_to_f32(v[t * row + i]);
 }
 
 static inline void scale_vec(float *x, float c, int64_t d) {
@@ -195,13 +220,31 @@ typedef struct {
     int is_bf16;
 } Cache;
 
-static inline float dot_row(const float *q, const Cache *c, const void *half, int64_t at) {
-    return c->is_bf16 ? dot_bf16(q, (const bf16 *)half + at, c->d) : dot_f32(q, (const float *)half + at, c->d);
+/* out[t] = scale * (q . K row t) for the n rows of one block from element `at`, sixteen at a time */
+static inline void scores(const float *q, const Cache *c, int64_t at, int64_t n, float scale, float *out) {
+    const int64_t row = c->kv_heads * c->d;
+    for (int64_t t = 0; t < n; t += 16) {
+        const int64_t m = n - t < 16 ? n - t : 16;
+        if (c->is_bf16) scores16_bf16(q, (const bf16 *)c->k + at + t * row, row, m, c->d, scale, out + t);
+        else scores16_f32(q, (const float *)c->k + at + t * row, row, m, c->d, scale, out + t);
+    }
 }
 
-static inline void axpy_row(float *acc, float p, const Cache *c, const void *half, int64_t at) {
-    if (c->is_bf16) axpy_bf16(acc, p, (const bf16 *)half + at, c->d);
-    else axpy_f32(acc, p, (const float *)half + at, c->d);
+/* the next block's K and V rows of one kv head into cache while this block computes: blocks are scattered,
+   so the hardware prefetcher cannot see the jump coming */
+static inline void prefetch_block(const Cache *c, int64_t at) {
+    const int64_t esize = c->is_bf16 ? 2 : 4, row = c->kv_heads * c->d * esize, bytes = c->d * esize;
+    const char *k = (const char *)c->k + at * esize, *v = (const char *)c->v + at * esize;
+    for (int64_t t = 0; t < c->block_size; t++)
+        for (int64_t off = 0; off < bytes; off += 64) {
+            __builtin_prefetch(k + t * row + off);
+            __builtin_prefetch(v + t * row + off);
+        }
+}
+
+static inline void acc_block(float *acc, const float *p, const Cache *c, int64_t at, int64_t n) {
+    if (c->is_bf16) acc_block_bf16(acc, p, (const bf16 *)c->v + at, n, c->kv_heads * c->d, c->d);
+    else acc_block_f32(acc, p, (const float *)c->v + at, n, c->kv_heads * c->d, c->d);
 }
 
 /* q: (g, d) rotated fp32 query heads of kv head `kvh`; out: (g, d) of the output's type, at element `out_at`.
@@ -218,8 +261,8 @@ static void attend_group(const float *q, int64_t g, const Cache *c, int64_t kvh,
     for (int64_t start = 0; start < len; start += bs) {
         const int64_t n = len - start < bs ? len - start : bs;
         const int64_t base = blocks[start / bs] * bs * row + kvh * d;
-        for (int64_t t = 0; t < n; t++)
-            for (int64_t j = 0; j < g; j++) s[j * bs + t] = dot_row(q + j * d, c, c->k, base + t * row) * scale;
+        if (start + bs < len) prefetch_block(c, blocks[start / bs + 1] * bs * row + kvh * d);
+        for (int64_t j = 0; j < g; j++) scores(q + j * d, c, base, n, scale, s + j * bs);
         for (int64_t j = 0; j < g; j++) {
             float *sj = s + j * bs;
             float m = mx[j];
@@ -232,8 +275,7 @@ static void attend_group(const float *q, int64_t g, const Cache *c, int64_t kvh,
             }
             sum[j] += exp_shift_sum(sj, n, m);
         }
-        for (int64_t t = 0; t < n; t++)
-            for (int64_t j = 0; j < g; j++) axpy_row(acc + j * d, s[j * bs + t], c, c->v, base + t * row);
+        for (int64_t j = 0; j < g; j++) acc_block(acc + j * d, s + j * bs, c, base, n);
     }
     for (int64_t j = 0; j < g; j++) {
         const float inv = 1.0f / sum[j];
