@@ -1,8 +1,9 @@
-"""How fast the fp32 products a decode step is made of run here: GB/s at 1 row, GFLOP/s at a batch.
+"""How fast the fp32 (or bf16) products a decode step is made of run here: GB/s at 1 row, GFLOP/s at a batch.
 
     python -m benchmarks.bench_gemv                 # the default model's projection shapes, 2 threads
     python -m benchmarks.bench_gemv --threads 1
     python -m benchmarks.bench_gemv --rows 1 --rows 32 --rows 64
+    python -m benchmarks.bench_gemv --dtype bfloat16   # a bf16 model's products (half the bytes)
 
 A decode step at batch 1 reads every projection weight once, so its floor is the weight bytes over the
 rate at which the fastest kernel reads them. For each of the default model's shapes (as many matrices as
@@ -27,11 +28,19 @@ from model.kernels import linear as kernel
 DEFAULT_SHAPES = [(960, 576, 30), (576, 576, 30), (3072, 576, 30), (576, 1536, 30), (49152, 576, 1)]
 
 
-def measure_shape(out_features: int, in_features: int, count: int, passes: int, rows: int = 1) -> dict[str, float]:
+def as_linear(weight: torch.Tensor) -> torch.nn.Linear:
+    """An nn.Linear holding `weight` itself (no copy)."""
+    lin = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    lin.weight = torch.nn.Parameter(weight, requires_grad=False)
+    return lin
+
+
+def measure_shape(out_features: int, in_features: int, count: int, passes: int, rows: int = 1,
+                  dtype: torch.dtype = torch.float32) -> dict[str, float]:
     """Seconds per pass over `count` matrices of one shape, per kernel; 'read' = amax over the same bytes."""
-    weights = [torch.randn(out_features, in_features) for _ in range(count)]
+    weights = [torch.randn(out_features, in_features).to(dtype) for _ in range(count)]
     packed = [torch.ops.mkldnn._reorder_linear_weight(w, rows) for w in weights]
-    x = torch.randn(rows, in_features)
+    x = torch.randn(rows, in_features).to(dtype)
     seconds = {"F.linear": best_seconds(lambda: [F.linear(x, w) for w in weights], passes)}
     if rows == 1:
         transposed = [w.t().contiguous() for w in weights]
@@ -39,20 +48,23 @@ def measure_shape(out_features: int, in_features: int, count: int, passes: int, 
         del transposed
     seconds["oneDNN packed"] = best_seconds(lambda: [torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "")
                                                      for p in packed], passes)
-    if kernel.available():
-        seconds["kernel"] = best_seconds(lambda: [kernel.linear(x, w) for w in weights], passes)
+    if kernel.available():  # as the engine serves it: KernelLinear modules on the plain weights
+        mods = [kernel.KernelLinear(as_linear(w)) for w in weights]
+        seconds["kernel"] = best_seconds(lambda: [m(x) for m in mods], passes)
+        del mods
     if rows == 1:
         seconds["read (amax)"] = best_seconds(lambda: [w.amax() for w in weights], passes)
     return seconds
 
 
-def one_row_table(passes: int) -> None:
-    print("fp32, one row; GB/s = weight bytes / best pass time\n")
+def one_row_table(passes: int, dtype: torch.dtype) -> None:
+    size = torch.empty(0, dtype=dtype).element_size()
+    print(f"{str(dtype).removeprefix('torch.')}, one row; GB/s = weight bytes / best pass time\n")
     kernels = None
     floor_s = read_s = total_bytes = 0.0
     for out_f, in_f, count in DEFAULT_SHAPES:
-        nbytes = out_f * in_f * 4 * count
-        seconds = measure_shape(out_f, in_f, count, passes)
+        nbytes = out_f * in_f * size * count
+        seconds = measure_shape(out_f, in_f, count, passes, 1, dtype)
         if kernels is None:
             kernels = list(seconds)
             print("| shape (out x in) x matrices | MB | " + " | ".join(kernels) + " |")
@@ -67,13 +79,13 @@ def one_row_table(passes: int) -> None:
           f"reading the same bytes: {read_s * 1e3:.1f} ms ({total_bytes / read_s / 1e9:.1f} GB/s, {1 / read_s:.1f} tok/s)")
 
 
-def batch_table(rows: int, passes: int) -> None:
-    print(f"\nfp32, {rows} rows; GFLOP/s = 2 x rows x out x in x matrices / best pass time\n")
+def batch_table(rows: int, passes: int, dtype: torch.dtype) -> None:
+    print(f"\n{str(dtype).removeprefix('torch.')}, {rows} rows; GFLOP/s = 2 x rows x out x in x matrices / best pass time\n")
     kernels = None
     totals: dict[str, float] = {}
     for out_f, in_f, count in DEFAULT_SHAPES:
         flops = 2 * rows * out_f * in_f * count
-        seconds = measure_shape(out_f, in_f, count, passes, rows)
+        seconds = measure_shape(out_f, in_f, count, passes, rows, dtype)
         if kernels is None:
             kernels = list(seconds)
             print("| shape (out x in) x matrices | " + " | ".join(kernels) + " |")
@@ -90,16 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--passes", type=int, default=5)
     p.add_argument("--rows", type=int, action="append", help="row counts (repeatable; default 1 and 32)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = p.parse_args(argv)
+    dtype = getattr(torch, args.dtype)
     torch.set_num_threads(args.threads)
     print(f"{args.threads} torch threads; kernel: "
           + (f"on (SIMD level {kernel.library().linear_simd_level()})" if kernel.available() else "unavailable"))
     with torch.inference_mode():
         for rows in args.rows or [1, 32]:
             if rows == 1:
-                one_row_table(args.passes)
+                one_row_table(args.passes, dtype)
             else:
-                batch_table(rows, args.passes)
+                batch_table(rows, args.passes, dtype)
     return 0
 
 

@@ -28,6 +28,12 @@
 
 #define NR 8  /* W rows per tile */
 #define MR 3  /* x rows per tile */
+#ifndef PF_AHEAD
+#define PF_AHEAD 1
+#endif
+#ifndef PF_MIN_ROWS
+#define PF_MIN_ROWS 1
+#endif
 
 /* 0: scalar C, 1: AVX-512 (bf16 widened), 2: AVX-512 with bf16 dot products. */
 int linear_simd_level(void) {
@@ -238,7 +244,8 @@ static void tiles_##S(long m_all, const T *x, long k_all, const T *w, const T *b
         const T *wt = w + t * NR * k_all;                                                                      \
         /* the next tile is this thread's next one, or nothing past its chunk */                               \
         column_##S(NR, m_all, x, k_all, wt, bias ? bias + t * NR : NULL, y + t * NR, n_all,                    \
-                   (const char *)(wt + NR * k_all), t + 1 < t1 ? lines : 0);                                   \
+                   (const char *)(wt + PF_AHEAD * NR * k_all),                                                 \
+                   t + PF_AHEAD < t1 && m_all >= PF_MIN_ROWS ? lines : 0);                                     \
     }                                                                                                          \
 }                                                                                                              \
                                                                                                                \
