@@ -37,6 +37,7 @@ class AttentionMetadata:
     decode_mask: torch.Tensor | None = None  # (B, 1, 1, max_blocks * block_size) bool; None for one sequence
     decode_context_len: int = 0  # the longest decode context (one sequence: its own, no mask needed)
     decode_context_lens: torch.Tensor | None = None  # (B,) int64: each decode's context, new token included
+    kernel_step: kernels.DecodeStep | None = None  # the decode tables packed for the C kernel by the first layer
 
     @property
     def num_decodes(self) -> int:
@@ -66,6 +67,7 @@ class Attention(nn.Module):
         self.rotary = rotary
         self.scale = head_dim ** -0.5
         self.kv_cache: torch.Tensor | None = None
+        self._kernel_layer: kernels.DecodeLayer | None = None  # this layer's arguments packed for the C kernel
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata | None) -> torch.Tensor:
         return self.o_proj(self.attend(self.qkv_proj(x), positions, meta))
@@ -81,17 +83,26 @@ class Attention(nn.Module):
     def _decode_path(self, num_decodes: int) -> str:
         return self.decode_paths[1 if num_decodes == 1 else 2] if self.decode_paths else "sdpa"
 
+    def _kernel_args(self, meta: AttentionMetadata, positions: torch.Tensor | None = None
+                     ) -> tuple[kernels.DecodeLayer, kernels.DecodeStep]:
+        """The C kernel's packed arguments: this layer's (rebuilt when its cache or RoPE tables are replaced)
+        and the step's (built by its first layer, reused by the others)."""
+        layer, r = self._kernel_layer, self.rotary
+        if layer is None or not layer.holds(self.kv_cache, r.cos_cache, r.sin_cache):
+            layer = self._kernel_layer = kernels.DecodeLayer(self.kv_cache, self.num_heads, self.scale, r.cos_cache,
+                                                             r.sin_cache, r.rotary_dim, r.interleaved)
+        step = meta.kernel_step
+        if step is None or step.positions is not positions:
+            step = meta.kernel_step = kernels.DecodeStep(meta.decode_block_tables, meta.decode_context_lens, positions,
+                                                         None if positions is None else meta.slot_mapping)
+        return layer, step
+
     def attend(self, qkv: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata | None) -> torch.Tensor:
         """From the qkv projection's output (..., T, q_size + 2 kv_size) to o_proj's input (..., T, q_size)."""
         if meta is not None and not meta.prefills and meta.num_decodes \
                 and self._decode_path(meta.num_decodes) == "kernel":
             # a pure decode step: RoPE, the cache write and attention in one C call (~25 torch ops otherwise)
-            rotary = self.rotary
-            out = torch.empty(qkv.shape[0], self.q_size, dtype=qkv.dtype)
-            return kernels.fused_decode(qkv, positions, rotary.cos_cache, rotary.sin_cache, rotary.rotary_dim,
-                                        rotary.interleaved, meta.slot_mapping, self.kv_cache,
-                                        meta.decode_block_tables, meta.decode_context_lens, self.num_heads,
-                                        self.scale, out)
+            return kernels.fused(*self._kernel_args(meta, positions), qkv)
         h, kvh, d = self.num_heads, self.num_kv_heads, self.head_dim
         v = qkv[..., self.q_size + self.kv_size:].unflatten(-1, (kvh, d))
         if self.q_norm is None and hasattr(self.rotary, "rotate"):
@@ -150,8 +161,7 @@ class Attention(nn.Module):
         b = bt.shape[0]
         path = self._decode_path(b)
         if path == "kernel":  # q rotated and the new K/V cached already (a step with prefills too)
-            return kernels.decode_attention(q, cache, bt, meta.decode_context_lens, self.scale,
-                                            torch.empty(q.shape, dtype=q.dtype))
+            return kernels.attend(*self._kernel_args(meta), q)
         kd, vd = gather_blocks(cache, bt.flatten())
         kd = kd.view(b, -1, self.num_kv_heads, self.head_dim)
         vd = vd.view(b, -1, self.num_kv_heads, self.head_dim)

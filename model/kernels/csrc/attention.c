@@ -312,10 +312,10 @@ static inline float load_at(const void *p, int64_t i, int is_bf16) {
     return is_bf16 ? bf16_to_f32(((const bf16 *)p)[i]) : ((const float *)p)[i];
 }
 
-int glm_decode_attention(const void *q, int64_t q_row_stride, const void *cache, int64_t num_blocks,
-                         int64_t block_size, const int64_t *block_tables, int64_t max_blocks,
-                         const void *context_lens, int lens_int32, int64_t batch, int64_t heads, int64_t kv_heads,
-                         int64_t head_dim, float scale, void *out, int is_bf16, int nt) {
+static int decode_attention(const void *q, int64_t q_row_stride, const void *cache, int64_t num_blocks,
+                            int64_t block_size, const int64_t *block_tables, int64_t max_blocks,
+                            const void *context_lens, int lens_int32, int64_t batch, int64_t heads,
+                            int64_t kv_heads, int64_t head_dim, float scale, void *out, int is_bf16, int nt) {
     int rc = check_tables(block_tables, max_blocks, context_lens, lens_int32, num_blocks, block_size, batch);
     if (rc) return rc;
     const int64_t g = heads / kv_heads, d = head_dim, half = num_blocks * block_size * kv_heads * d;
@@ -358,11 +358,11 @@ static inline void rotate_head(float *x, const float *cs, const float *sn, int64
     }
 }
 
-int glm_fused_decode(const void *qkv, const int64_t *positions, const float *cos_table, const float *sin_table,
-                     int64_t num_positions, int64_t rotary_dim, int interleaved, const int64_t *slot_mapping,
-                     void *cache, int64_t num_blocks, int64_t block_size, const int64_t *block_tables,
-                     int64_t max_blocks, const void *context_lens, int lens_int32, int64_t batch, int64_t heads,
-                     int64_t kv_heads, int64_t head_dim, float scale, void *out, int is_bf16, int nt) {
+static int fused_decode(const void *qkv, const int64_t *positions, const float *cos_table, const float *sin_table,
+                        int64_t num_positions, int64_t rotary_dim, int interleaved, const int64_t *slot_mapping,
+                        void *cache, int64_t num_blocks, int64_t block_size, const int64_t *block_tables,
+                        int64_t max_blocks, const void *context_lens, int lens_int32, int64_t batch, int64_t heads,
+                        int64_t kv_heads, int64_t head_dim, float scale, void *out, int is_bf16, int nt) {
     int rc = check_tables(block_tables, max_blocks, context_lens, lens_int32, num_blocks, block_size, batch);
     if (rc) return rc;
     for (int64_t b = 0; b < batch; b++) {
@@ -420,4 +420,39 @@ int glm_fused_decode(const void *qkv, const int64_t *positions, const float *cos
         free(scratch);
     }
     return alloc_failed ? -5 : 0;
+}
+
+/* ---- entry points --------------------------------------------------------------------------------- */
+
+/* A layer's fixed arguments and a step's decode tables, each filled once (a layer's when its cache is set,
+   a step's by its first layer) by the Python side, so a call passes four pointers: ctypes converting two
+   dozen arguments cost more than the kernel's own work at one short sequence. */
+typedef struct {
+    void *cache;
+    const float *cos, *sin;  /* RoPE tables (num_positions, rotary_dim / 2); unused by glm_decode_attention */
+    int64_t num_blocks, block_size, heads, kv_heads, head_dim, num_positions, rotary_dim;
+    float scale;
+    int32_t interleaved, is_bf16;
+} GlmLayer;
+
+typedef struct {
+    const int64_t *positions, *slot_mapping;  /* (batch,); unused by glm_decode_attention */
+    const int64_t *block_tables;              /* (batch, max_blocks) */
+    const void *context_lens;                 /* (batch,) int32 or int64 */
+    int64_t batch, max_blocks;
+    int32_t lens_int32;
+} GlmStep;
+
+int glm_decode_attention(const GlmLayer *l, const GlmStep *s, const void *q, int64_t q_row_stride, void *out,
+                         int nt) {
+    return decode_attention(q, q_row_stride, l->cache, l->num_blocks, l->block_size, s->block_tables, s->max_blocks,
+                            s->context_lens, s->lens_int32, s->batch, l->heads, l->kv_heads, l->head_dim, l->scale,
+                            out, l->is_bf16, nt);
+}
+
+int glm_fused_decode(const GlmLayer *l, const GlmStep *s, const void *qkv, void *out, int nt) {
+    return fused_decode(qkv, s->positions, l->cos, l->sin, l->num_positions, l->rotary_dim, l->interleaved,
+                        s->slot_mapping, l->cache, l->num_blocks, l->block_size, s->block_tables, s->max_blocks,
+                        s->context_lens, s->lens_int32, s->batch, l->heads, l->kv_heads, l->head_dim, l->scale, out,
+                        l->is_bf16, nt);
 }
