@@ -350,3 +350,12 @@ def test_int8_linears_on_their_fp32_kernel_keep_the_fp32_mlp(pw) -> None:
         assert mlp(x).dtype == torch.bfloat16
         mlp.gate_up_proj.cpu_kernel = True
         assert mlp(x).dtype == torch.float32
+
+
+def test_enforce_eager_keeps_pytorch_modules(pw, tiny_llama_dir: str) -> None:
+    from model import EngineConfig, LLMEngine
+
+    engine = LLMEngine.from_model(tiny_llama_dir, EngineConfig(max_num_seqs=2, kv_cache_memory=4 << 20,
+                                                               enforce_eager=True))
+    kinds = {type(m) for m in engine.runner.model.modules()}
+    assert pw.KernelRMSNorm not in kinds and pw.KernelGatedMLP not in kinds
