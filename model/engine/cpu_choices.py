@@ -212,23 +212,28 @@ def choose_decode_attention(num_heads: int, num_kv_heads: int, head_dim: int, dt
 
 
 @torch.inference_mode()
-def choose_int8_kernel(model: nn.Module, batch_rows: int, timer: Timer = one_call) -> list[Choice]:
-    """Per int8 weight shape, PyTorch's bf16 kernel or the C kernel with fp32 activations
+def choose_quant_kernels(model: nn.Module, batch_rows: int, timer: Timer = one_call) -> list[Choice]:
+    """Per int8 / int4 weight shape, PyTorch's bf16 kernel or the C kernel with fp32 activations
     (model/kernels/qlinear.py), timed at 1 row and at a full decode batch on the model's own layers (as many
-    as fit TIMING_BYTES, so weights stream from memory as in a step). fp32 models only: the C kernel takes
-    fp32 activations. Sets Int8Linear.cpu_kernel on every module of a shape that chose it."""
+    as fit TIMING_BYTES, so weights stream from memory as in a step). For fp32 models: the C kernels take
+    fp32 activations. Sets `cpu_kernel` on every module of a shape that chose the kernel."""
     from model.kernels import qlinear
-    from model.quant.modules import Int8Linear
+    from model.quant.modules import Int4Linear, Int8Linear
 
     if not qlinear.available():
         return []
-    groups: dict[tuple[int, int], list[Int8Linear]] = {}
+    groups: dict[tuple[str, int, int], list[nn.Module]] = {}
     for module in model.modules():
         if type(module) is Int8Linear and module.weight.device.type == "cpu":
-            groups.setdefault((module.in_features, module.out_features), []).append(module)
+            groups.setdefault(("int8", module.in_features, module.out_features), []).append(module)
+        elif (type(module) is Int4Linear and module.packed.device.type == "cpu"
+              and qlinear.int4_supported(module.out_features, module.in_features, module.group_size)):
+            groups.setdefault((f"int4 g{module.group_size}", module.in_features, module.out_features),
+                              []).append(module)
     choices = []
-    for (fan_in, fan_out), members in groups.items():
-        timed = members[: max(1, min(len(members), TIMING_BYTES // max(1, members[0].weight.numel())))]
+    for (kind, fan_in, fan_out), members in groups.items():
+        per_module = fan_in * fan_out // (1 if kind == "int8" else 2)
+        timed = members[: max(1, min(len(members), TIMING_BYTES // max(1, per_module)))]
 
         def run_all(kernel: bool) -> Callable[[int], Callable[[], object]]:
             def make(rows: int) -> Callable[[], object]:
@@ -241,8 +246,8 @@ def choose_int8_kernel(model: nn.Module, batch_rows: int, timer: Timer = one_cal
                 return work
             return make
 
-        choice = pick(f"int8 linear {fan_in}->{fan_out} x{len(members)}", {"torch": run_all(False),
-                                                                            "kernel": run_all(True)},
+        choice = pick(f"{kind} linear {fan_in}->{fan_out} x{len(members)}", {"torch": run_all(False),
+                                                                              "kernel": run_all(True)},
                       sorted({1, batch_rows}), timer)
         for m in members:
             m.cpu_kernel = choice.chosen == "kernel"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from model.config import EngineConfig, ModelConfig
-from model.engine.cpu_choices import choose_decode_attention, choose_int8_kernel, choose_linear_packing, pick
+from model.engine.cpu_choices import choose_decode_attention, choose_linear_packing, choose_quant_kernels, pick
 from model.engine.cpu_packing import mkldnn_available
 from model.engine.pooling import Pooler, PoolingChunk
 from model.engine.scheduler import ScheduledSeq
@@ -103,8 +103,8 @@ class ModelRunner:
         start = time.perf_counter()
         batch_rows = min(self.engine_config.max_num_seqs, 32)
         choices = choose_linear_packing(self.model, batch_rows)
-        if self.dtype is torch.float32:  # int8 weights (--quantization int8, a GGUF's Q8_0): PyTorch's or C's kernel
-            choose_int8_kernel(self.model, batch_rows)
+        if self.dtype is torch.float32:  # int8/int4 weights: PyTorch's bf16 kernels or the C ones (fp32 activations)
+            choose_quant_kernels(self.model, batch_rows)
         layers = [layer.attn for layer in self.model.layers if type(layer.attn) is Attention]
         if layers:
             a = layers[0]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model.kernels.qlinear import int8_linear
+from model.kernels.qlinear import int4_linear, int8_linear
 from model.quant.kernels import (CPU_PACK_BLOCK_N, COMPUTE_DTYPE, gather_int4_rows, int4_mm, int4_rows_gatherable,
                                  int8_mm)
 
@@ -98,6 +98,8 @@ class Int8Linear(_QuantLinear):
 class Int4Linear(_QuantLinear):
     """y = x W^T + b with W int4 in groups of `group_size` along the input, a bf16 scale and zero per group."""
 
+    cpu_kernel = False  # as Int8Linear's: the C kernel (model/kernels/qlinear.py) where the runner chose it
+
     def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int, in_features: int,
                  out_features: int, bias: torch.Tensor | None = None) -> None:
         super().__init__(in_features, out_features, bias)
@@ -107,6 +109,12 @@ class Int4Linear(_QuantLinear):
 
     def _mm(self, x: torch.Tensor) -> torch.Tensor:
         return int4_mm(x, self.packed, self.group_size, self.scales_and_zeros)
+
+    def _kernel(self, x2: torch.Tensor) -> torch.Tensor:
+        if self.cpu_kernel and x2.dtype is torch.float32:
+            return int4_linear(x2.contiguous(), self.packed, self.group_size, self.scales_and_zeros,
+                               self.out_features)
+        return super()._kernel(x2)
 
     def grad_input(self, grad_out: torch.Tensor) -> torch.Tensor:
         if self.out_features % CPU_PACK_BLOCK_N == 0 and int4_rows_gatherable(self.packed.device.type):

@@ -1,7 +1,7 @@
-"""The int8 weight-only C kernel (model/kernels/qlinear.py) against the matmul of its dequantized weight,
-computed on this machine; its batch invariance (a row's result whatever the batch, the threads); Int8Linear
-using it; the start-up choice on given timings; and an int8 engine on the kernel: batch-invariant greedy
-output and the same tokens as the engine on PyTorch's int8 kernel."""
+"""The int8 and int4 weight-only C kernels (model/kernels/qlinear.py) against the matmul of their dequantized
+weights, computed on this machine; their batch invariance (a row's result whatever the batch, the threads);
+Int8Linear / Int4Linear using them; the start-up choice on given timings; and a quantized engine on the
+kernels: batch-invariant greedy output and the same tokens as the engine on PyTorch's kernels."""
 from __future__ import annotations
 
 import random
@@ -67,6 +67,51 @@ def test_a_row_gets_the_same_bits_alone_or_in_any_batch(ql, threads: int) -> Non
     assert torch.equal(batched, split)
 
 
+def _int4_case(m: int, k: int, n: int, g: int, seed: int = 0):
+    from model.quant.kernels import pack_int4
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=gen)
+    q = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=gen)
+    sz = (torch.randn(k // g, n, 2, generator=gen) * 0.05).to(torch.bfloat16)
+    w = (q.double() - 8) * sz[..., 0].double().t().repeat_interleave(g, 1) + sz[..., 1].double().t().repeat_interleave(g, 1)
+    return x, pack_int4(q, torch.device("cpu")), sz, w
+
+
+@pytest.mark.parametrize("m", [1, 3, 4, 5, 32, 67])
+@pytest.mark.parametrize("k,n,g", [(64, 64, 32), (576, 960, 32), (1536, 576, 32), (1024, 128, 128), (2112, 192, 64)])
+def test_int4_kernel_equals_the_dequantized_matmul(ql, m: int, k: int, n: int, g: int) -> None:
+    x, packed, sz, w = _int4_case(m, k, n, g)
+    assert ql.int4_supported(n, k, g)
+    y = ql.int4_linear(x, packed, g, sz, n)
+    xb = x.to(torch.bfloat16).double()
+    ref = xb @ w.t()
+    # fp32 sums; the 128 + q codes make each group's dot ~(136 / 8) x larger than the term it stands for
+    bound = (xb.abs() @ (w.abs() + 136 * sz[..., 0].double().abs().t().repeat_interleave(g, 1)).t()) * (k * 2 ** -23) + 1e-5
+    assert ((y.double() - ref).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_int4_rows_get_the_same_bits_alone_or_in_any_batch(ql, threads: int) -> None:
+    x, packed, sz, _ = _int4_case(23, 576, 192, 32, seed=4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        batched = ql.int4_linear(x, packed, 32, sz, 192)
+        alone = torch.cat([ql.int4_linear(x[i:i + 1].contiguous(), packed, 32, sz, 192) for i in range(23)])
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(batched, alone)
+
+
+def test_int4_shapes_outside_the_kernel_are_named(ql) -> None:
+    assert not ql.int4_supported(48, 64, 32)  # not whole 64-row blocks
+    assert not ql.int4_supported(64, 64, 16)
+    x, packed, sz, _ = _int4_case(2, 64, 64, 32)
+    with pytest.raises(ValueError, match="packed"):
+        ql.int4_linear(x, packed, 32, sz, 128)
+
+
 def test_bad_arguments_are_refused(ql) -> None:
     x, w, scales = _case(2, 32, 8)
     with pytest.raises(ValueError, match="fp32 x"):
@@ -75,6 +120,19 @@ def test_bad_arguments_are_refused(ql) -> None:
         ql.int8_linear(x.t().contiguous().t(), w, scales)
     with pytest.raises(ValueError, match="weight"):
         ql.int8_linear(x, w[:, :16].contiguous(), scales)
+
+
+def test_int4_linear_module_uses_the_kernel_only_when_chosen(ql) -> None:
+    from model.quant.modules import Int4Linear
+
+    x, packed, sz, _ = _int4_case(3, 128, 64, 32, seed=6)
+    module = Int4Linear(packed, sz, 32, 128, 64)
+    with torch.inference_mode():
+        torch_path = module(x)
+        module.cpu_kernel = True
+        kernel_path = module(x)
+    assert torch.equal(kernel_path, ql.int4_linear(x, packed, 32, sz, 64))
+    torch.testing.assert_close(kernel_path, torch_path, rtol=2e-2, atol=5e-2)  # torch's output is bf16-rounded
 
 
 def test_int8_linear_module_uses_the_kernel_only_when_chosen(ql) -> None:
@@ -94,19 +152,22 @@ def test_int8_linear_module_uses_the_kernel_only_when_chosen(ql) -> None:
 
 
 def test_the_choice_follows_the_timings(ql) -> None:
-    from model.engine.cpu_choices import choose_int8_kernel
-    from model.quant.modules import Int8Linear
+    from model.engine.cpu_choices import choose_quant_kernels
+    from model.quant.modules import Int4Linear, Int8Linear
 
+    _, packed, sz, _ = _int4_case(1, 64, 64, 32)
+    _, narrow, narrow_sz, _ = _int4_case(1, 64, 48, 32)
     model = torch.nn.Sequential(Int8Linear(*_case(1, 64, 32)[1:]), Int8Linear(*_case(1, 64, 32)[1:]),
-                                Int8Linear(*_case(1, 32, 16)[1:]))
+                                Int8Linear(*_case(1, 32, 16)[1:]), Int4Linear(packed, sz, 32, 64, 64),
+                                Int4Linear(narrow, narrow_sz, 32, 64, 48))  # 48 rows: not the kernel's
 
     def timer(fast: str):
         return lambda label, work: (work(), 1.0 if f"/{fast}/" in label else 2.0)[1]
 
-    choices = choose_int8_kernel(model, 8, timer=timer("kernel"))
-    assert [c.chosen for c in choices] == ["kernel", "kernel"]
-    assert all(m.cpu_kernel for m in model)
-    choose_int8_kernel(model, 8, timer=timer("torch"))
+    choices = choose_quant_kernels(model, 8, timer=timer("kernel"))
+    assert [c.chosen for c in choices] == ["kernel", "kernel", "kernel"]
+    assert [m.cpu_kernel for m in model] == [True, True, True, True, False]
+    choose_quant_kernels(model, 8, timer=timer("torch"))
     assert not any(m.cpu_kernel for m in model)
 
 
@@ -115,28 +176,35 @@ def _prompts(count: int, seed: int) -> list[list[int]]:
     return [[rng.randrange(3, 49152) for _ in range(rng.randint(40, 90))] for _ in range(count)]
 
 
-def _force(engine, on: bool) -> None:
-    from model.quant.modules import Int8Linear
+def _force(engine, on: bool) -> int:
+    from model.kernels.qlinear import int4_supported
+    from model.quant.modules import Int4Linear, Int8Linear
 
+    forced = 0
     for module in engine.runner.model.modules():
-        if isinstance(module, Int8Linear):
+        if type(module) is Int8Linear or (type(module) is Int4Linear and int4_supported(
+                module.out_features, module.in_features, module.group_size)):
             module.cpu_kernel = on
+            forced += 1
+    return forced
 
 
-def test_int8_engine_on_the_kernel_is_batch_invariant_and_agrees_with_torch(ql, tiny_llama_dir: str) -> None:
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_quantized_engine_on_the_kernels_is_batch_invariant_and_agrees_with_torch(ql, tiny_llama_dir: str,
+                                                                                   method: str) -> None:
     from model import EngineConfig, LLMEngine, SamplingParams
     from model.engine.model_runner import kv_bytes_per_block
 
     params = SamplingParams(temperature=0, max_tokens=24, min_tokens=24)
     target, *others = _prompts(5, seed=11)
-    alone = LLMEngine.from_model(tiny_llama_dir, EngineConfig(quantization="int8", kv_cache_memory=32 << 20))
-    _force(alone, True)
+    alone = LLMEngine.from_model(tiny_llama_dir, EngineConfig(quantization=method, kv_cache_memory=32 << 20))
+    assert _force(alone, True) > 0
     expected = alone.generate([target], params)[0][0].token_ids
     _force(alone, False)
-    assert alone.generate([target], params)[0][0].token_ids == expected  # PyTorch's bf16 kernel: same tokens
+    assert alone.generate([target], params)[0][0].token_ids == expected  # PyTorch's bf16 kernels: same tokens
 
     block = kv_bytes_per_block(alone.model_config, 16, torch.float32)
-    mixed = LLMEngine.from_model(tiny_llama_dir, EngineConfig(quantization="int8", max_num_batched_tokens=32,
+    mixed = LLMEngine.from_model(tiny_llama_dir, EngineConfig(quantization=method, max_num_batched_tokens=32,
                                                               max_num_seqs=5, kv_cache_memory=14 * block))
     _force(mixed, True)
     outs = mixed.generate(others[:2] + [target] + others[2:], params)

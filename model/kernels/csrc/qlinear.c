@@ -17,7 +17,7 @@
 
 #define NR 4      // W rows per tile
 #define MR 6      // x rows per tile
-#define KC 2048   // K per chunk: a 4 x KC bf16 tile is 16 KB
+#define KC 2048   // K per chunk: a 4 x KC bf16 tile is 16 KB, half of a Zen 4 L1d
 
 static inline float bf16_to_f32(uint16_t v) {
     uint32_t bits = (uint32_t)v << 16;
@@ -147,6 +147,160 @@ void int8_linear_f32(const float *x, int64_t M, int64_t K, const int8_t *w, int6
     }
     free(xb);
 }
+
+// ---- int4, in PyTorch's CPU-packed layout (model/quant/kernels.py pack_int4, gather_int4_rows) ----
+// packed (N / 64, K, 32) bytes: byte [b, k, j] holds q[b*64 + j, k] in its low nibble and q[b*64 + 32 + j, k]
+// in its high one; sz (K / g, N, 2) bf16: W[n, k] = (q - 8) * sz[k / g, n, 0] + sz[k / g, n, 1].
+// y = sum over groups of scale * (x_bf16 . (128 + q)) + (zero - 136 scale) * sum(x_bf16): 128 + q is exact in
+// bf16 and made with one OR, so the dot products are vdpbf16ps on exact values (fp32 sums), and scale and zero are
+// applied in fp32 once a group (PyTorch's kernel takes the same bf16 x). A task is one 64-row block: its codes for a K chunk are widened
+// once into buffers of (k, k+1) pairs per row, then each 32-row half is used against every row of x, 4 at a
+// time. Batch-invariant like the int8 kernel: the same steps per element whatever the batch.
+
+#define Q4_MR 2      // x rows per tile (x 64 outputs: 16 accumulators)
+#define Q4_KC 128    // K per chunk: 64 pairs x 64 rows x 4 bytes = 16 KB of buffers, half of a Zen 4 L1d
+
+// codes of 64-row block b, k in [k0, k0 + kn) (kn even), as bf16 (k, k+1) pairs, one buffer per nibble half:
+// lo[p * 32 + j] = (q'[j, k0 + 2p], q'[j, k0 + 2p + 1]) as one 32-bit word, hi[...] the same for row 32 + j.
+// Both halves from one read of the bytes (one task per block: a task per half read every byte twice)
+static void q4_widen(const uint8_t *packed, int64_t K, int64_t b, int64_t k0, int64_t kn, uint32_t *lo,
+                     uint32_t *hi) {
+    // q in 0..15 as the bf16 of 128 + q is 0x4300 | q (exponent 2^7, q in the low mantissa bits): one OR, no
+    // table; the 128 + 8 offset is taken off through the zero term (q4_tile)
+    const __m512i nib = _mm512_set1_epi32(0x000F000F), bias = _mm512_set1_epi32(0x43004300);
+    const uint8_t *base = packed + b * K * 32;
+    for (int64_t p = 0; p < kn / 2; p++) {
+        const uint8_t *r0 = base + (k0 + 2 * p) * 32, *r1 = r0 + 32;
+        for (int h = 0; h < 2; h++) {  // rows j = 16h .. 16h + 15 of each half
+            __m512i a = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(r0 + 16 * h)));
+            __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(r1 + 16 * h)));
+            __m512i pair = _mm512_or_si512(a, _mm512_slli_epi32(c, 16));  // byte k | byte k+1 << 16
+            _mm512_storeu_si512(lo + p * 32 + 16 * h, _mm512_or_si512(_mm512_and_si512(pair, nib), bias));
+            _mm512_storeu_si512(hi + p * 32 + 16 * h,
+                                _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(pair, 4), nib), bias));
+        }
+    }
+}
+
+// scale and zero of 16 rows of one group, from sz's (scale, zero) bf16 pairs as fp32, the zero less 136 scales:
+// the buffers hold 128 + q, so W = (q - 8) s + z = (128 + q) s + (z - 136 s)
+static inline void q4_scale_zero(const uint16_t *sz, __m512 *scale, __m512 *zero) {
+    __m512i v = _mm512_loadu_si512(sz);  // 16 x (scale | zero << 16)
+    *scale = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+    *zero = _mm512_fnmadd_ps(_mm512_set1_ps(136.f), *scale,
+                             _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xFFFF0000u))));
+}
+
+// per x row r: c (4 vectors: the block's 64 outputs) and a (this group's dot products); all 64 rows at once so
+// one row of x still has 4 independent dot-product chains (32 rows left a single row latency-bound)
+#define Q4_ROW_DECL(r) __m512 c##r##0, c##r##1, c##r##2, c##r##3;
+#define Q4_ROW_LOAD(r)                                                             \
+    if (mr > r) {                                                                  \
+        c##r##0 = first ? _mm512_setzero_ps() : _mm512_loadu_ps(y + r * N);       \
+        c##r##1 = first ? _mm512_setzero_ps() : _mm512_loadu_ps(y + r * N + 16);  \
+        c##r##2 = first ? _mm512_setzero_ps() : _mm512_loadu_ps(y + r * N + 32);  \
+        c##r##3 = first ? _mm512_setzero_ps() : _mm512_loadu_ps(y + r * N + 48);  \
+    }
+#define Q4_ROW_ZERO(r) __m512 a##r##0 = _mm512_setzero_ps(), a##r##1 = a##r##0, a##r##2 = a##r##0, a##r##3 = a##r##0;
+#define Q4_ROW_DOT(r)                                                              \
+    if (mr > r) {                                                                  \
+        __m512bh xp = (__m512bh)_mm512_set1_epi32(*(const int32_t *)(x + r * ldx + 2 * p)); \
+        a##r##0 = _mm512_dpbf16_ps(a##r##0, xp, w0);                               \
+        a##r##1 = _mm512_dpbf16_ps(a##r##1, xp, w1);                               \
+        a##r##2 = _mm512_dpbf16_ps(a##r##2, xp, w2);                               \
+        a##r##3 = _mm512_dpbf16_ps(a##r##3, xp, w3);                               \
+    }
+#define Q4_ROW_GROUP(r)                                                            \
+    if (mr > r) {                                                                  \
+        __m512 xs = _mm512_set1_ps(xsum[r * ngroups + gi]);                        \
+        c##r##0 = _mm512_fmadd_ps(z0, xs, _mm512_fmadd_ps(a##r##0, s0, c##r##0));  \
+        c##r##1 = _mm512_fmadd_ps(z1, xs, _mm512_fmadd_ps(a##r##1, s1, c##r##1));  \
+        c##r##2 = _mm512_fmadd_ps(z2, xs, _mm512_fmadd_ps(a##r##2, s2, c##r##2));  \
+        c##r##3 = _mm512_fmadd_ps(z3, xs, _mm512_fmadd_ps(a##r##3, s3, c##r##3));  \
+    }
+#define Q4_ROW_STORE(r)                                                            \
+    if (mr > r) {                                                                  \
+        _mm512_storeu_ps(y + r * N, c##r##0);                                      \
+        _mm512_storeu_ps(y + r * N + 16, c##r##1);                                 \
+        _mm512_storeu_ps(y + r * N + 32, c##r##2);                                 \
+        _mm512_storeu_ps(y + r * N + 48, c##r##3);                                 \
+    }
+
+// mr (<= Q4_MR) rows of x (bf16, stride ldx, from the chunk's first k) against one block's buffers for
+// k0..k0+kn; y points at (row 0, the block's first column); groups gi0.. of size g
+static inline __attribute__((always_inline)) void q4_tile(const uint16_t *x, int64_t ldx, const float *xsum,
+        int64_t ngroups, const uint32_t *lo, const uint32_t *hi, const uint16_t *sz, int64_t N, int64_t n0,
+        int64_t kn, int64_t g, int64_t gi0, int first, int mr, float *y) {
+    Q4_ROW_DECL(0) Q4_ROW_DECL(1)
+    Q4_ROW_LOAD(0) Q4_ROW_LOAD(1)
+    for (int64_t gk = 0; gk < kn; gk += g) {
+        int64_t gi = gi0 + gk / g;
+        Q4_ROW_ZERO(0) Q4_ROW_ZERO(1)
+        for (int64_t p = gk / 2; p < (gk + g) / 2; p++) {
+            __m512bh w0 = (__m512bh)_mm512_loadu_si512(lo + p * 32);
+            __m512bh w1 = (__m512bh)_mm512_loadu_si512(lo + p * 32 + 16);
+            __m512bh w2 = (__m512bh)_mm512_loadu_si512(hi + p * 32);
+            __m512bh w3 = (__m512bh)_mm512_loadu_si512(hi + p * 32 + 16);
+            Q4_ROW_DOT(0) Q4_ROW_DOT(1)
+        }
+        __m512 s0, z0, s1, z1, s2, z2, s3, z3;
+        const uint16_t *szg = sz + (gi * N + n0) * 2;
+        q4_scale_zero(szg, &s0, &z0);
+        q4_scale_zero(szg + 32, &s1, &z1);
+        q4_scale_zero(szg + 64, &s2, &z2);
+        q4_scale_zero(szg + 96, &s3, &z3);
+        Q4_ROW_GROUP(0) Q4_ROW_GROUP(1)
+    }
+    Q4_ROW_STORE(0) Q4_ROW_STORE(1)
+}
+
+// x (M, K) fp32 -> bf16 (M, K) (K even) and the fp32 sum of each group of the rounded values, in k order
+static void q4_prepare_x(const float *x, int64_t M, int64_t K, int64_t g, uint16_t *xb, float *xsum) {
+    for (int64_t r = 0; r < M; r++)
+        for (int64_t gi = 0; gi < K / g; gi++) {
+            float s = 0.f;
+            for (int64_t k = gi * g; k < (gi + 1) * g; k++) {
+                uint32_t bits;
+                memcpy(&bits, x + r * K + k, 4);
+                bits += 0x7FFF + ((bits >> 16) & 1);  // round to nearest even, as torch's .to(bfloat16)
+                xb[r * K + k] = (uint16_t)(bits >> 16);
+                s += bf16_to_f32(xb[r * K + k]);
+            }
+            xsum[r * (K / g) + gi] = s;
+        }
+}
+
+// returns 0, or -1 when the shape is not one this kernel takes (N % 64, K % g, g % 32, K % 2)
+int int4_linear_f32(const float *x, int64_t M, int64_t K, const uint8_t *packed, int64_t N, int64_t g,
+                    const uint16_t *sz, float *y, int nt) {
+    if (N % 64 || g % 32 || K % g || Q4_KC % g) return -1;
+    uint16_t *xb = malloc((size_t)(M * K) * 2 + 64);
+    float *xsum = malloc((size_t)(M * (K / g)) * 4 + 64);
+    if (!xb || !xsum) { free(xb); free(xsum); return -1; }
+    q4_prepare_x(x, M, K, g, xb, xsum);
+    int64_t nblocks = N / 64, ngroups = K / g;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int64_t b = 0; b < nblocks; b++) {
+        uint32_t bufs[2][Q4_KC / 2 * 32] __attribute__((aligned(64)));
+        for (int64_t k0 = 0; k0 < K; k0 += Q4_KC) {
+            int64_t kn = K - k0 < Q4_KC ? K - k0 : Q4_KC;
+            q4_widen(packed, K, b, k0, kn, bufs[0], bufs[1]);
+            int64_t n0 = b * 64;
+            for (int64_t m0 = 0; m0 < M; m0 += Q4_MR) {
+                const uint16_t *xr = xb + m0 * K + k0;
+                const float *xs = xsum + m0 * ngroups;
+                float *yr = y + m0 * N + n0;
+                if (M - m0 >= 2)
+                    q4_tile(xr, K, xs, ngroups, bufs[0], bufs[1], sz, N, n0, kn, g, k0 / g, k0 == 0, 2, yr);
+                else
+                    q4_tile(xr, K, xs, ngroups, bufs[0], bufs[1], sz, N, n0, kn, g, k0 / g, k0 == 0, 1, yr);
+            }
+        }
+    }
+    free(xb);
+    free(xsum);
+    return 0;
+}
 #else
 // portable: fp32 products, a plain k loop per element (batch-invariant too); slower than PyTorch's kernel, so
 // the start-up measurement keeps PyTorch's where this is what compiled
@@ -160,5 +314,11 @@ void int8_linear_f32(const float *x, int64_t M, int64_t K, const int8_t *w, int6
             float v = s * bf16_to_f32(scales[n]);
             y[r * N + n] = bias ? v + bias[n] : v;
         }
+}
+
+int int4_linear_f32(const float *x, int64_t M, int64_t K, const uint8_t *packed, int64_t N, int64_t g,
+                    const uint16_t *sz, float *y, int nt) {
+    (void)x; (void)M; (void)K; (void)packed; (void)N; (void)g; (void)sz; (void)y; (void)nt;
+    return -1;  // no portable int4 path: PyTorch's kernel serves int4 where AVX512_BF16 is missing
 }
 #endif
