@@ -322,7 +322,7 @@ static int decode_attention(const void *q, int64_t q_row_stride, const void *cac
     const void *v = is_bf16 ? (const void *)((const bf16 *)cache + half) : (const void *)((const float *)cache + half);
     const Cache c = {cache, v, block_size, kv_heads, d, is_bf16};
     int alloc_failed = 0;
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nt) if (nt > 1)
     {
         float *scratch = malloc((size_t)scratch_floats(g, block_size, d) * sizeof(float));
         if (!scratch) {
@@ -375,7 +375,7 @@ static int fused_decode(const void *qkv, const int64_t *positions, const float *
     const Cache c = {cache, is_bf16 ? (void *)((bf16 *)cache + v_half) : (void *)((float *)cache + v_half),
                      block_size, kv_heads, d, is_bf16};
     int alloc_failed = 0;
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nt) if (nt > 1)
     {
         float *scratch = malloc((size_t)scratch_floats(g, block_size, d) * sizeof(float));
         if (!scratch) {
