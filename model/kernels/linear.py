@@ -4,7 +4,7 @@ At 1-4 rows a projection is bound by reading its weight, and PyTorch's fastest f
 weights at 20 GB/s on a host whose plain read runs at 35; at ~32 rows oneDNN's packed product ran at ~165
 GFLOP/s of a ~300 peak. The kernel reads the model's own weight tensor in place (no copy, no repack), so a
 tied lm_head stays one tensor with the embedding and swapping it in costs no memory. Row counts past
-MAX_ROWS (prefill chunks) go to F.linear on the same weight: MKL's sgemm is good at large M.
+MAX_ROWS go to F.linear on the same weight (MKL's sgemm).
 Whether a shape is served by it is measured at start-up (model/engine/cpu_choices.py).
 """
 from __future__ import annotations
@@ -18,7 +18,10 @@ from torch import nn
 from model.kernels import build
 
 DTYPES = (torch.float32, torch.bfloat16)  # the weight dtypes the kernel serves (x, bias and y the same)
-MAX_ROWS = 64  # past this the register-blocked tiles stop beating MKL's sgemm (prefill sizes)
+# Past this, F.linear. Rows are cut into L2-sized blocks in the kernel, and at 128-1024 rows of the default
+# model's shapes it ran 188-213 GFLOP/s against MKL's 149-197 (oneDNN packed 199-216), so prefill chunks of
+# a usual token budget stay on it too; no larger sizes were measured.
+MAX_ROWS = 1024
 
 
 def library() -> ctypes.CDLL | None:
@@ -70,7 +73,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 class KernelLinear(nn.Module):
-    """y = x W^T + b by the C kernel for up to MAX_ROWS rows, F.linear beyond (and for anything the kernel
+    """y = x W^T + b by the C kernel for up to max_rows (MAX_ROWS) rows, F.linear beyond (and for anything the kernel
     does not take: other dtypes, non-contiguous inputs, autograd). Holds the nn.Linear's own Parameters."""
 
     def __init__(self, linear: nn.Linear) -> None:
@@ -86,6 +89,7 @@ class KernelLinear(nn.Module):
                                                                                   and b.is_contiguous()))
         self._fn = entry(w.dtype) if readable else None
         self._dtype = w.dtype
+        self.max_rows = MAX_ROWS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # per-call cost is the point (a 576x576 product is ~30 us): the Parameters straight from their dict
@@ -94,7 +98,7 @@ class KernelLinear(nn.Module):
         w, b, fn = params["weight"], params["bias"], self._fn
         k = self.in_features
         rows = x.numel() // k if k else 0
-        if (fn is None or rows > MAX_ROWS or x.dtype is not self._dtype or w.dtype is not self._dtype
+        if (fn is None or rows > self.max_rows or x.dtype is not self._dtype or w.dtype is not self._dtype
                 or not x.is_contiguous() or not x.is_cpu or (torch.is_grad_enabled() and (
                     w.requires_grad or x.requires_grad))):
             return F.linear(x, w, b)

@@ -63,6 +63,18 @@ def test_kernel_matches_f_linear_over_rows_outputs_and_bias(kl, k: int, threads:
                 assert_close_to_linear(kl.linear(x, w, bias, threads=threads), x, w, bias)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_prefill_sized_rows_are_cut_into_blocks_with_the_same_results(kl, dtype: torch.dtype) -> None:
+    """The kernel cuts x into L2-sized row blocks (84 rows of K=1536 fp32, 32 of K=4000): several blocks and
+    a short last one."""
+    g = torch.Generator().manual_seed(2)
+    for m, k, n in ((301, 1536, 67), (100, 4000, 24), (kl.MAX_ROWS, 576, 40)):
+        x = torch.randn(m, k, generator=g).to(dtype)
+        w = torch.randn(n, k, generator=g).to(dtype)
+        b = torch.randn(n, generator=g).to(dtype)
+        assert_close_to_linear(kl.linear(x, w, b, threads=2), x, w, b)
+
+
 def test_kernel_takes_leading_dims_and_checks_its_inputs(kl) -> None:
     g = torch.Generator().manual_seed(1)
     w = torch.randn(40, 24, generator=g)
@@ -101,7 +113,7 @@ def test_kernel_linear_uses_the_kernel_up_to_its_row_limit_then_f_linear(kl) -> 
     mod = kl.KernelLinear(lin)
     calls = counted(mod)
     with torch.inference_mode():
-        for rows in (1, 5, kl.MAX_ROWS, kl.MAX_ROWS + 1, 200):
+        for rows in (1, 5, kl.MAX_ROWS, kl.MAX_ROWS + 1, 3 * kl.MAX_ROWS):
             x = torch.randn(rows, 48)
             assert_close_to_linear(mod(x), x, lin.weight, lin.bias)
         x3 = torch.randn(2, 7, 48)  # (batch, tokens, hidden): 14 rows
@@ -111,7 +123,7 @@ def test_kernel_linear_uses_the_kernel_up_to_its_row_limit_then_f_linear(kl) -> 
     half = kl.KernelLinear(nn.Linear(48, 24, dtype=torch.bfloat16))  # a bf16 model's projection
     half_calls = counted(half)
     with torch.inference_mode():
-        for rows in (3, kl.MAX_ROWS + 3):
+        for rows in (3, kl.MAX_ROWS + 3):  # the kernel, F.linear
             x = torch.randn(rows, 48, dtype=torch.bfloat16)
             assert_close_to_linear(half(x), x, half.weight, half.bias)
         with pytest.raises(RuntimeError):  # fp32 rows into a bf16 module: F.linear's dtype error, not a wrong read
@@ -188,7 +200,7 @@ def use_kernel_everywhere(model: nn.Module, kl) -> int:
 
 def test_engine_on_the_kernel_gives_the_plain_engine_s_greedy_tokens(kl, tiny_llama_dir) -> None:
     """Every projection (and the tied head) on KernelLinear; 12 concurrent requests, so decode batches of
-    1..12 rows and prefill chunks past MAX_ROWS (F.linear) both run."""
+    1..12 rows run on the kernel, and with the row limit at 16, prefill chunks (up to 96 rows) on both."""
     from model import EngineConfig, LLMEngine, SamplingParams
 
     config = EngineConfig(max_num_seqs=12, max_num_batched_tokens=96, kv_cache_memory=16 << 20, enforce_eager=True)
@@ -208,9 +220,12 @@ def test_engine_on_the_kernel_gives_the_plain_engine_s_greedy_tokens(kl, tiny_ll
     plain = run(LLMEngine.from_model(tiny_llama_dir, config))
     engine = LLMEngine.from_model(tiny_llama_dir, config)
     assert use_kernel_everywhere(engine.runner.model, kl) >= 2 * 4  # qkv/o/gate_up/down per layer at least
+    for module in engine.runner.model.modules():
+        if isinstance(module, kl.KernelLinear):
+            module.max_rows = 16
     calls = counted(engine.runner.model.layers[0].mlp.down_proj)
     assert run(engine) == plain
-    assert calls and max(calls) > 1  # the kernel ran, decode batches included
+    assert calls and max(calls) > 1 and max(calls) <= 16  # the kernel ran, decode batches included
 
 
 @pytest.fixture(scope="module")

@@ -299,6 +299,9 @@ DEFINE_LINEAR(bf16, uint16_t, bf16_to_f32, f32_to_bf16)
 
 #endif
 
+/* Rows of x per block: ~512 KB of x (half of L2: decode batches are one block), a multiple of MR, at least MR. */
+#define M_BLOCK(k, size) ((((512L << 10) / ((k) * (long)(size))) / MR > 0 ? ((512L << 10) / ((k) * (long)(size))) / MR : 1) * MR)
+
 /* x (m, k), w (n, k), bias (n) or NULL, y (m, n): all contiguous. */
 #define DEFINE_ENTRY(S, T, ZERO)                                                                               \
 void linear_##S(const T *x, const T *w, const T *bias, T *y, long m, long n, long k, int nt) {                 \
@@ -315,8 +318,14 @@ void linear_##S(const T *x, const T *w, const T *bias, T *y, long m, long n, lon
         int t = omp_get_thread_num(), count = omp_get_num_threads();                                           \
         long t0, t1;                                                                                           \
         split(tiles, t, count, &t0, &t1);                                                                      \
-        tiles_##S(m, x, k, w, bias, y, n, t0, t1);                                                             \
-        if (t == count - 1) rest_##S(m, x, k, w, bias, y, n, tiles * NR);                                      \
+        /* row blocks of x small enough for L2 (each W tile passes over one block's rows in turn): past a   \
+         * few hundred rows x stopped fitting and every W tile re-read it from L3 */                         \
+        long block = M_BLOCK(k, sizeof(T));                                                                    \
+        for (long m0 = 0; m0 < m; m0 += block) {                                                               \
+            long rows = m - m0 < block ? m - m0 : block;                                                       \
+            tiles_##S(rows, x + m0 * k, k, w, bias, y + m0 * n, n, t0, t1);                                    \
+            if (t == count - 1) rest_##S(rows, x + m0 * k, k, w, bias, y + m0 * n, n, tiles * NR);             \
+        }                                                                                                      \
     }                                                                                                          \
 }
 
