@@ -33,8 +33,9 @@ def category(module: nn.Module, name: str) -> str:
     from model.layers.mlp import GatedMLP
     from model.layers.norm import RMSNorm
     from model.layers.rotary import RotaryEmbedding
+    from model.quant.modules import Int4Linear, Int8Linear
 
-    if isinstance(module, (nn.Linear, PackedLinear, KernelLinear)):
+    if isinstance(module, (nn.Linear, PackedLinear, KernelLinear, Int8Linear, Int4Linear)):
         return "matmul: lm_head" if name.endswith("lm_head") else "matmuls: qkv, o, gate_up, down"
     if isinstance(module, Attention):
         return "attention: cache write, gather, SDPA"
@@ -181,12 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, action="append", help="decode batch sizes (default: 1 and 32)")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument("--quantization", default="none", help="int8, int4 or auto (EngineConfig.quantization)")
     p.add_argument("--ops", action="store_true", help="also print torch.profiler's top operators")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the start-up choices (cpu_choices.py)
     batches = args.batch or [1, 32]
     engine = LLMEngine.from_model(args.model, EngineConfig(
-        max_num_seqs=max(batches), kv_cache_memory=512 << 20, dtype=args.dtype, enforce_eager=args.enforce_eager))
+        max_num_seqs=max(batches), kv_cache_memory=512 << 20, dtype=args.dtype, enforce_eager=args.enforce_eager,
+        quantization=args.quantization))
     prompts = chat_prompts(engine.loaded.path, 32)
     results = {}
     for batch in batches:
