@@ -111,9 +111,10 @@ class ModelRunner:
             paths = choose_decode_attention(a.num_heads, a.num_kv_heads, a.head_dim, self.dtype, batch_rows, like=a)
             for attn in layers:
                 attn.decode_paths = paths
-        if self.dtype is torch.float32 and (candidates := pointwise.timing_candidates(self.model)):
+        if self.dtype in (torch.float32, torch.bfloat16) and (candidates := pointwise.timing_candidates(self.model)):
             # norms with their residual adds, silu * up: C kernels (model/kernels/pointwise.py) or PyTorch
-            choice = pick("norms, residual adds, silu * up", candidates, sorted({1, batch_rows}))
+            what = f"norms, residual adds, silu * up, {str(self.dtype)[6:]} x {self.config.hidden_size}"
+            choice = pick(what, candidates, sorted({1, batch_rows}))
             if choice.chosen == "kernel":
                 pointwise.use_pointwise_kernels(self.model)
             log.info("cpu choice: %s", choice.describe())

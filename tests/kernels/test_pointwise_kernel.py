@@ -294,14 +294,14 @@ def _greedy(engine, prompts: list[list[int]], lengths: list[int]) -> dict[str, l
     return tokens
 
 
-def _kernel_engine_equals_torch_engine(path: str, vocab: int, quantization: str = "none") -> None:
+def _kernel_engine_equals_torch_engine(path: str, vocab: int, quantization: str = "none", dtype: str = "auto") -> None:
     from model import EngineConfig, LLMEngine
     from model.kernels import pointwise
     from model.layers.norm import RMSNorm
 
     # no prefix cache: the second run recomputes every prompt rather than reusing the first run's K/V
     config = EngineConfig(max_num_seqs=8, max_num_batched_tokens=64, kv_cache_memory=16 << 20,
-                          enable_prefix_caching=False, quantization=quantization)
+                          enable_prefix_caching=False, quantization=quantization, dtype=dtype)
     engine = LLMEngine.from_model(path, config)
     model = engine.runner.model
     if not any(type(m) is pointwise.KernelRMSNorm for m in model.modules()):
@@ -323,9 +323,11 @@ def _kernel_engine_equals_torch_engine(path: str, vocab: int, quantization: str 
     assert with_kernels == _greedy(engine, prompts, lengths)
 
 
-@pytest.mark.parametrize("quantization", ["none", "int8", "int4"])
-def test_engine_greedy_with_kernels_equals_torch_paths_llama(pw, tiny_llama_dir: str, quantization: str) -> None:
-    _kernel_engine_equals_torch_engine(tiny_llama_dir, 49152, quantization)
+@pytest.mark.parametrize("quantization,dtype", [("none", "float32"), ("int8", "float32"), ("int4", "float32"),
+                                                ("none", "bfloat16")])
+def test_engine_greedy_with_kernels_equals_torch_paths_llama(pw, tiny_llama_dir: str, quantization: str,
+                                                             dtype: str) -> None:
+    _kernel_engine_equals_torch_engine(tiny_llama_dir, 49152, quantization, dtype)
 
 
 def test_engine_greedy_with_kernels_equals_torch_paths_glm4_sandwich(pw, tmp_path_factory) -> None:
