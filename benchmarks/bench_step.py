@@ -7,8 +7,8 @@ B greedy requests are prefilled, then every step decodes one token for each. Fir
 bare (the reference), then with timers on the engine's parts and forward hooks on every module: a
 module's *exclusive* time (its own ops, its children's time taken off) is added to its category:
 matmuls (nn.Linear / PackedLinear / KernelLinear, the vocabulary projection apart), attention (the Attention module's
-own work: K/V cache write, gather, SDPA, splits), rotary, norms, MLP activation (silu * up), residual
-adds / embedding. Outside the forward: scheduling, the runner's metadata building, the sampler, the
+own work: K/V cache write, gather, SDPA, splits), rotary, norms with the residual adds before them
+(RMSNorm.add_norm), MLP activation (silu * up), embedding / layer loop. Outside the forward: scheduling, the runner's metadata building, the sampler, the
 rest of the postprocessing. Hooks cost a few microseconds each, so the parts add to a bit more than
 the bare step. `--ops` adds torch.profiler's top operators by self CPU time.
 """
@@ -42,10 +42,10 @@ def category(module: nn.Module, name: str) -> str:
     if isinstance(module, RotaryEmbedding):
         return "rotary"
     if isinstance(module, RMSNorm):
-        return "norms"
+        return "norms, with their residual adds"
     if isinstance(module, GatedMLP):
         return "mlp: silu * up"
-    return "residual adds, embedding, layer loop"
+    return "embedding, layer loop"
 
 
 class ModuleTimer:
@@ -55,24 +55,27 @@ class ModuleTimer:
         self.totals: dict[str, float] = defaultdict(float)
         self._stack: list[list[float]] = []  # per open module: [start, children's time]
         self.handles = []
-        self.wrapped: list[nn.Module] = []
+        self.wrapped: list[tuple[nn.Module, str]] = []
         for name, module in model.named_modules():
             cat = category(module, name)
             self.handles.append(module.register_forward_pre_hook(self._pre))
             self.handles.append(module.register_forward_hook(self._make_post(cat)))
-            if hasattr(module, "rotate"):  # Attention calls RotaryEmbedding.rotate, not its forward
-                self._wrap_rotate(module, self._make_post(cat))
+            # methods called instead of forward: Attention calls RotaryEmbedding.rotate, DecoderLayer calls
+            # RMSNorm.add_norm (the residual add and the norm, one kernel call when the kernels are in)
+            for method in ("rotate", "add_norm"):
+                if hasattr(module, method):
+                    self._wrap(module, method, self._make_post(cat))
 
-    def _wrap_rotate(self, module: nn.Module, post: Callable) -> None:
-        inner = module.rotate
+    def _wrap(self, module: nn.Module, method: str, post: Callable) -> None:
+        inner = getattr(module, method)
 
-        def rotate(*args):
+        def timed_method(*args):
             self._pre(module, args)
             out = inner(*args)
             post(module, args, out)
             return out
-        module.rotate = rotate
-        self.wrapped.append(module)
+        setattr(module, method, timed_method)
+        self.wrapped.append((module, method))
 
     def _pre(self, module, args) -> None:
         self._stack.append([time.perf_counter(), 0.0])
@@ -89,8 +92,8 @@ class ModuleTimer:
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
-        for module in self.wrapped:
-            del module.rotate  # the class's method again
+        for module, method in self.wrapped:
+            delattr(module, method)  # the class's method again
 
 
 def timed(totals: dict[str, float], key: str, fn: Callable) -> Callable:
