@@ -134,7 +134,10 @@ def choose_linear_packing(model: nn.Module, batch_rows: int, timer: Timer = one_
             candidates["packed"] = run_all(packed)
         if kernels:
             candidates["kernel"] = run_all(kernels)
-        choice = pick(f"linear {fan_in}->{fan_out} x{len(members)}", candidates, sorted({1, batch_rows}), timer)
+        # the dtype in the label: pick decides once per label in a process, and a bf16 model's choice is its own
+        label = f"linear {fan_in}->{fan_out} x{len(members)}" + ("" if dtype == torch.float32 else
+                                                                  f" {str(dtype).removeprefix('torch.')}")
+        choice = pick(label, candidates, sorted({1, batch_rows}), timer)
         del plain, timed, kernels
         if choice.chosen == "packed":
             # one at a time, each taken off these lists as it goes, so a plain weight is freed as its packed
