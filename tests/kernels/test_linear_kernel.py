@@ -152,7 +152,8 @@ def test_kernel_linear_holds_the_linear_s_own_parameters_and_keeps_autograd(kl) 
     assert emb.weight.grad is not None and x.grad is not None
 
 
-def test_start_up_choice_swaps_the_kernel_in_where_it_measured_faster(kl) -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_start_up_choice_swaps_the_kernel_in_where_it_measured_faster(kl, dtype: torch.dtype) -> None:
     from model.engine.cpu_choices import choose_linear_packing
     from model.engine.cpu_packing import PackedLinear
 
@@ -166,9 +167,9 @@ def test_start_up_choice_swaps_the_kernel_in_where_it_measured_faster(kl) -> Non
             return self.b(self.a1(x) + self.a2(x))
 
     torch.manual_seed(0)
-    model = TwoShapes().eval()
+    model = TwoShapes().eval().to(dtype)
     weights = [model.a1.weight, model.a2.weight]
-    x = torch.randn(5, 16)
+    x = torch.randn(5, 16).to(dtype)
     expected = model(x)
     # the kernel wins 16->48, oneDNN packing 48->16 (every candidate still runs, so each is exercised)
     table = {"16->48": {"plain": 1.0, "packed": 0.8, "kernel": 0.5}, "48->16": {"plain": 1.0, "packed": 0.5,
@@ -180,12 +181,15 @@ def test_start_up_choice_swaps_the_kernel_in_where_it_measured_faster(kl) -> Non
         return table[shape][label.rsplit("/", 2)[1]]
 
     choices = choose_linear_packing(model, batch_rows=8, timer=timer)
-    assert {c.what: c.chosen for c in choices} == {"linear 16->48 x2": "kernel", "linear 48->16 x1": "packed"}
+    suffix = "" if dtype == torch.float32 else " bfloat16"  # a bf16 model's choices are its own
+    assert {c.what: c.chosen for c in choices} == {f"linear 16->48 x2{suffix}": "kernel",
+                                                   f"linear 48->16 x1{suffix}": "packed"}
     assert type(model.a1) is kl.KernelLinear and type(model.a2) is kl.KernelLinear
     assert [model.a1.weight, model.a2.weight] == weights and model.a1.weight is weights[0]  # no copy
     assert isinstance(model.b, PackedLinear)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
     with torch.inference_mode():
-        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model(x), expected, rtol=tol, atol=tol)
 
 
 def use_kernel_everywhere(model: nn.Module, kl) -> int:
