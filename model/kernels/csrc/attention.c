@@ -232,8 +232,8 @@ static inline void scores(const float *q, const Cache *c, int64_t at, int64_t n,
 
 /* the next block's K and V rows of one kv head into cache while this block computes: blocks are scattered,
    so the hardware prefetcher cannot see the jump coming */
-static inline void prefetch_block(const Cache *c, int64_t at) {
-    const int64_t esize = c->is_bf16 ? 2 : 4, row = c->kv_heads * c->d * esize, bytes = c->d * esize;
+static inline void prefetch_block(const Cache *c, int64_t at, int64_t nkv) {
+    const int64_t esize = c->is_bf16 ? 2 : 4, row = c->kv_heads * c->d * esize, bytes = nkv * c->d * esize;
     const char *k = (const char *)c->k + at * esize, *v = (const char *)c->v + at * esize;
     for (int64_t t = 0; t < c->block_size; t++)
         for (int64_t off = 0; off < bytes; off += 64) {
@@ -247,23 +247,25 @@ static inline void acc_block(float *acc, const float *p, const Cache *c, int64_t
     else acc_block_f32(acc, p, (const float *)c->v + at, n, c->kv_heads * c->d, c->d);
 }
 
-/* q: (g, d) rotated fp32 query heads of kv head `kvh`; out: (g, d) of the output's type, at element `out_at`.
-   scratch: g * (block_size + d + 2) floats. */
-static void attend_group(const float *q, int64_t g, const Cache *c, int64_t kvh, const int64_t *blocks,
+/* The GQA groups of kv heads kvh0 .. kvh0 + nkv - 1 over one sequence, a block at a time (all of them per
+   block, so one task reading a whole sequence streams each block's rows contiguously).
+   q: (nkv * g, d) rotated fp32 query heads; out: (nkv * g, d) of the output's type, from element `out_at`.
+   scratch: nkv * g * (block_size + d + 2) floats. */
+static void attend_heads(const float *q, int64_t g, int64_t nkv, const Cache *c, int64_t kvh0, const int64_t *blocks,
                          int64_t len, float scale, void *out, int64_t out_at, float *scratch) {
-    const int64_t bs = c->block_size, d = c->d, row = c->kv_heads * d;
-    float *s = scratch;            /* (g, bs) scores of the current block */
-    float *acc = s + g * bs;       /* (g, d) running sum of p * v */
-    float *mx = acc + g * d;       /* (g) running max */
-    float *sum = mx + g;           /* (g) running sum of p */
-    for (int64_t j = 0; j < g; j++) mx[j] = -INFINITY, sum[j] = 0.0f;
-    memset(acc, 0, (size_t)(g * d) * sizeof(float));
+    const int64_t bs = c->block_size, d = c->d, row = c->kv_heads * d, hg = nkv * g;
+    float *s = scratch;            /* (hg, bs) scores of the current block */
+    float *acc = s + hg * bs;      /* (hg, d) running sum of p * v */
+    float *mx = acc + hg * d;      /* (hg) running max */
+    float *sum = mx + hg;          /* (hg) running sum of p */
+    for (int64_t j = 0; j < hg; j++) mx[j] = -INFINITY, sum[j] = 0.0f;
+    memset(acc, 0, (size_t)(hg * d) * sizeof(float));
     for (int64_t start = 0; start < len; start += bs) {
         const int64_t n = len - start < bs ? len - start : bs;
-        const int64_t base = blocks[start / bs] * bs * row + kvh * d;
-        if (start + bs < len) prefetch_block(c, blocks[start / bs + 1] * bs * row + kvh * d);
-        for (int64_t j = 0; j < g; j++) scores(q + j * d, c, base, n, scale, s + j * bs);
-        for (int64_t j = 0; j < g; j++) {
+        const int64_t base = blocks[start / bs] * bs * row + kvh0 * d;
+        if (start + bs < len) prefetch_block(c, blocks[start / bs + 1] * bs * row + kvh0 * d, nkv);
+        for (int64_t j = 0; j < hg; j++) scores(q + j * d, c, base + (j / g) * d, n, scale, s + j * bs);
+        for (int64_t j = 0; j < hg; j++) {
             float *sj = s + j * bs;
             float m = mx[j];
             for (int64_t t = 0; t < n; t++) m = sj[t] > m ? sj[t] : m;
@@ -275,9 +277,9 @@ static void attend_group(const float *q, int64_t g, const Cache *c, int64_t kvh,
             }
             sum[j] += exp_shift_sum(sj, n, m);
         }
-        for (int64_t j = 0; j < g; j++) acc_block(acc + j * d, s + j * bs, c, base, n);
+        for (int64_t j = 0; j < hg; j++) acc_block(acc + j * d, s + j * bs, c, base + (j / g) * d, n);
     }
-    for (int64_t j = 0; j < g; j++) {
+    for (int64_t j = 0; j < hg; j++) {
         const float inv = 1.0f / sum[j];
         for (int64_t i = 0; i < d; i++) {
             const float o = acc[j * d + i] * inv;
@@ -305,7 +307,10 @@ static int check_tables(const int64_t *tables, int64_t max_blocks, const void *l
     return 0;
 }
 
-static inline int64_t scratch_floats(int64_t g, int64_t bs, int64_t d) { return g * (bs + 2 * d + 2); }
+static inline int64_t scratch_floats(int64_t heads, int64_t bs, int64_t d) { return heads * (bs + 2 * d + 2); }
+
+/* kv heads per task: a whole sequence when there are sequences enough to share the threads, else one */
+static inline int64_t kv_per_task(int64_t batch, int64_t kv_heads, int nt) { return batch >= 2 * nt ? kv_heads : 1; }
 
 /* element i of a row of either type, as fp32 */
 static inline float load_at(const void *p, int64_t i, int is_bf16) {
@@ -321,23 +326,25 @@ static int decode_attention(const void *q, int64_t q_row_stride, const void *cac
     const int64_t g = heads / kv_heads, d = head_dim, half = num_blocks * block_size * kv_heads * d;
     const void *v = is_bf16 ? (const void *)((const bf16 *)cache + half) : (const void *)((const float *)cache + half);
     const Cache c = {cache, v, block_size, kv_heads, d, is_bf16};
+    const int64_t per = kv_per_task(batch, kv_heads, nt), hg = per * g;
     int alloc_failed = 0;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        float *scratch = malloc((size_t)scratch_floats(g, block_size, d) * sizeof(float));
+        float *scratch = malloc((size_t)scratch_floats(hg, block_size, d) * sizeof(float));
         if (!scratch) {
 #pragma omp atomic write
             alloc_failed = 1;
         }
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t task = 0; task < batch * kv_heads; task++) {
+        for (int64_t task = 0; task < batch * kv_heads / per; task++) {
             if (!scratch) continue;
-            const int64_t b = task / kv_heads, kvh = task % kv_heads;
-            float *qg = scratch;  /* (g, d) the group's query heads in fp32 */
+            const int64_t b = task * per / kv_heads, kvh = task * per % kv_heads;
+            float *qg = scratch;  /* (hg, d) the task's query heads in fp32 */
             const int64_t q_at = b * q_row_stride + kvh * g * d;
-            for (int64_t i = 0; i < g * d; i++) qg[i] = load_at(q, q_at + i, is_bf16);
-            attend_group(qg, g, &c, kvh, block_tables + b * max_blocks, context_len(context_lens, lens_int32, b),
-                         scale, out, (b * heads + kvh * g) * d, scratch + g * d);
+            for (int64_t i = 0; i < hg * d; i++) qg[i] = load_at(q, q_at + i, is_bf16);
+            attend_heads(qg, g, per, &c, kvh, block_tables + b * max_blocks,
+                         context_len(context_lens, lens_int32, b), scale, out, (b * heads + kvh * g) * d,
+                         scratch + hg * d);
         }
         free(scratch);
     }
@@ -374,10 +381,11 @@ static int fused_decode(const void *qkv, const int64_t *positions, const float *
     const int64_t v_half = num_blocks * block_size * kv_size;
     const Cache c = {cache, is_bf16 ? (void *)((bf16 *)cache + v_half) : (void *)((float *)cache + v_half),
                      block_size, kv_heads, d, is_bf16};
+    const int64_t per = kv_per_task(batch, kv_heads, nt), hg = per * g;
     int alloc_failed = 0;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        float *scratch = malloc((size_t)scratch_floats(g, block_size, d) * sizeof(float));
+        float *scratch = malloc((size_t)scratch_floats(hg, block_size, d) * sizeof(float));
         if (!scratch) {
 #pragma omp atomic write
             alloc_failed = 1;
@@ -402,20 +410,21 @@ static int fused_decode(const void *qkv, const int64_t *positions, const float *
             }
         }
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t task = 0; task < batch * kv_heads; task++) {
+        for (int64_t task = 0; task < batch * kv_heads / per; task++) {
             if (!scratch) continue;
-            const int64_t b = task / kv_heads, kvh = task % kv_heads;
+            const int64_t b = task * per / kv_heads, kvh = task * per % kv_heads;
             const float *cs = cos_table + positions[b] * half, *sn = sin_table + positions[b] * half;
-            float *qg = scratch;  /* (g, d) rotated query heads, rounded to bf16 where PyTorch rounds them */
+            float *qg = scratch;  /* (hg, d) rotated query heads, rounded to bf16 where PyTorch rounds them */
             const int64_t q_at = b * row + kvh * g * d;
-            for (int64_t i = 0; i < g * d; i++) qg[i] = load_at(qkv, q_at + i, is_bf16);
-            for (int64_t j = 0; j < g; j++) {
+            for (int64_t i = 0; i < hg * d; i++) qg[i] = load_at(qkv, q_at + i, is_bf16);
+            for (int64_t j = 0; j < hg; j++) {
                 rotate_head(qg + j * d, cs, sn, rotary_dim, interleaved);
                 if (is_bf16)
                     for (int64_t i = 0; i < rotary_dim; i++) qg[j * d + i] = bf16_to_f32(f32_to_bf16(qg[j * d + i]));
             }
-            attend_group(qg, g, &c, kvh, block_tables + b * max_blocks, context_len(context_lens, lens_int32, b),
-                         scale, out, (b * heads + kvh * g) * d, scratch + g * d);
+            attend_heads(qg, g, per, &c, kvh, block_tables + b * max_blocks,
+                         context_len(context_lens, lens_int32, b), scale, out, (b * heads + kvh * g) * d,
+                         scratch + hg * d);
         }
         free(scratch);
     }
