@@ -74,7 +74,6 @@ X_BF16, RES_BF16, W_BF16, OUT_BF16, ROUND_MID = 1, 2, 4, 8, 16
 
 def _norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float,
           out_dtype: torch.dtype | None) -> torch.Tensor:
-    # the checks are a few attribute reads: this wrapper's own cost is most of a call's (~3 us)
     lib = _lib()
     src = x if residual is None else residual
     for what, t in (("x", x), ("weight", weight), ("residual", src)):
@@ -84,11 +83,20 @@ def _norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, 
     if weight.dim() != 1 or weight.shape[0] != n or src.shape != x.shape:
         raise ValueError(f"x {tuple(x.shape)}, residual {tuple(src.shape)} and weight {tuple(weight.shape)} "
                          "do not fit")
+    if out_dtype is not None and out_dtype is not torch.float32 and out_dtype is not _BF16:
+        raise ValueError(f"out_dtype {out_dtype}: fp32 or bf16")
+    return _launch_norm(lib, x, residual, weight, eps, out_dtype)
+
+
+def _launch_norm(lib: ctypes.CDLL, x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float,
+                 out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """norm_rows on checked arguments. A 1-row call's cost is mostly this Python (~3 us: ctypes, the output's
+    allocation), not the C (~0.1 us), so the modules check once and come straight here."""
+    src = x if residual is None else residual
     out = torch.empty_like(src) if out_dtype is None else torch.empty_like(src, dtype=out_dtype)
     flags = ((X_BF16 if x.dtype is _BF16 else 0) | (W_BF16 if weight.dtype is _BF16 else 0)
              | (OUT_BF16 if out.dtype is _BF16 else 0) | (RES_BF16 | ROUND_MID if src.dtype is _BF16 else 0))
-    if out.dtype is not torch.float32 and out.dtype is not _BF16:
-        raise ValueError(f"out_dtype {out.dtype}: fp32 or bf16")
+    n = x.shape[-1]
     lib.norm_rows(x.data_ptr(), None if residual is None else residual.data_ptr(), weight.data_ptr(),
                   out.data_ptr(), x.numel() // n if n else 0, n, eps, flags, torch.get_num_threads())
     return out
@@ -130,21 +138,24 @@ def silu_mul(gate_up: torch.Tensor, out_dtype: torch.dtype | None = None, roundi
 
 
 class KernelRMSNorm(RMSNorm):
-    """RMSNorm through the kernels when grad is off and the input fits; its parent's code otherwise."""
-
-    def _takes(self, x: torch.Tensor) -> bool:
-        return not torch.is_grad_enabled() and x.dtype is self.weight.dtype and x.is_contiguous()
+    """RMSNorm through the kernels when grad is off and the input fits; its parent's code otherwise.
+    The weight is read from _parameters (nn.Module's __getattr__ costs ~1 us a call here); it is contiguous
+    and on the CPU (the runner swaps these in for CPU models only), the inputs are checked each call."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._takes(x):
+        w = self._parameters["weight"]
+        if (torch.is_grad_enabled() or x.dtype is not w.dtype or not x.is_contiguous() or not x.is_cpu
+                or x.shape[-1] != w.shape[0]):
             return super().forward(x)
-        return rms_norm(x, self.weight, self.eps)
+        return _launch_norm(library(), x, None, w, self.eps)
 
     def add_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self._parameters["weight"]
         # x may be bf16 over an fp32 residual (a quantized MLP's output, KernelGatedMLP._bf16_forward)
-        if not (self._takes(residual) and _fits(x) and x.shape == residual.shape):
+        if (torch.is_grad_enabled() or residual.dtype is not w.dtype or not residual.is_contiguous()
+                or not residual.is_cpu or not _fits(x) or x.shape != residual.shape or x.shape[-1] != w.shape[0]):
             return super().add_norm(x, residual)
-        return add_rms_norm(x, residual, self.weight, self.eps), residual
+        return _launch_norm(library(), x, residual, w, self.eps), residual
 
 
 class KernelGatedMLP(GatedMLP):

@@ -218,6 +218,8 @@ def test_modules_swap_and_fall_back(pw) -> None:
         torch.testing.assert_close(net.norm(x), plain[0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(net.mlp(x), plain[2], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(net.norm(x.t().contiguous().t()), plain[0], rtol=1e-5, atol=1e-5)  # strided
+        with pytest.raises(RuntimeError):  # a width the weight does not have: PyTorch's error, no stray read
+            net.norm(torch.randn(2, 32))
     # training: gradients flow through the PyTorch code, the residual is not written
     xg, r = x.clone().requires_grad_(), residual.clone()
     normed, r_out = net.norm.add_norm(xg, r)
