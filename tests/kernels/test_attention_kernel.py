@@ -267,3 +267,34 @@ def test_engine_greedy_output_with_the_kernel_equals_the_torch_path(model, tiny_
         monkeypatch.setattr(kernels, name, counted)
     assert _greedy_tokens(path, "kernel", prompts, lengths) == reference
     assert calls["fused"] > 0 and calls["attend"] > 0, calls
+
+
+def test_start_up_choice_offers_the_kernel_only_where_the_layer_supports_it() -> None:
+    """choose_decode_attention times "kernel" beside the PyTorch paths (each on a whole step's work, so the
+    timed work runs here) for a layer that supports it, and never for one with q/k norms."""
+    if kernels.library() is None:
+        pytest.skip("kernels unavailable on this host (no compiler or GLMSERVE_KERNELS=0)")
+    from model.engine.cpu_choices import choose_decode_attention
+
+    def layer(qk_norm: float | None) -> Attention:
+        attn = Attention(1, 8, 2, 64, bias=False, rotary=RotaryEmbedding(RopeConfig(), 64, 128),
+                         qk_norm_eps=qk_norm)
+        attn.kv_cache = torch.zeros(2, 4, BLOCK, 2, 64)
+        return attn
+
+    timed = []
+
+    def timer(label: str, work) -> float:  # the kernel "measures" fastest; the work itself still runs
+        work()
+        kind = label.rsplit("/", 2)[1]
+        timed.append(kind)
+        return 0.1 if kind == "kernel" else 1.0
+
+    assert choose_decode_attention(8, 2, 64, torch.float32, batch_rows=4, context=40, timer=timer,
+                                   like=layer(None)) == {1: "kernel", 2: "kernel"}
+    assert set(timed) == {"sdpa", "grouped", "kernel"}
+    timed.clear()
+    assert not layer(1e-6).supports_decode_kernel()
+    assert "kernel" not in choose_decode_attention(8, 2, 64, torch.float32, batch_rows=4, context=40, timer=timer,
+                                                   like=layer(1e-6)).values()
+    assert set(timed) == {"sdpa", "grouped"}
