@@ -257,3 +257,52 @@ def choose_quant_kernels(model: nn.Module, batch_rows: int, timer: Timer = one_c
         log.info("cpu choice: %s", choice.describe())
         choices.append(choice)
     return choices
+
+
+@torch.inference_mode()
+def choose_fused_decoder(model: nn.Module, make_step: Callable[[int], tuple], batch_rows: int,
+                         timer: Timer = one_call):
+    """The decoder layers of a pure decode step as one C call (model/kernels/decode.py) or as modules.
+
+    The per-shape choices above time each kernel alone; in the fused call a kernel also saves the Python
+    around it (~150 us a layer), which those timings cannot see, so an int4 shape that loses to PyTorch's
+    kernel by 10% alone may still belong in a faster step. So this times whole steps: the modules as chosen,
+    against every int8/int4 projection on its C kernel with the layers in one call (make_step(rows) gives a
+    synthetic decode step's (input_ids, positions, metadata) over scratch cache blocks). Returns the
+    FusedDecoder when it won by MARGIN (the quantized linears left on their C kernels), else None with every
+    choice as it was."""
+    from model.kernels import pointwise, qlinear
+    from model.kernels.decode import FusedDecoder
+    from model.quant.modules import Int4Linear, Int8Linear
+
+    quant = [m for m in model.modules()
+             if (type(m) is Int8Linear and qlinear.available())
+             or (type(m) is Int4Linear and qlinear.int4_supported(m.out_features, m.in_features, m.group_size))]
+    mlps = [m for m in model.modules() if type(m) is pointwise.KernelGatedMLP]
+    chosen = ([m.cpu_kernel for m in quant], [m.bf16_linears for m in mlps])
+
+    def setting(fused: bool) -> None:
+        for m, flag in zip(quant, chosen[0]):
+            m.cpu_kernel = True if fused else flag
+        for m, flag in zip(mlps, chosen[1]):
+            m.bf16_linears = False if fused else flag
+
+    setting(True)
+    fused = FusedDecoder.build(model)
+    setting(False)
+    if fused is None:
+        return None
+
+    def modules(rows: int) -> Callable[[], object]:
+        ids, positions, meta = make_step(rows)
+        return lambda: (setting(False), model(ids, positions, meta))
+
+    def one_call_step(rows: int) -> Callable[[], object]:
+        ids, positions, meta = make_step(rows)
+        return lambda: (setting(True), fused.forward(ids, positions, meta))
+
+    choice = pick(f"decoder layers x{len(model.layers)}", {"modules": modules, "fused": one_call_step},
+                  sorted({1, batch_rows}), timer)
+    log.info("cpu choice: %s", choice.describe())
+    setting(choice.chosen == "fused")
+    return fused if choice.chosen == "fused" else None

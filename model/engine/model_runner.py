@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import torch
 
 from model.config import EngineConfig, ModelConfig
-from model.engine.cpu_choices import choose_decode_attention, choose_linear_packing, choose_quant_kernels, pick
+from model.engine.cpu_choices import (choose_decode_attention, choose_fused_decoder, choose_linear_packing,
+                                      choose_quant_kernels, pick)
 from model.engine.cpu_packing import mkldnn_available
 from model.engine.pooling import Pooler, PoolingChunk
 from model.engine.scheduler import ScheduledSeq
@@ -68,6 +69,7 @@ def _available_memory(device: torch.device) -> int:
 
 class ModelRunner:
     lora = None  # a model.lora.LoRAManager once LLMEngine loads an adapter; it wraps the projections
+    fused_decoder = None  # a model.kernels.decode.FusedDecoder when the CPU choices found it faster
 
     def __init__(self, model: CausalLM, engine_config: EngineConfig, max_model_len: int) -> None:
         self.model = model
@@ -118,8 +120,26 @@ class ModelRunner:
             if choice.chosen == "kernel":
                 pointwise.use_pointwise_kernels(self.model)
             log.info("cpu choice: %s", choice.describe())
+        if self.dtype is torch.float32 and self.model.layers:
+            # every layer on C kernels: a pure decode step's layers in one C call (model/kernels/decode.py)
+            self.fused_decoder = choose_fused_decoder(self.model, self._synthetic_decode, batch_rows)
         log.info("oneDNN-packed weights for %d of %d linear shapes; CPU choices measured in %.2f s",
                  sum(c.chosen == "packed" for c in choices), len(choices), time.perf_counter() - start)
+
+    def _synthetic_decode(self, rows: int) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        """A pure decode step of `rows` sequences for start-up timing: each at position `context - 1` over its
+        own scratch blocks of the (still unused) cache, so the step writes and reads those blocks only."""
+        bs = self.block_size
+        per_seq = max(1, min(4, self.num_blocks // rows))
+        context = per_seq * bs
+        tables = torch.arange(rows * per_seq, device=self.device).view(rows, per_seq) % self.num_blocks
+        positions = torch.full((rows,), context - 1, dtype=torch.long, device=self.device)
+        meta = AttentionMetadata(slot_mapping=tables[:, -1] * bs + bs - 1, decode_start=0,
+                                 decode_block_tables=tables, decode_context_len=context)
+        meta.decode_context_lens = positions + 1
+        if rows > 1:
+            meta.decode_mask = torch.ones(rows, 1, 1, context, dtype=torch.bool, device=self.device)
+        return torch.zeros(rows, dtype=torch.long, device=self.device), positions, meta
 
     def _num_blocks(self) -> int:
         per_block = kv_bytes_per_block(self.config, self.block_size, self.dtype)
@@ -179,7 +199,12 @@ class ModelRunner:
             self.lora.prepare_step([(item.seq.lora_id, item.num_tokens) for item in ordered])
         if decodes:
             self._decode_metadata(meta, decodes)
-        hidden = self.model(self._tensor(input_ids), self._tensor(positions), meta)
+        ids_t, positions_t = self._tensor(input_ids), self._tensor(positions)
+        hidden = None
+        if self.fused_decoder is not None and not segments and decodes and self.lora is None:
+            hidden = self.fused_decoder.forward(ids_t, positions_t, meta)  # None: this step takes the modules
+        if hidden is None:
+            hidden = self.model(ids_t, positions_t, meta)
         scores = [self._score_prompt(hidden, *job) for job in scored]
         if pooled:
             self.pooler.pool(hidden, pooled)

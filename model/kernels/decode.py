@@ -1,0 +1,181 @@
+"""A pure decode step's decoder layers as one C call (csrc/decode.c): the kernels the serving modules already
+call one by one, composed in C in the order of model/models/decoder.py.
+
+Why: once every op of a layer is a C kernel, what is left of a decode step is Python: module calls, wrappers,
+output allocations, ~150 us a layer (4.5 of a 10.5 ms int4 step of the default model at one sequence, against
+llama.cpp's ~8 ms a token over HTTP). Here a step is one call for all layers.
+
+It only runs what the module path would run, so its results are that path's bit for bit (tested): it is built
+when every layer is on kernels (each projection a KernelLinear, or an Int8Linear / Int4Linear whose start-up
+choice was the C kernel; the pointwise kernels swapped in; the attention kernel supported), and a step uses
+it only when the layers' attention would take the kernel path for that batch class. Anything else (MoE,
+multi-latent attention, q/k norms, a oneDNN-packed or PyTorch-kernel projection, LoRA, bf16) keeps the modules.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+
+import torch
+from torch import nn
+
+from model.kernels import attention as attention_kernels
+from model.kernels import build, linear, pointwise, qlinear
+
+log = logging.getLogger("glmserve.kernels")
+
+_P, _L, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+LINEAR_F32, LINEAR_INT8, LINEAR_INT4 = 1, 2, 3
+
+
+class _Linear(ctypes.Structure):  # GlmLinear
+    _fields_ = [("kind", _L), ("fn", _P), ("w", _P), ("aux", _P), ("bias", _P), ("n", _L), ("k", _L),
+                ("group", _L)]
+
+
+class _Block(ctypes.Structure):  # GlmBlock
+    _fields_ = [("input_norm", _P), ("post_attn_norm", _P), ("post_self_attn_norm", _P), ("post_mlp_norm", _P),
+                ("input_eps", _F), ("post_attn_eps", _F), ("post_self_attn_eps", _F), ("post_mlp_eps", _F),
+                ("qkv", _Linear), ("o", _Linear), ("gate_up", _Linear), ("down", _Linear), ("attention", _P)]
+
+
+class _Decoder(ctypes.Structure):  # GlmDecoder
+    _fields_ = [("norm_rows", _P), ("silu_mul", _P), ("fused_attention", _P), ("blocks", ctypes.POINTER(_Block)),
+                ("num_blocks", _L), ("hidden", _L), ("inter", _L), ("q_size", _L), ("qkv_size", _L),
+                ("final_norm", _P), ("final_eps", _F)]
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    lib = build.load("decode")
+    if lib is None:
+        return None
+    lib.glm_decoder_forward.argtypes = [ctypes.POINTER(_Decoder), _P, _P, _L, _P, _P, ctypes.c_int]
+    lib.glm_decoder_forward.restype = ctypes.c_int
+    lib.glm_decoder_scratch.argtypes = [ctypes.POINTER(_Decoder)]
+    lib.glm_decoder_scratch.restype = _L
+    return lib
+
+
+def _address(fn) -> int:
+    return ctypes.cast(fn, ctypes.c_void_p).value
+
+
+def _linear(module: nn.Module, keep: list) -> _Linear | None:
+    """The projection's kernel and arguments, or None when it does not run on one of our C kernels."""
+    from model.quant.modules import Int4Linear, Int8Linear
+
+    if type(module) is linear.KernelLinear:
+        w, b = module.weight, module.bias
+        if module._fn is None or w.dtype is not torch.float32 or not w.is_contiguous():
+            return None
+        keep += [w, b]
+        return _Linear(LINEAR_F32, _address(linear.library().linear_f32), w.data_ptr(), None,
+                       None if b is None else b.data_ptr(), module.out_features, module.in_features, 0)
+    bias = getattr(module, "bias", None)
+    if bias is not None and (bias.dtype is not torch.float32 or not bias.is_contiguous()):
+        return None
+    if type(module) is Int8Linear and module.cpu_kernel and module.weight.is_contiguous():
+        keep += [module.weight, module.scales, bias]
+        return _Linear(LINEAR_INT8, _address(qlinear.library().int8_linear_f32), module.weight.data_ptr(),
+                       module.scales.data_ptr(), None if bias is None else bias.data_ptr(), module.out_features,
+                       module.in_features, 0)
+    if type(module) is Int4Linear and module.cpu_kernel and module.packed.is_contiguous():
+        keep += [module.packed, module.scales_and_zeros, bias]
+        return _Linear(LINEAR_INT4, _address(qlinear.library().int4_linear_f32), module.packed.data_ptr(),
+                       module.scales_and_zeros.data_ptr(), None if bias is None else bias.data_ptr(),
+                       module.out_features, module.in_features, module.group_size)
+    return None
+
+
+def _norm(module: nn.Module | None, keep: list) -> tuple[int | None, float]:
+    if module is None:
+        return None, 0.0
+    if type(module) is not pointwise.KernelRMSNorm or module.weight.dtype is not torch.float32:
+        raise _NotFusable
+    keep.append(module.weight)
+    return module.weight.data_ptr(), module.eps
+
+
+class _NotFusable(Exception):
+    pass
+
+
+class FusedDecoder:
+    """Built once by the runner after its CPU choices (`build` returns None when the model is not all kernels);
+    `forward` returns the final hidden states of a pure decode step, or None when this step must take the
+    modules (its attention would not take the kernel path, or the layers' caches or RoPE tables changed)."""
+
+    def __init__(self, model: nn.Module, decoder: _Decoder, blocks, keep: list, attn_layers: list) -> None:
+        self.model = model
+        self.decoder, self.blocks, self.keep = decoder, blocks, keep
+        self.attn_layers = attn_layers  # (Attention module, its DecodeLayer)
+        self.lib = library()
+        self.scratch_per_row = self.lib.glm_decoder_scratch(ctypes.byref(decoder))
+
+    @classmethod
+    def build(cls, model: nn.Module) -> "FusedDecoder | None":
+        from model.layers.attention import Attention
+        from model.layers.rotary import RotaryEmbedding
+
+        if library() is None or not (attention_kernels.available() and pointwise.available()):
+            return None
+        cfg = model.config
+        keep: list = []
+        blocks = (_Block * len(model.layers))()
+        attn_layers = []
+        try:
+            for i, layer in enumerate(model.layers):
+                attn, mlp = layer.attn, layer.mlp
+                if (type(attn) is not Attention or not attn.supports_decode_kernel()
+                        or type(attn.rotary) is not RotaryEmbedding or type(mlp) is not pointwise.KernelGatedMLP
+                        or mlp.bf16_linears):
+                    return None
+                projections = [_linear(m, keep) for m in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)]
+                if any(p is None for p in projections):
+                    return None
+                r = attn.rotary
+                dl = attention_kernels.DecodeLayer(attn.kv_cache, attn.num_heads, attn.scale, r.cos_cache, r.sin_cache,
+                                                   r.rotary_dim, r.interleaved)
+                attn_layers.append((attn, dl))
+                norms = [_norm(layer.input_norm, keep), _norm(layer.post_attn_norm, keep),
+                         _norm(getattr(layer, "post_self_attn_norm", None) if layer.sandwich else None, keep),
+                         _norm(getattr(layer, "post_mlp_norm", None) if layer.sandwich else None, keep)]
+                blocks[i] = _Block(*(p for p, _ in norms), *(e for _, e in norms), *projections,
+                                   ctypes.addressof(dl.args))
+            final = _norm(model.norm, keep)
+        except _NotFusable:
+            return None
+        if model.layers and model.layers[0].mlp.intermediate_size != cfg.intermediate_size:
+            return None
+        a = model.layers[0].attn if model.layers else None
+        pw, att = pointwise.library(), attention_kernels.library()
+        decoder = _Decoder(_address(pw.norm_rows), _address(pw.silu_mul), _address(att.glm_fused_decode), blocks,
+                           len(model.layers), cfg.hidden_size, cfg.intermediate_size,
+                           a.q_size if a else 0, (a.q_size + 2 * a.kv_size) if a else 0, final[0], final[1])
+        return cls(model, decoder, blocks, keep, attn_layers)
+
+    def _current(self) -> bool:
+        """The layers still hold the caches and RoPE tables the packed arguments point at."""
+        return all(dl.holds(attn.kv_cache, attn.rotary.cos_cache, attn.rotary.sin_cache)
+                   for attn, dl in self.attn_layers)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta) -> torch.Tensor | None:
+        """input_ids, positions (B,) of a pure decode step (one token per sequence) with its metadata."""
+        b = input_ids.shape[0]
+        first = self.attn_layers[0][0] if self.attn_layers else None
+        if first is None or first._decode_path(b) != "kernel" or not self._current():
+            return None
+        h = self.model.embed_tokens(input_ids)
+        if h.dtype is not torch.float32 or not h.is_contiguous():
+            return None
+        step = attention_kernels.DecodeStep(meta.decode_block_tables, meta.decode_context_lens, positions,
+                                            meta.slot_mapping)
+        out = torch.empty_like(h)
+        scratch = torch.empty(b * self.scratch_per_row)
+        rc = self.lib.glm_decoder_forward(ctypes.byref(self.decoder), ctypes.addressof(step.args), h.data_ptr(), b,
+                                          out.data_ptr(), scratch.data_ptr(), torch.get_num_threads())
+        if rc:
+            raise IndexError(f"fused decoder: kernel error {rc}")
+        return out
