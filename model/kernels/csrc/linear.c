@@ -28,8 +28,15 @@
 
 #define NR 8  /* W rows per tile */
 #define MR 3  /* x rows per tile */
+/* Prefetching (measured here; -D overrides for trials): the next W tile (PF_AHEAD tiles ahead) at any row
+ * count; into L2 (prefetcht1) up to PF_FAR_ROWS rows, where the product streams W as fast as memory gives
+ * it (1 row: 31-35 GB/s against 27-30 with prefetcht0), into L1 above, where each W tile is reused by every
+ * x tile (32 rows: prefetcht0 a few % faster on the K=576 shapes). */
 #ifndef PF_AHEAD
 #define PF_AHEAD 1
+#endif
+#ifndef PF_FAR_ROWS
+#define PF_FAR_ROWS 4
 #endif
 #ifndef PF_MIN_ROWS
 #define PF_MIN_ROWS 1
@@ -181,21 +188,25 @@ static inline __attribute__((always_inline)) bf16_vec bf16_tail(const uint16_t *
 /* ---- the tile and its drivers, once per element type -------------------------------------------- */
 
 /* Outputs y[m, 0..nr) (row stride ldy) of mr (<= MR) x rows against nr (<= NR) W rows, over all of K.
- * pf: pf_n cache lines of the next tile's W to prefetch, pf_step per step of K, so the next tile is on
- * its way from memory while this one computes (at 32 rows the first pass over each tile otherwise
- * waited on DRAM: ~1 us of every ~2.6; prefetching took 32-row products from ~150 to ~190 GFLOP/s). */
+ * pf: pf_n cache lines of the next tile's W to prefetch (into L2 when far), pf_step per step of K, so the
+ * next tile is on its way from memory while this one computes (at 32 rows the first pass over each tile
+ * otherwise waited on DRAM: ~1 us of every ~2.6; prefetching took 32-row products from ~150 to ~190
+ * GFLOP/s). */
 #define DEFINE_LINEAR(S, T, VEC, STEP, LOAD, TAIL, MAC, BIAS, STORE)                                          \
 static inline __attribute__((always_inline)) void tile_##S(const int mr, const int nr, const T *restrict x,    \
                                                            long k_all, const T *restrict w, T *restrict y,     \
                                                            long ldy, const T *restrict bias, const char *pf,   \
-                                                           long pf_n, int pf_step) {                           \
+                                                           long pf_n, int pf_step, int far) {                  \
     __m512 acc[MR][NR];                                                                                        \
     for (int m = 0; m < mr; m++)                                                                               \
         for (int r = 0; r < nr; r++) acc[m][r] = _mm512_setzero_ps();                                          \
     long k = 0, line = 0;                                                                                      \
     for (; k + STEP <= k_all; k += STEP) {                                                                     \
         for (int p = 0; p < pf_step; p++, line++)                                                              \
-            if (line < pf_n) _mm_prefetch(pf + line * 64, _MM_HINT_T0);                                        \
+            if (line < pf_n) {                                                                                 \
+                if (far) _mm_prefetch(pf + line * 64, _MM_HINT_T1);                                            \
+                else _mm_prefetch(pf + line * 64, _MM_HINT_T0);                                                \
+            }                                                                                                  \
         VEC xv[MR];                                                                                            \
         for (int m = 0; m < mr; m++) xv[m] = LOAD(x + m * k_all + k);                                          \
         for (int r = 0; r < nr; r++) {                                                                         \
@@ -225,16 +236,17 @@ static inline __attribute__((always_inline)) void column_##S(const int nr, long 
                                                              const T *w, const T *bias, T *y, long n_all,     \
                                                              const char *pf, long pf_lines) {                 \
     long x_tiles = (m_all + MR - 1) / MR, steps = k_all / STEP > 0 ? k_all / STEP : 1;                         \
+    int far = m_all <= PF_FAR_ROWS;                                                                            \
     long per_tile = (pf_lines + x_tiles - 1) / x_tiles;                                                        \
     int pf_step = (int)((per_tile + steps - 1) / steps);                                                       \
     long m = 0, j = 0;                                                                                         \
     for (; m + MR <= m_all; m += MR, j++)                                                                      \
         tile_##S(MR, nr, x + m * k_all, k_all, w, y + m * n_all, n_all, bias, pf + j * per_tile * 64,          \
-                 pf_lines - j * per_tile, pf_step);                                                            \
+                 pf_lines - j * per_tile, pf_step, far);                                                       \
     const char *pfj = pf + j * per_tile * 64;                                                                  \
     long left = pf_lines - j * per_tile;                                                                       \
-    if (m_all - m == 2) tile_##S(2, nr, x + m * k_all, k_all, w, y + m * n_all, n_all, bias, pfj, left, pf_step); \
-    else if (m_all - m == 1) tile_##S(1, nr, x + m * k_all, k_all, w, y + m * n_all, n_all, bias, pfj, left, pf_step); \
+    if (m_all - m == 2) tile_##S(2, nr, x + m * k_all, k_all, w, y + m * n_all, n_all, bias, pfj, left, pf_step, far); \
+    else if (m_all - m == 1) tile_##S(1, nr, x + m * k_all, k_all, w, y + m * n_all, n_all, bias, pfj, left, pf_step, far); \
 }                                                                                                              \
                                                                                                                \
 static void tiles_##S(long m_all, const T *x, long k_all, const T *w, const T *bias, T *y, long n_all,        \
