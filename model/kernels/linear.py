@@ -2,7 +2,7 @@
 
 At 1-4 rows a projection is bound by reading its weight, and PyTorch's fastest fp32 one-row product read
 weights at 20 GB/s on a host whose plain read runs at 35; at ~32 rows oneDNN's packed product ran at ~165
-GFLOP/s of a ~300 peak. The kernel reads the model's own weight tensor in place (no copy, no repack), so a
+GFLOP/s where 2 cores' fp32 FMAs peak at ~225 (a register-only FMA loop on this host). The kernel reads the model's own weight tensor in place (no copy, no repack), so a
 tied lm_head stays one tensor with the embedding and swapping it in costs no memory. Row counts past
 MAX_ROWS go to F.linear on the same weight (MKL's sgemm).
 Whether a shape is served by it is measured at start-up (model/engine/cpu_choices.py).
