@@ -21,7 +21,8 @@
 #include <immintrin.h>
 #endif
 
-/* elements of work below which a call stays on one thread (measured: benchmarks in the report) */
+/* elements of work below which a call stays on one thread: on the 2-core AVX-512 host a parallel region cost
+ * more than a 32 x 576 add+norm (4 us) or a 16 x 1536 silu * up (12 us) takes on one thread */
 #define NORM_PARALLEL_MIN 65536
 #define SILU_PARALLEL_MIN 16384
 
