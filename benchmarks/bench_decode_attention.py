@@ -24,14 +24,15 @@ from model.layers.rotary import RotaryEmbedding
 BLOCK = 16
 
 
-def make_layers(batch: int, context: int, heads: int, kv_heads: int, head_dim: int, layers: int):
+def make_layers(batch: int, context: int, heads: int, kv_heads: int, head_dim: int, layers: int,
+                dtype: torch.dtype = torch.float32):
     rotary = RotaryEmbedding(RopeConfig(), head_dim, context + 1)
     per_seq = -(-context // BLOCK)
     num_blocks = batch * per_seq + 1
     attns = []
     for _ in range(layers):
         attn = Attention(1, heads, kv_heads, head_dim, bias=False, rotary=rotary)
-        attn.kv_cache = torch.randn(2, num_blocks, BLOCK, kv_heads, head_dim)
+        attn.kv_cache = torch.randn(2, num_blocks, BLOCK, kv_heads, head_dim).to(dtype)
         attns.append(attn)
     tables = torch.randperm(num_blocks)[:batch * per_seq].view(batch, per_seq).contiguous()
     lens = torch.full((batch,), context)
@@ -42,7 +43,7 @@ def make_layers(batch: int, context: int, heads: int, kv_heads: int, head_dim: i
     if batch > 1:
         ar = torch.arange(per_seq * BLOCK)
         meta.decode_mask = (ar.unsqueeze(0) < lens.unsqueeze(1)).view(batch, 1, 1, -1)
-    qkv = torch.randn(batch, (heads + 2 * kv_heads) * head_dim)
+    qkv = torch.randn(batch, (heads + 2 * kv_heads) * head_dim).to(dtype)
     return attns, qkv, positions, meta
 
 
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=30)
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--case", action="append", help="BATCHxCONTEXT (default 1x128 1x512 32x128 32x256)")
-    p.add_argument("--paths", default="sdpa,grouped,kernel")
+    p.add_argument("--paths", default="sdpa,grouped,kernel", help="decode paths (bf16 also has sdpa_fp32)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--threads", type=int, help="torch threads (default: torch's own count)")
     args = p.parse_args(argv)
     if args.threads:
@@ -79,13 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     cases = [tuple(int(v) for v in c.split("x")) for c in (args.case or ["1x128", "1x512", "32x128", "32x256"])]
     paths = args.paths.split(",")
-    print(f"heads {args.heads} / kv {args.kv_heads} x {args.head_dim}, {args.layers} layers, "
+    print(f"{args.dtype}, heads {args.heads} / kv {args.kv_heads} x {args.head_dim}, {args.layers} layers, "
           f"{torch.get_num_threads()} threads: us per layer (best of {args.rounds})\n")
     print("| sequences x context | " + " | ".join(paths) + " | kernel speed-up |")
     print("|---" * (len(paths) + 2) + "|")
     for batch, context in cases:
         attns, qkv, positions, meta = make_layers(batch, context, args.heads, args.kv_heads, args.head_dim,
-                                                  args.layers)
+                                                  args.layers, getattr(torch, args.dtype))
         us = {path: per_layer_us(attns, qkv, positions, meta, path, args.rounds) for path in paths}
         torch_best = min(v for k, v in us.items() if k != "kernel")
         speedup = f"{torch_best / us['kernel']:.1f}x" if "kernel" in us else "-"
