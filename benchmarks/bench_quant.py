@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_quant decode                 # batch-1 and 32-stream tok/s, variants interleaved
     python -m benchmarks.bench_quant kernels                # the matmul kernels alone at the model's shapes
+    python -m benchmarks.bench_quant streamed               # PyTorch's int8/int4 kernels vs the C ones, all weights
     python -m benchmarks.bench_quant rss                    # one child process per variant: RSS while loading
     python -m benchmarks.bench_quant perplexity             # `glmserve eval perplexity` against each variant served
     python -m benchmarks.bench_quant serve --variant int4-q41 --port 8031   # one variant over HTTP
@@ -116,12 +117,48 @@ KERNEL_SHAPES = {"qkv": (960, 576), "o": (576, 576), "gate_up": (3072, 576), "do
                  "lm_head": (49152, 576)}
 
 
+def cmd_streamed(args) -> None:
+    """ms for one pass over all of the default model's projections (30 layers' distinct weights, and the
+    vocabulary head), as a decode step streams them from memory: PyTorch's int8 / int4 kernels (bf16
+    activations, the casts included) against the C kernels (fp32 activations), at 1, 4 and 32 rows."""
+    import torch
+
+    from model.kernels import qlinear
+    from model.quant.kernels import int4_mm, pack_int4
+
+    if not qlinear.available():
+        raise SystemExit("the C quantized kernels are not available on this host")
+    torch.set_num_threads(args.threads)
+    shapes = [(576, 960, 30), (576, 576, 30), (576, 3072, 30), (1536, 576, 30), (576, 49152, 1)]
+    int8 = [(k, n, torch.randint(-127, 128, (n, k), dtype=torch.int8), torch.rand(n).to(torch.bfloat16))
+            for k, n, count in shapes for _ in range(count)]
+    int4 = [(k, n, pack_int4(torch.randint(0, 16, (n, k), dtype=torch.int32), torch.device("cpu")),
+             torch.randn(k // 32, n, 2).to(torch.bfloat16)) for k, n, count in shapes for _ in range(count)]
+    for rows in (1, 4, 32):
+        xs = {k: torch.randn(rows, k) for k in (576, 1536)}
+        calls = {
+            "int8_torch": lambda: [torch.ops.aten._weight_int8pack_mm(xs[k].to(torch.bfloat16), w, s).float()
+                                   for k, n, w, s in int8],
+            "int8_c": lambda: [qlinear.int8_linear(xs[k], w, s) for k, n, w, s in int8],
+            "int4_torch": lambda: [int4_mm(xs[k].to(torch.bfloat16), w, 32, sz).float() for k, n, w, sz in int4],
+            "int4_c": lambda: [qlinear.int4_linear(xs[k], w, 32, sz, n) for k, n, w, sz in int4],
+        }
+        best = {key: float("inf") for key in calls}
+        for _ in range(args.reps + 1):  # the first round warms up, then each kernel in turn
+            for key, fn in calls.items():
+                t = time.perf_counter()
+                fn()
+                best[key] = min(best[key], time.perf_counter() - t)
+        print(json.dumps({"rows": rows, **{k: round(v * 1e3, 2) for k, v in best.items()}}), flush=True)
+
+
 def cmd_kernels(args) -> None:
     """Microseconds per call (best of --reps rounds, each kernel in turn) at the default model's shapes."""
     import torch
     from torch import nn
 
     from model.engine.cpu_packing import PackedLinear
+    from model.kernels import qlinear
     from model.quant import QuantSpec
     from model.quant.quantize import quantize_linear
 
@@ -143,6 +180,10 @@ def cmd_kernels(args) -> None:
             calls["int8_fp32_act"] = lambda: torch.ops.aten._weight_int8pack_mm(x, i8.weight, i8.scales.float())
             calls["int4_g32_fp32_act"] = lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x, i4.packed, 32, i4.scales_and_zeros.float())
+            if qlinear.available():  # the C kernels with fp32 activations (model/kernels/qlinear.py)
+                calls["int8_c"] = lambda: qlinear.int8_linear(x, i8.weight, i8.scales)
+                if qlinear.int4_supported(n, k, 32):
+                    calls["int4_g32_c"] = lambda: qlinear.int4_linear(x, i4.packed, 32, i4.scales_and_zeros, n)
             iters = 3 if n > 10000 else 20
             best = {key: float("inf") for key in calls}
             for fn in calls.values():
@@ -321,8 +362,8 @@ def cmd_perplexity(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("command", choices=["decode", "kernels", "rss", "rss-one", "serve", "perplexity", "write-glm",
-                                        "tables"])
+    p.add_argument("command", choices=["decode", "kernels", "streamed", "rss", "rss-one", "serve", "perplexity",
+                                        "write-glm", "tables"])
     p.add_argument("--model", default=None, help="a checkpoint dir for rss (float variants); write-glm's output")
     p.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
     p.add_argument("--variant", default="int4-q41")
@@ -334,7 +375,7 @@ def main() -> None:
     p.add_argument("--port", type=int, default=8031)
     p.add_argument("--data", default="data/eval/summarize.jsonl")
     args = p.parse_args()
-    {"decode": cmd_decode, "kernels": cmd_kernels, "rss": cmd_rss, "rss-one": cmd_rss_one, "serve": cmd_serve,
+    {"decode": cmd_decode, "kernels": cmd_kernels, "streamed": cmd_streamed, "rss": cmd_rss, "rss-one": cmd_rss_one, "serve": cmd_serve,
      "perplexity": cmd_perplexity, "write-glm": cmd_write_glm, "tables": cmd_tables}[args.command](args)
 
 
