@@ -147,16 +147,24 @@ def test_bf16_fused_decode_rounds_where_torch_rounds_and_attends_in_fp32(lib, sh
     torch.testing.assert_close(got1.float().flatten(1), exact, rtol=8e-3, atol=1e-3)
 
 
-def test_one_sequence_at_each_context_alone(lib) -> None:
-    for n in CONTEXTS:
-        attn, cache, qkv, positions, meta = paged_case([n], 9, 3, 64, seed=n)
+@pytest.mark.parametrize("heads,kv_heads,d", [(9, 3, 64), (8, 1, 64), (8, 2, 128)])
+def test_one_sequence_at_each_context_alone(lib, heads, kv_heads, d) -> None:
+    """One sequence has fewer (sequence, kv head) pairs than threads to share: long contexts are cut into
+    pieces attended apart and merged (129 and 300 tokens), short ones are not."""
+    for n in CONTEXTS + [129]:
+        attn, cache, qkv, positions, meta = paged_case([n], heads, kv_heads, d, seed=n)
         meta.decode_mask = None
         ref_out, _ = torch_step(attn, cache, qkv, positions, meta)
         r = attn.rotary
         got = kernels.fused_decode(qkv, positions, r.cos_cache, r.sin_cache, r.rotary_dim, False, meta.slot_mapping,
-                                   cache.clone(), meta.decode_block_tables, meta.decode_context_lens, 9, attn.scale,
-                                   lib=lib)
+                                   cache.clone(), meta.decode_block_tables, meta.decode_context_lens, heads,
+                                   attn.scale, lib=lib)
         torch.testing.assert_close(got, ref_out, rtol=1e-5, atol=1e-5, msg=f"context {n}")
+        q = r.rotate(positions, qkv[:, :heads * d].unflatten(-1, (heads, d)))
+        _, written = torch_step(attn, cache, qkv, positions, meta)
+        got1 = kernels.decode_attention(q, written, meta.decode_block_tables, meta.decode_context_lens, attn.scale,
+                                        lib=lib)
+        torch.testing.assert_close(got1.flatten(1), ref_out, rtol=1e-5, atol=1e-5, msg=f"context {n}")
 
 
 def test_attention_layer_kernel_path_in_pure_and_mixed_steps() -> None:

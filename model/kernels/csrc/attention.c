@@ -247,20 +247,31 @@ static inline void acc_block(float *acc, const float *p, const Cache *c, int64_t
     else acc_block_f32(acc, p, (const float *)c->v + at, n, c->kv_heads * c->d, c->d);
 }
 
+/* out[at .. at + d) = x * inv in the output's type */
+static inline void store_row(void *out, int64_t at, const float *x, float inv, int64_t d, int is_bf16) {
+    for (int64_t i = 0; i < d; i++) {
+        if (is_bf16) ((bf16 *)out)[at + i] = f32_to_bf16(x[i] * inv);
+        else ((float *)out)[at + i] = x[i] * inv;
+    }
+}
+
 /* The GQA groups of kv heads kvh0 .. kvh0 + nkv - 1 over one sequence, a block at a time (all of them per
    block, so one task reading a whole sequence streams each block's rows contiguously).
-   q: (nkv * g, d) rotated fp32 query heads; out: (nkv * g, d) of the output's type, from element `out_at`.
+   Tokens [first, len) (first a multiple of block_size). q: (nkv * g, d) rotated fp32 query heads; out:
+   (nkv * g, d) of the output's type, from element `out_at`; or, where `partial` is given, the unnormalized
+   state there instead, (max, sum, acc) per head: nkv * g * (d + 2) floats, for merge_parts.
    scratch: nkv * g * (block_size + d + 2) floats. */
 static void attend_heads(const float *q, int64_t g, int64_t nkv, const Cache *c, int64_t kvh0, const int64_t *blocks,
-                         int64_t len, float scale, void *out, int64_t out_at, float *scratch) {
+                         int64_t first, int64_t len, float scale, void *out, int64_t out_at, float *partial,
+                         float *scratch) {
     const int64_t bs = c->block_size, d = c->d, row = c->kv_heads * d, hg = nkv * g;
-    float *s = scratch;            /* (hg, bs) scores of the current block */
-    float *acc = s + hg * bs;      /* (hg, d) running sum of p * v */
-    float *mx = acc + hg * d;      /* (hg) running max */
-    float *sum = mx + hg;          /* (hg) running sum of p */
+    float *s = scratch;                                      /* (hg, bs) scores of the current block */
+    float *mx = partial ? partial : s + hg * bs;             /* (hg) running max */
+    float *sum = mx + hg;                                    /* (hg) running sum of p */
+    float *acc = sum + hg;                                   /* (hg, d) running sum of p * v */
     for (int64_t j = 0; j < hg; j++) mx[j] = -INFINITY, sum[j] = 0.0f;
     memset(acc, 0, (size_t)(hg * d) * sizeof(float));
-    for (int64_t start = 0; start < len; start += bs) {
+    for (int64_t start = first; start < len; start += bs) {
         const int64_t n = len - start < bs ? len - start : bs;
         const int64_t base = blocks[start / bs] * bs * row + kvh0 * d;
         if (start + bs < len) prefetch_block(c, blocks[start / bs + 1] * bs * row + kvh0 * d, nkv);
@@ -279,13 +290,27 @@ static void attend_heads(const float *q, int64_t g, int64_t nkv, const Cache *c,
         }
         for (int64_t j = 0; j < hg; j++) acc_block(acc + j * d, s + j * bs, c, base + (j / g) * d, n);
     }
+    if (partial) return;
+    for (int64_t j = 0; j < hg; j++) store_row(out, out_at + j * d, acc + j * d, 1.0f / sum[j], d, c->is_bf16);
+}
+
+/* Heads whose context was split in `parts` pieces (each piece's max, sum, acc from attend_heads): the
+   pieces' sums rescaled to the overall max and added, then normalized into out. */
+static void merge_parts(const float *partials, int64_t parts, int64_t hg, int64_t d, void *out, int64_t out_at,
+                        int is_bf16, float *acc) {
+    const int64_t stride = hg * (d + 2);
     for (int64_t j = 0; j < hg; j++) {
-        const float inv = 1.0f / sum[j];
-        for (int64_t i = 0; i < d; i++) {
-            const float o = acc[j * d + i] * inv;
-            if (c->is_bf16) ((bf16 *)out)[out_at + j * d + i] = f32_to_bf16(o);
-            else ((float *)out)[out_at + j * d + i] = o;
+        float m = -INFINITY, sum = 0.0f;
+        for (int64_t p = 0; p < parts; p++) m = partials[p * stride + j] > m ? partials[p * stride + j] : m;
+        memset(acc, 0, (size_t)d * sizeof(float));
+        for (int64_t p = 0; p < parts; p++) {
+            const float *piece = partials + p * stride;
+            if (piece[hg + j] == 0.0f) continue;  /* an empty piece (its max is -inf) */
+            const float w = expf(piece[j] - m);
+            sum += w * piece[hg + j];
+            for (int64_t i = 0; i < d; i++) acc[i] += w * piece[2 * hg + j * d + i];
         }
+        store_row(out, out_at + j * d, acc, 1.0f / sum, d, is_bf16);
     }
 }
 
@@ -312,6 +337,31 @@ static inline int64_t scratch_floats(int64_t heads, int64_t bs, int64_t d) { ret
 /* kv heads per task: a whole sequence when there are sequences enough to share the threads, else one */
 static inline int64_t kv_per_task(int64_t batch, int64_t kv_heads, int nt) { return batch >= 2 * nt ? kv_heads : 1; }
 
+/* Pieces each (sequence, kv head) context is cut into: with fewer pairs than twice the threads (one sequence
+   of 3 kv heads on 2 threads left a thread idle a third of the time), enough pieces of >= 4 blocks for every
+   thread to have two; else 1. */
+static int64_t context_parts(const void *lens, int lens_int32, int64_t batch, int64_t kv_heads, int64_t bs,
+                             int nt) {
+    const int64_t pairs = batch * kv_heads;
+    if (nt <= 1 || pairs >= 2 * nt) return 1;
+    int64_t longest = 0;
+    for (int64_t b = 0; b < batch; b++) {
+        const int64_t n = context_len(lens, lens_int32, b);
+        longest = n > longest ? n : longest;
+    }
+    int64_t parts = (2 * nt + pairs - 1) / pairs;
+    const int64_t most = (longest + bs - 1) / bs / 4;
+    return parts < most ? parts : (most > 1 ? most : 1);
+}
+
+/* tokens [*lo, *hi) of piece `part` of a context of `len` tokens in `parts` pieces of whole blocks */
+static inline void piece(int64_t len, int64_t bs, int64_t part, int64_t parts, int64_t *lo, int64_t *hi) {
+    const int64_t nblk = (len + bs - 1) / bs;
+    *lo = part * nblk / parts * bs;
+    *hi = (part + 1) * nblk / parts * bs;
+    *hi = *hi < len ? *hi : len;
+}
+
 /* element i of a row of either type, as fp32 */
 static inline float load_at(const void *p, int64_t i, int is_bf16) {
     return is_bf16 ? bf16_to_f32(((const bf16 *)p)[i]) : ((const float *)p)[i];
@@ -326,7 +376,10 @@ static int decode_attention(const void *q, int64_t q_row_stride, const void *cac
     const int64_t g = heads / kv_heads, d = head_dim, half = num_blocks * block_size * kv_heads * d;
     const void *v = is_bf16 ? (const void *)((const bf16 *)cache + half) : (const void *)((const float *)cache + half);
     const Cache c = {cache, v, block_size, kv_heads, d, is_bf16};
-    const int64_t per = kv_per_task(batch, kv_heads, nt), hg = per * g;
+    const int64_t per = kv_per_task(batch, kv_heads, nt), hg = per * g, tasks = batch * kv_heads / per;
+    const int64_t parts = context_parts(context_lens, lens_int32, batch, kv_heads, block_size, nt);
+    float *partials = parts > 1 ? malloc((size_t)(tasks * parts * hg * (d + 2)) * sizeof(float)) : NULL;
+    if (parts > 1 && !partials) return -5;
     int alloc_failed = 0;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
@@ -336,18 +389,30 @@ static int decode_attention(const void *q, int64_t q_row_stride, const void *cac
             alloc_failed = 1;
         }
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t task = 0; task < batch * kv_heads / per; task++) {
+        for (int64_t task = 0; task < tasks * parts; task++) {
             if (!scratch) continue;
-            const int64_t b = task * per / kv_heads, kvh = task * per % kv_heads;
+            const int64_t b = task / parts * per / kv_heads, kvh = task / parts * per % kv_heads;
+            int64_t lo, hi;
+            piece(context_len(context_lens, lens_int32, b), block_size, task % parts, parts, &lo, &hi);
             float *qg = scratch;  /* (hg, d) the task's query heads in fp32 */
             const int64_t q_at = b * q_row_stride + kvh * g * d;
             for (int64_t i = 0; i < hg * d; i++) qg[i] = load_at(q, q_at + i, is_bf16);
-            attend_heads(qg, g, per, &c, kvh, block_tables + b * max_blocks,
-                         context_len(context_lens, lens_int32, b), scale, out, (b * heads + kvh * g) * d,
+            attend_heads(qg, g, per, &c, kvh, block_tables + b * max_blocks, lo, hi, scale, out,
+                         (b * heads + kvh * g) * d, partials ? partials + task * hg * (d + 2) : NULL,
                          scratch + hg * d);
+        }
+        if (partials) {
+#pragma omp for schedule(static)
+            for (int64_t task = 0; task < tasks; task++) {
+                if (!scratch) continue;
+                const int64_t b = task * per / kv_heads, kvh = task * per % kv_heads;
+                merge_parts(partials + task * parts * hg * (d + 2), parts, hg, d, out, (b * heads + kvh * g) * d,
+                            is_bf16, scratch);
+            }
         }
         free(scratch);
     }
+    free(partials);
     return alloc_failed ? -5 : 0;
 }
 
@@ -381,7 +446,10 @@ static int fused_decode(const void *qkv, const int64_t *positions, const float *
     const int64_t v_half = num_blocks * block_size * kv_size;
     const Cache c = {cache, is_bf16 ? (void *)((bf16 *)cache + v_half) : (void *)((float *)cache + v_half),
                      block_size, kv_heads, d, is_bf16};
-    const int64_t per = kv_per_task(batch, kv_heads, nt), hg = per * g;
+    const int64_t per = kv_per_task(batch, kv_heads, nt), hg = per * g, tasks = batch * kv_heads / per;
+    const int64_t parts = context_parts(context_lens, lens_int32, batch, kv_heads, block_size, nt);
+    float *partials = parts > 1 ? malloc((size_t)(tasks * parts * hg * (d + 2)) * sizeof(float)) : NULL;
+    if (parts > 1 && !partials) return -5;
     int alloc_failed = 0;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
@@ -410,9 +478,11 @@ static int fused_decode(const void *qkv, const int64_t *positions, const float *
             }
         }
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t task = 0; task < batch * kv_heads / per; task++) {
+        for (int64_t task = 0; task < tasks * parts; task++) {
             if (!scratch) continue;
-            const int64_t b = task * per / kv_heads, kvh = task * per % kv_heads;
+            const int64_t b = task / parts * per / kv_heads, kvh = task / parts * per % kv_heads;
+            int64_t lo, hi;
+            piece(context_len(context_lens, lens_int32, b), block_size, task % parts, parts, &lo, &hi);
             const float *cs = cos_table + positions[b] * half, *sn = sin_table + positions[b] * half;
             float *qg = scratch;  /* (hg, d) rotated query heads, rounded to bf16 where PyTorch rounds them */
             const int64_t q_at = b * row + kvh * g * d;
@@ -422,12 +492,22 @@ static int fused_decode(const void *qkv, const int64_t *positions, const float *
                 if (is_bf16)
                     for (int64_t i = 0; i < rotary_dim; i++) qg[j * d + i] = bf16_to_f32(f32_to_bf16(qg[j * d + i]));
             }
-            attend_heads(qg, g, per, &c, kvh, block_tables + b * max_blocks,
-                         context_len(context_lens, lens_int32, b), scale, out, (b * heads + kvh * g) * d,
+            attend_heads(qg, g, per, &c, kvh, block_tables + b * max_blocks, lo, hi, scale, out,
+                         (b * heads + kvh * g) * d, partials ? partials + task * hg * (d + 2) : NULL,
                          scratch + hg * d);
+        }
+        if (partials) {
+#pragma omp for schedule(static)
+            for (int64_t task = 0; task < tasks; task++) {
+                if (!scratch) continue;
+                const int64_t b = task * per / kv_heads, kvh = task * per % kv_heads;
+                merge_parts(partials + task * parts * hg * (d + 2), parts, hg, d, out, (b * heads + kvh * g) * d,
+                            is_bf16, scratch);
+            }
         }
         free(scratch);
     }
+    free(partials);
     return alloc_failed ? -5 : 0;
 }
 
