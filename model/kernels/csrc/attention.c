@@ -1,19 +1,22 @@
 /* Paged decode attention for glmserve (one query token per sequence), fp32 or bf16 tensors, fp32 math.
 
    The cache of one layer is (2, num_blocks, block_size, kv_heads, head_dim): K = half 0, V = half 1.
-   Each (sequence, kv head) pair is one task: the query heads of its GQA group are attended together, so
-   every K and V row is read once per group, straight from the sequence's blocks (no gather copy, no mask),
-   with an online softmax one block at a time (scores of a block, its max, one rescale of the running sums).
+   The query heads of a GQA group are attended together, so every K and V row is read once per group,
+   straight from the sequence's blocks (no gather copy, no mask), with an online softmax one block at a time
+   (scores of a block, its max, one rescale of the running sums). Tasks, shared by OpenMP threads: a whole
+   sequence when sequences outnumber twice the threads (each block's rows streamed contiguously), else one
+   (sequence, kv head) pair, its context cut into block-aligned pieces merged at the end when the pairs
+   alone would leave threads idle.
 
-   Two entry points:
-     glm_decode_attention_f32  q already rotated, the new K/V already in the cache (mixed steps).
-     glm_fused_decode_f32      a pure decode step from the qkv projection output: RoPE on q and k, K/V
-                               written to their cache slots, then attention; one call per layer where the
-                               PyTorch path ran ~25 ops.
+   Two entry points, each taking a layer's arguments (GlmLayer) and a step's (GlmStep), see the end:
+     glm_decode_attention  q already rotated, the new K/V already in the cache (mixed steps).
+     glm_fused_decode      a pure decode step from the qkv projection output: RoPE on q and k, K/V written
+                           to their cache slots, then attention; one call per layer where the PyTorch path
+                           ran ~25 ops.
 
    Both return 0, or a negative code for an index out of range (nothing read or written out of bounds):
    -1 a context length outside [1, max_blocks * block_size], -2 a block id outside [0, num_blocks),
-   -3 a position outside the rotary tables, -4 a cache slot outside the cache.
+   -3 a position outside the rotary tables, -4 a cache slot outside the cache; -5 out of memory.
 
    bf16 (is_bf16 = 1): q/qkv, the cache and out are bf16; K/V rows are widened to fp32 as they load, scores,
    softmax and sums stay fp32, and what PyTorch's path rounds to bf16 is rounded here alike (rotated q and k,
