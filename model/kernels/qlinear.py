@@ -27,6 +27,8 @@ def library() -> ctypes.CDLL | None:
     lib.int8_linear_f32.restype = None
     lib.int4_linear_f32.argtypes = [_P, _L, _L, _P, _L, _L, _P, _P, _I]
     lib.int4_linear_f32.restype = _I
+    lib.int4_linear_available.argtypes = []
+    lib.int4_linear_available.restype = _I
     lib.int8_linear_has_bf16_dot.argtypes = []
     lib.int8_linear_has_bf16_dot.restype = _I
     return lib
@@ -60,7 +62,8 @@ def int4_supported(out_features: int, in_features: int, group_size: int) -> bool
     model/quant/kernels.int4_rows_gatherable checks on the running PyTorch), groups of 32, 64 or 128 dividing K."""
     from model.quant.kernels import int4_rows_gatherable
 
-    return (available() and out_features % 64 == 0 and group_size in (32, 64, 128)
+    return (available() and bool(library().int4_linear_available()) and out_features % 64 == 0
+            and group_size in (32, 64, 128)
             and in_features % group_size == 0 and int4_rows_gatherable("cpu"))
 
 

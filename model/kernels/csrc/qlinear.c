@@ -26,6 +26,14 @@ static inline float bf16_to_f32(uint16_t v) {
     return f;
 }
 
+int int4_linear_available(void) {
+#if defined(__AVX512BF16__) && defined(__AVX512VBMI__)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 int int8_linear_has_bf16_dot(void) {
 #if defined(__AVX512BF16__)
     return 1;
@@ -148,6 +156,7 @@ void int8_linear_f32(const float *x, int64_t M, int64_t K, const int8_t *w, int6
     free(xb);
 }
 
+#if defined(__AVX512VBMI__)  // the int4 widening's byte permute (vpermb)
 // ---- int4, in PyTorch's CPU-packed layout (model/quant/kernels.py pack_int4, gather_int4_rows) ----
 // packed (N / 64, K, 32) bytes: byte [b, k, j] holds q[b*64 + j, k] in its low nibble and q[b*64 + 32 + j, k]
 // in its high one; sz (K / g, N, 2) bf16: W[n, k] = (q - 8) * sz[k / g, n, 0] + sz[k / g, n, 1].
@@ -163,21 +172,38 @@ void int8_linear_f32(const float *x, int64_t M, int64_t K, const int8_t *w, int6
 // codes of 64-row block b, k in [k0, k0 + kn) (kn even), as bf16 (k, k+1) pairs, one buffer per nibble half:
 // lo[p * 32 + j] = (q'[j, k0 + 2p], q'[j, k0 + 2p + 1]) as one 32-bit word, hi[...] the same for row 32 + j.
 // Both halves from one read of the bytes (one task per block: a task per half read every byte twice)
+// vpermb indices: lane j of half h takes byte 16h + j (k) and byte 32 + 16h + j (k + 1)
+static const uint8_t Q4_PICK[2][64] = {
+    {
+      0,  0, 32,  0,  1,  0, 33,  0,  2,  0, 34,  0,  3,  0, 35,  0,
+      4,  0, 36,  0,  5,  0, 37,  0,  6,  0, 38,  0,  7,  0, 39,  0,
+      8,  0, 40,  0,  9,  0, 41,  0, 10,  0, 42,  0, 11,  0, 43,  0,
+     12,  0, 44,  0, 13,  0, 45,  0, 14,  0, 46,  0, 15,  0, 47,  0,
+    },
+    {
+     16,  0, 48,  0, 17,  0, 49,  0, 18,  0, 50,  0, 19,  0, 51,  0,
+     20,  0, 52,  0, 21,  0, 53,  0, 22,  0, 54,  0, 23,  0, 55,  0,
+     24,  0, 56,  0, 25,  0, 57,  0, 26,  0, 58,  0, 27,  0, 59,  0,
+     28,  0, 60,  0, 29,  0, 61,  0, 30,  0, 62,  0, 31,  0, 63,  0,
+    }};
+
 static void q4_widen(const uint8_t *packed, int64_t K, int64_t b, int64_t k0, int64_t kn, uint32_t *lo,
                      uint32_t *hi) {
-    // q in 0..15 as the bf16 of 128 + q is 0x4300 | q (exponent 2^7, q in the low mantissa bits): one OR, no
-    // table; the 128 + 8 offset is taken off through the zero term (q4_tile)
+    // q in 0..15 as the bf16 of 128 + q is 0x4300 | q (exponent 2^7, q in the low mantissa bits): one
+    // ternary-logic op ((x & 0xF) | 0x4300 per 16-bit half); the 128 + 8 offset is taken off through the zero
+    // term (q4_scale_zero). The 32 bytes of k and the 32 of k + 1 are adjacent: one 64-byte load, and one byte
+    // permute puts row j's two bytes in lane j's two 16-bit halves for rows 0..15 (then 16..31); the high
+    // nibbles (rows 32 + j) are the same lanes shifted by 4.
     const __m512i nib = _mm512_set1_epi32(0x000F000F), bias = _mm512_set1_epi32(0x43004300);
+    const __m512i pick[2] = {_mm512_loadu_si512(Q4_PICK[0]), _mm512_loadu_si512(Q4_PICK[1])};
     const uint8_t *base = packed + b * K * 32;
     for (int64_t p = 0; p < kn / 2; p++) {
-        const uint8_t *r0 = base + (k0 + 2 * p) * 32, *r1 = r0 + 32;
+        __m512i bytes = _mm512_loadu_si512(base + (k0 + 2 * p) * 32);  // k's 32 bytes, then k + 1's
         for (int h = 0; h < 2; h++) {  // rows j = 16h .. 16h + 15 of each half
-            __m512i a = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(r0 + 16 * h)));
-            __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(r1 + 16 * h)));
-            __m512i pair = _mm512_or_si512(a, _mm512_slli_epi32(c, 16));  // byte k | byte k+1 << 16
-            _mm512_storeu_si512(lo + p * 32 + 16 * h, _mm512_or_si512(_mm512_and_si512(pair, nib), bias));
+            __m512i pair = _mm512_permutexvar_epi8(pick[h], bytes);  // lane j: byte k | junk | byte k+1 | junk
+            _mm512_storeu_si512(lo + p * 32 + 16 * h, _mm512_ternarylogic_epi32(pair, nib, bias, 0xEA));
             _mm512_storeu_si512(hi + p * 32 + 16 * h,
-                                _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(pair, 4), nib), bias));
+                                _mm512_ternarylogic_epi32(_mm512_srli_epi32(pair, 4), nib, bias, 0xEA));
         }
     }
 }
@@ -301,6 +327,14 @@ int int4_linear_f32(const float *x, int64_t M, int64_t K, const uint8_t *packed,
     free(xsum);
     return 0;
 }
+#else
+int int4_linear_f32(const float *x, int64_t M, int64_t K, const uint8_t *packed, int64_t N, int64_t g,
+                    const uint16_t *sz, float *y, int nt) {
+    (void)x; (void)M; (void)K; (void)packed; (void)N; (void)g; (void)sz; (void)y; (void)nt;
+    return -1;  // no portable int4 path: PyTorch's kernel serves int4 where AVX512_VBMI is missing
+}
+#endif
+
 #else
 // portable: fp32 products, a plain k loop per element (batch-invariant too); slower than PyTorch's kernel, so
 // the start-up measurement keeps PyTorch's where this is what compiled
