@@ -120,11 +120,13 @@ class ModelRunner:
             if choice.chosen == "kernel":
                 pointwise.use_pointwise_kernels(self.model)
             log.info("cpu choice: %s", choice.describe())
-        if self.dtype is torch.float32 and self.model.layers:
+        if self.dtype in (torch.float32, torch.bfloat16) and self.model.layers:
             # every layer on C kernels: a pure decode step's layers in one C call (model/kernels/decode.py)
             self.fused_decoder = choose_fused_decoder(self.model, self._synthetic_decode, batch_rows)
-        log.info("oneDNN-packed weights for %d of %d linear shapes; CPU choices measured in %.2f s",
-                 sum(c.chosen == "packed" for c in choices), len(choices), time.perf_counter() - start)
+        log.info("linear shapes: %d of %d oneDNN-packed, %d on the C kernel; fused decoder %s; CPU choices "
+                 "measured in %.2f s", sum(c.chosen == "packed" for c in choices), len(choices),
+                 sum(c.chosen == "kernel" for c in choices), "on" if self.fused_decoder is not None else "off",
+                 time.perf_counter() - start)
 
     def _synthetic_decode(self, rows: int) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         """A pure decode step of `rows` sequences for start-up timing: each at position `context - 1` over its

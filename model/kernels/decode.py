@@ -9,7 +9,8 @@ It only runs what the module path would run, so its results are that path's bit 
 when every layer is on kernels (each projection a KernelLinear, or an Int8Linear / Int4Linear whose start-up
 choice was the C kernel; the pointwise kernels swapped in; the attention kernel supported), and a step uses
 it only when the layers' attention would take the kernel path for that batch class. Anything else (MoE,
-multi-latent attention, q/k norms, a oneDNN-packed or PyTorch-kernel projection, LoRA, bf16) keeps the modules.
+multi-latent attention, q/k norms, a oneDNN-packed or PyTorch-kernel projection, LoRA, quantized projections in a
+bf16 model) keeps the modules. fp32 and bf16 models: the same kernels with the modules' dtype flags.
 """
 from __future__ import annotations
 
@@ -26,7 +27,11 @@ from model.kernels import build, linear, pointwise, qlinear
 log = logging.getLogger("glmserve.kernels")
 
 _P, _L, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-LINEAR_F32, LINEAR_INT8, LINEAR_INT4 = 1, 2, 3
+LINEAR_F32, LINEAR_INT8, LINEAR_INT4, LINEAR_BF16 = 1, 2, 3, 4
+# the pointwise kernels' flags the modules pass for an all-bf16 model (pointwise._norm / silu_mul): bf16 in, out
+# and residual, PyTorch's intermediate roundings
+BF16_NORM_FLAGS = pointwise.X_BF16 | pointwise.RES_BF16 | pointwise.W_BF16 | pointwise.OUT_BF16 | pointwise.ROUND_MID
+BF16_SILU_FLAGS = pointwise.X_BF16 | pointwise.OUT_BF16 | pointwise.ROUND_MID
 
 
 class _Linear(ctypes.Structure):  # GlmLinear
@@ -43,7 +48,8 @@ class _Block(ctypes.Structure):  # GlmBlock
 class _Decoder(ctypes.Structure):  # GlmDecoder
     _fields_ = [("norm_rows", _P), ("silu_mul", _P), ("fused_attention", _P), ("blocks", ctypes.POINTER(_Block)),
                 ("num_blocks", _L), ("hidden", _L), ("inter", _L), ("q_size", _L), ("qkv_size", _L),
-                ("final_norm", _P), ("final_eps", _F)]
+                ("final_norm", _P), ("final_eps", _F), ("elem", ctypes.c_int32), ("norm_flags", ctypes.c_int32),
+                ("silu_flags", ctypes.c_int32)]
 
 
 @functools.cache
@@ -62,20 +68,23 @@ def _address(fn) -> int:
     return ctypes.cast(fn, ctypes.c_void_p).value
 
 
-def _linear(module: nn.Module, keep: list) -> _Linear | None:
-    """The projection's kernel and arguments, or None when it does not run on one of our C kernels."""
+def _linear(module: nn.Module, dtype: torch.dtype, keep: list) -> _Linear | None:
+    """The projection's kernel and arguments for activations of `dtype`, or None when it does not run on one
+    of our C kernels."""
     from model.quant.modules import Int4Linear, Int8Linear
 
     if type(module) is linear.KernelLinear:
         w, b = module.weight, module.bias
-        if module._fn is None or w.dtype is not torch.float32 or not w.is_contiguous():
+        if module.kernel is None or w.dtype is not dtype or not w.is_contiguous():
             return None
         keep += [w, b]
-        return _Linear(LINEAR_F32, _address(linear.library().linear_f32), w.data_ptr(), None,
+        fn = linear.library().linear_f32 if dtype is torch.float32 else linear.library().linear_bf16
+        return _Linear(LINEAR_F32 if dtype is torch.float32 else LINEAR_BF16, _address(fn), w.data_ptr(), None,
                        None if b is None else b.data_ptr(), module.out_features, module.in_features, 0)
     bias = getattr(module, "bias", None)
-    if bias is not None and (bias.dtype is not torch.float32 or not bias.is_contiguous()):
-        return None
+    if dtype is not torch.float32 or (bias is not None and (bias.dtype is not torch.float32
+                                                            or not bias.is_contiguous())):
+        return None  # the quantized kernels take fp32 activations
     if type(module) is Int8Linear and module.cpu_kernel and module.weight.is_contiguous():
         keep += [module.weight, module.scales, bias]
         return _Linear(LINEAR_INT8, _address(qlinear.library().int8_linear_f32), module.weight.data_ptr(),
@@ -89,10 +98,10 @@ def _linear(module: nn.Module, keep: list) -> _Linear | None:
     return None
 
 
-def _norm(module: nn.Module | None, keep: list) -> tuple[int | None, float]:
+def _norm(module: nn.Module | None, dtype: torch.dtype, keep: list) -> tuple[int | None, float]:
     if module is None:
         return None, 0.0
-    if type(module) is not pointwise.KernelRMSNorm or module.weight.dtype is not torch.float32:
+    if type(module) is not pointwise.KernelRMSNorm or module.weight.dtype is not dtype:
         raise _NotFusable
     keep.append(module.weight)
     return module.weight.data_ptr(), module.eps
@@ -107,8 +116,9 @@ class FusedDecoder:
     `forward` returns the final hidden states of a pure decode step, or None when this step must take the
     modules (its attention would not take the kernel path, or the layers' caches or RoPE tables changed)."""
 
-    def __init__(self, model: nn.Module, decoder: _Decoder, blocks, keep: list, attn_layers: list) -> None:
-        self.model = model
+    def __init__(self, model: nn.Module, decoder: _Decoder, blocks, keep: list, attn_layers: list,
+                 dtype: torch.dtype) -> None:
+        self.model, self.dtype = model, dtype
         self.decoder, self.blocks, self.keep = decoder, blocks, keep
         self.attn_layers = attn_layers  # (Attention module, its DecodeLayer)
         self.lib = library()
@@ -122,29 +132,33 @@ class FusedDecoder:
         if library() is None or not (attention_kernels.available() and pointwise.available()):
             return None
         cfg = model.config
+        dtype = model.norm.weight.dtype
+        if dtype not in (torch.float32, torch.bfloat16):
+            return None
         keep: list = []
         blocks = (_Block * len(model.layers))()
         attn_layers = []
         try:
             for i, layer in enumerate(model.layers):
                 attn, mlp = layer.attn, layer.mlp
-                if (type(attn) is not Attention or not attn.supports_decode_kernel()
+                if (type(attn) is not Attention or not attn.supports_decode_kernel() or attn.kv_cache.dtype is not dtype
                         or type(attn.rotary) is not RotaryEmbedding or type(mlp) is not pointwise.KernelGatedMLP
                         or mlp.bf16_linears):
                     return None
-                projections = [_linear(m, keep) for m in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)]
+                projections = [_linear(m, dtype, keep)
+                               for m in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)]
                 if any(p is None for p in projections):
                     return None
                 r = attn.rotary
                 dl = attention_kernels.DecodeLayer(attn.kv_cache, attn.num_heads, attn.scale, r.cos_cache, r.sin_cache,
                                                    r.rotary_dim, r.interleaved)
                 attn_layers.append((attn, dl))
-                norms = [_norm(layer.input_norm, keep), _norm(layer.post_attn_norm, keep),
-                         _norm(getattr(layer, "post_self_attn_norm", None) if layer.sandwich else None, keep),
-                         _norm(getattr(layer, "post_mlp_norm", None) if layer.sandwich else None, keep)]
+                sandwich = (getattr(layer, "post_self_attn_norm", None), getattr(layer, "post_mlp_norm", None))
+                norms = [_norm(n, dtype, keep) for n in (layer.input_norm, layer.post_attn_norm,
+                                                         *(sandwich if layer.sandwich else (None, None)))]
                 blocks[i] = _Block(*(p for p, _ in norms), *(e for _, e in norms), *projections,
                                    ctypes.addressof(dl.args))
-            final = _norm(model.norm, keep)
+            final = _norm(model.norm, dtype, keep)
         except _NotFusable:
             return None
         if model.layers and model.layers[0].mlp.intermediate_size != cfg.intermediate_size:
@@ -153,8 +167,10 @@ class FusedDecoder:
         pw, att = pointwise.library(), attention_kernels.library()
         decoder = _Decoder(_address(pw.norm_rows), _address(pw.silu_mul), _address(att.glm_fused_decode), blocks,
                            len(model.layers), cfg.hidden_size, cfg.intermediate_size,
-                           a.q_size if a else 0, (a.q_size + 2 * a.kv_size) if a else 0, final[0], final[1])
-        return cls(model, decoder, blocks, keep, attn_layers)
+                           a.q_size if a else 0, (a.q_size + 2 * a.kv_size) if a else 0, final[0], final[1],
+                           4 if dtype is torch.float32 else 2, 0 if dtype is torch.float32 else BF16_NORM_FLAGS,
+                           0 if dtype is torch.float32 else BF16_SILU_FLAGS)
+        return cls(model, decoder, blocks, keep, attn_layers, dtype)
 
     def _current(self) -> bool:
         """The layers still hold the caches and RoPE tables the packed arguments point at."""
@@ -165,15 +181,15 @@ class FusedDecoder:
         """input_ids, positions (B,) of a pure decode step (one token per sequence) with its metadata."""
         b = input_ids.shape[0]
         first = self.attn_layers[0][0] if self.attn_layers else None
-        if first is None or first._decode_path(b) != "kernel" or not self._current():
+        if first is None or first.decode_path(b) != "kernel" or not self._current():
             return None
         h = self.model.embed_tokens(input_ids)
-        if h.dtype is not torch.float32 or not h.is_contiguous():
+        if h.dtype is not self.dtype or not h.is_contiguous():
             return None
         step = attention_kernels.DecodeStep(meta.decode_block_tables, meta.decode_context_lens, positions,
                                             meta.slot_mapping)
         out = torch.empty_like(h)
-        scratch = torch.empty(b * self.scratch_per_row)
+        scratch = torch.empty(b * self.scratch_per_row, dtype=self.dtype)
         rc = self.lib.glm_decoder_forward(ctypes.byref(self.decoder), ctypes.addressof(step.args), h.data_ptr(), b,
                                           out.data_ptr(), scratch.data_ptr(), torch.get_num_threads())
         if rc:

@@ -87,7 +87,7 @@ class KernelLinear(nn.Module):
         b = linear.bias
         readable = w.is_contiguous() and w.device.type == "cpu" and (b is None or (b.dtype == w.dtype
                                                                                   and b.is_contiguous()))
-        self._fn = entry(w.dtype) if readable else None
+        self.kernel = entry(w.dtype) if readable else None
         self._dtype = w.dtype
         self.max_rows = MAX_ROWS
 
@@ -95,7 +95,7 @@ class KernelLinear(nn.Module):
         # per-call cost is the point (a 576x576 product is ~30 us): the Parameters straight from their dict
         # (nn.Module.__getattr__ costs ~0.6 us each), x.is_cpu over x.device.type, one torch op (the output)
         params = self._parameters
-        w, b, fn = params["weight"], params["bias"], self._fn
+        w, b, fn = params["weight"], params["bias"], self.kernel
         k = self.in_features
         rows = x.numel() // k if k else 0
         if (fn is None or rows > self.max_rows or x.dtype is not self._dtype or w.dtype is not self._dtype

@@ -80,7 +80,8 @@ class Attention(nn.Module):
                 and cache is not None and cache.dtype in kernels.DTYPES and cache.is_cpu
                 and cache.is_contiguous() and kernels.available())
 
-    def _decode_path(self, num_decodes: int) -> str:
+    def decode_path(self, num_decodes: int) -> str:
+        """The decode attention path this layer takes for a batch of num_decodes sequences."""
         return self.decode_paths[1 if num_decodes == 1 else 2] if self.decode_paths else "sdpa"
 
     def _kernel_args(self, meta: AttentionMetadata, positions: torch.Tensor | None = None
@@ -100,7 +101,7 @@ class Attention(nn.Module):
     def attend(self, qkv: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata | None) -> torch.Tensor:
         """From the qkv projection's output (..., T, q_size + 2 kv_size) to o_proj's input (..., T, q_size)."""
         if meta is not None and not meta.prefills and meta.num_decodes \
-                and self._decode_path(meta.num_decodes) == "kernel":
+                and self.decode_path(meta.num_decodes) == "kernel":
             # a pure decode step: RoPE, the cache write and attention in one C call (~25 torch ops otherwise)
             return kernels.fused(*self._kernel_args(meta, positions), qkv)
         h, kvh, d = self.num_heads, self.num_kv_heads, self.head_dim
@@ -159,7 +160,7 @@ class Attention(nn.Module):
         """q: (B, H, D), one query per decoding sequence -> (B, H, D)."""
         bt = meta.decode_block_tables
         b = bt.shape[0]
-        path = self._decode_path(b)
+        path = self.decode_path(b)
         if path == "kernel":  # q rotated and the new K/V cached already (a step with prefills too)
             return kernels.attend(*self._kernel_args(meta), q)
         kd, vd = gather_blocks(cache, bt.flatten())

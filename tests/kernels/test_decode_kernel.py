@@ -1,5 +1,5 @@
 """The fused decoder (model/kernels/decode.py): a pure decode step's layers in one C call give the module
-path's hidden states bit for bit (fp32, int8 and int4 projections; Llama, ChatGLM3's interleaved partial
+path's hidden states bit for bit (fp32, int8 and int4 projections, bf16 models; Llama, ChatGLM3's interleaved partial
 RoPE, GLM-4-0414's sandwich norms), the engine's greedy output is unchanged under batching, it is not built
 where a layer is not all kernels, and the start-up choice follows the timings."""
 from __future__ import annotations
@@ -79,9 +79,11 @@ def _engine(path: str, quantization: str = "none", **kw):
     return engine
 
 
-@pytest.mark.parametrize("quantization", ["none", "int8", "int4"])
-def test_fused_step_gives_the_module_path_bits(kernels_ready, tiny_llama_dir: str, quantization: str) -> None:
-    engine = _engine(tiny_llama_dir, quantization)
+@pytest.mark.parametrize("quantization,dtype", [("none", "float32"), ("int8", "float32"), ("int4", "float32"),
+                                                ("none", "bfloat16")])
+def test_fused_step_gives_the_module_path_bits(kernels_ready, tiny_llama_dir: str, quantization: str,
+                                               dtype: str) -> None:
+    engine = _engine(tiny_llama_dir, quantization, dtype=dtype)
     runner = engine.runner
     with torch.inference_mode():
         for rows in (1, 3, 8):

@@ -96,14 +96,14 @@ def test_kernel_takes_leading_dims_and_checks_its_inputs(kl) -> None:
 
 def counted(module):
     """Counts the module's calls into the C function (the real one still does the work)."""
-    real, calls = module._fn, []
+    real, calls = module.kernel, []
     if real is None:  # a module that never calls the kernel stays as it is
         return calls
 
     def fn(*args):
         calls.append(args[4])  # rows
         return real(*args)
-    module._fn = fn
+    module.kernel = fn
     return calls
 
 
@@ -130,7 +130,7 @@ def test_kernel_linear_uses_the_kernel_up_to_its_row_limit_then_f_linear(kl) -> 
             half(torch.randn(2, 48))
     assert half_calls == [3]
     wide = kl.KernelLinear(nn.Linear(48, 8, dtype=torch.float64))  # a dtype the kernel does not take
-    assert wide._fn is None
+    assert wide.kernel is None
     x = torch.randn(3, 48, dtype=torch.float64)
     with torch.inference_mode():
         torch.testing.assert_close(wide(x), F.linear(x, wide.weight, wide.bias))
