@@ -42,6 +42,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     TRANSFORMERS_OFFLINE=1 \
     GLMSERVE_CACHE_DIR=/opt/glmserve/cache \
     GLMSERVE_PORT=8000
+# a C compiler: glmserve's CPU kernels (model/kernels) are compiled on first use for the CPU the container
+# runs on (-march=native), not the build machine's; without one they fall back to PyTorch's slower paths
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 glmserve \
     && useradd --system --uid 10001 --gid glmserve --home-dir /home/glmserve --create-home glmserve \
     && mkdir -p /opt/glmserve/cache /models \
