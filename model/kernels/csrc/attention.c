@@ -370,55 +370,6 @@ static inline float load_at(const void *p, int64_t i, int is_bf16) {
     return is_bf16 ? bf16_to_f32(((const bf16 *)p)[i]) : ((const float *)p)[i];
 }
 
-static int decode_attention(const void *q, int64_t q_row_stride, const void *cache, int64_t num_blocks,
-                            int64_t block_size, const int64_t *block_tables, int64_t max_blocks,
-                            const void *context_lens, int lens_int32, int64_t batch, int64_t heads,
-                            int64_t kv_heads, int64_t head_dim, float scale, void *out, int is_bf16, int nt) {
-    int rc = check_tables(block_tables, max_blocks, context_lens, lens_int32, num_blocks, block_size, batch);
-    if (rc) return rc;
-    const int64_t g = heads / kv_heads, d = head_dim, half = num_blocks * block_size * kv_heads * d;
-    const void *v = is_bf16 ? (const void *)((const bf16 *)cache + half) : (const void *)((const float *)cache + half);
-    const Cache c = {cache, v, block_size, kv_heads, d, is_bf16};
-    const int64_t per = kv_per_task(batch, kv_heads, nt), hg = per * g, tasks = batch * kv_heads / per;
-    const int64_t parts = context_parts(context_lens, lens_int32, batch, kv_heads, block_size, nt);
-    float *partials = parts > 1 ? malloc((size_t)(tasks * parts * hg * (d + 2)) * sizeof(float)) : NULL;
-    if (parts > 1 && !partials) return -5;
-    int alloc_failed = 0;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        float *scratch = malloc((size_t)scratch_floats(hg, block_size, d) * sizeof(float));
-        if (!scratch) {
-#pragma omp atomic write
-            alloc_failed = 1;
-        }
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t task = 0; task < tasks * parts; task++) {
-            if (!scratch) continue;
-            const int64_t b = task / parts * per / kv_heads, kvh = task / parts * per % kv_heads;
-            int64_t lo, hi;
-            piece(context_len(context_lens, lens_int32, b), block_size, task % parts, parts, &lo, &hi);
-            float *qg = scratch;  /* (hg, d) the task's query heads in fp32 */
-            const int64_t q_at = b * q_row_stride + kvh * g * d;
-            for (int64_t i = 0; i < hg * d; i++) qg[i] = load_at(q, q_at + i, is_bf16);
-            attend_heads(qg, g, per, &c, kvh, block_tables + b * max_blocks, lo, hi, scale, out,
-                         (b * heads + kvh * g) * d, partials ? partials + task * hg * (d + 2) : NULL,
-                         scratch + hg * d);
-        }
-        if (partials) {
-#pragma omp for schedule(static)
-            for (int64_t task = 0; task < tasks; task++) {
-                if (!scratch) continue;
-                const int64_t b = task * per / kv_heads, kvh = task * per % kv_heads;
-                merge_parts(partials + task * parts * hg * (d + 2), parts, hg, d, out, (b * heads + kvh * g) * d,
-                            is_bf16, scratch);
-            }
-        }
-        free(scratch);
-    }
-    free(partials);
-    return alloc_failed ? -5 : 0;
-}
-
 /* ---- the fused pure-decode step ------------------------------------------------------------------ */
 
 /* RoPE of one head (fp32, in place) as model/layers/rotary.py does it: half-split pairs (i, i + rd/2) or
@@ -433,20 +384,32 @@ static inline void rotate_head(float *x, const float *cs, const float *sn, int64
     }
 }
 
-static int fused_decode(const void *qkv, const int64_t *positions, const float *cos_table, const float *sin_table,
-                        int64_t num_positions, int64_t rotary_dim, int interleaved, const int64_t *slot_mapping,
-                        void *cache, int64_t num_blocks, int64_t block_size, const int64_t *block_tables,
-                        int64_t max_blocks, const void *context_lens, int lens_int32, int64_t batch, int64_t heads,
-                        int64_t kv_heads, int64_t head_dim, float scale, void *out, int is_bf16, int nt) {
+/* What a fused pure-decode step adds (glm_fused_decode): each new K/V row is rotated and written to its cache
+   slot before any context is read, and q comes rotated (rounded to bf16 where PyTorch rounds it) from the qkv
+   row instead of from a rotated q. */
+typedef struct {
+    const int64_t *positions, *slot_mapping;
+    const float *cos, *sin;
+    int64_t num_positions, rotary_dim;
+    int interleaved;
+} Fused;
+
+/* Both entry points: q rows of q_row_stride elements (the qkv row when fused), query heads first; the tasks
+   (sequence, kv heads) and context pieces as kv_per_task and context_parts decide, merged when split. */
+static int decode_attention(const void *q, int64_t q_row_stride, void *cache, int64_t num_blocks,
+                            int64_t block_size, const int64_t *block_tables, int64_t max_blocks,
+                            const void *context_lens, int lens_int32, int64_t batch, int64_t heads,
+                            int64_t kv_heads, int64_t head_dim, float scale, void *out, int is_bf16,
+                            const Fused *f, int nt) {
     int rc = check_tables(block_tables, max_blocks, context_lens, lens_int32, num_blocks, block_size, batch);
     if (rc) return rc;
-    for (int64_t b = 0; b < batch; b++) {
-        if (positions[b] < 0 || positions[b] >= num_positions) return -3;
-        if (slot_mapping[b] < 0 || slot_mapping[b] >= num_blocks * block_size) return -4;
-    }
-    const int64_t g = heads / kv_heads, d = head_dim, half = rotary_dim / 2;
-    const int64_t q_size = heads * d, kv_size = kv_heads * d, row = q_size + 2 * kv_size;
-    const int64_t v_half = num_blocks * block_size * kv_size;
+    if (f)
+        for (int64_t b = 0; b < batch; b++) {
+            if (f->positions[b] < 0 || f->positions[b] >= f->num_positions) return -3;
+            if (f->slot_mapping[b] < 0 || f->slot_mapping[b] >= num_blocks * block_size) return -4;
+        }
+    const int64_t g = heads / kv_heads, d = head_dim, q_size = heads * d, kv_size = kv_heads * d;
+    const int64_t half = f ? f->rotary_dim / 2 : 0, v_half = num_blocks * block_size * kv_size;
     const Cache c = {cache, is_bf16 ? (void *)((bf16 *)cache + v_half) : (void *)((float *)cache + v_half),
                      block_size, kv_heads, d, is_bf16};
     const int64_t per = kv_per_task(batch, kv_heads, nt), hg = per * g, tasks = batch * kv_heads / per;
@@ -461,23 +424,25 @@ static int fused_decode(const void *qkv, const int64_t *positions, const float *
 #pragma omp atomic write
             alloc_failed = 1;
         }
-        /* every new K/V row is in the cache before any task reads a context (the implicit barrier) */
+        if (f) {
+            /* every new K/V row is in the cache before any task reads a context (the implicit barrier) */
 #pragma omp for schedule(static)
-        for (int64_t task = 0; task < batch * kv_heads; task++) {
-            if (!scratch) continue;
-            const int64_t b = task / kv_heads, kvh = task % kv_heads;
-            const int64_t k_at = b * row + q_size + kvh * d, dst = slot_mapping[b] * kv_size + kvh * d;
-            float *k = scratch;
-            for (int64_t i = 0; i < d; i++) k[i] = load_at(qkv, k_at + i, is_bf16);
-            rotate_head(k, cos_table + positions[b] * half, sin_table + positions[b] * half, rotary_dim,
-                        interleaved);
-            if (is_bf16) {
-                bf16 *kc = (bf16 *)cache + dst, *vc = (bf16 *)c.v + dst;
-                for (int64_t i = 0; i < d; i++) kc[i] = f32_to_bf16(k[i]);
-                memcpy(vc, (const bf16 *)qkv + k_at + kv_size, (size_t)d * sizeof(bf16));
-            } else {
-                memcpy((float *)cache + dst, k, (size_t)d * sizeof(float));
-                memcpy((float *)c.v + dst, (const float *)qkv + k_at + kv_size, (size_t)d * sizeof(float));
+            for (int64_t task = 0; task < batch * kv_heads; task++) {
+                if (!scratch) continue;
+                const int64_t b = task / kv_heads, kvh = task % kv_heads;
+                const int64_t k_at = b * q_row_stride + q_size + kvh * d, dst = f->slot_mapping[b] * kv_size + kvh * d;
+                float *k = scratch;
+                for (int64_t i = 0; i < d; i++) k[i] = load_at(q, k_at + i, is_bf16);
+                rotate_head(k, f->cos + f->positions[b] * half, f->sin + f->positions[b] * half, f->rotary_dim,
+                            f->interleaved);
+                if (is_bf16) {
+                    bf16 *kc = (bf16 *)cache + dst, *vc = (bf16 *)c.v + dst;
+                    for (int64_t i = 0; i < d; i++) kc[i] = f32_to_bf16(k[i]);
+                    memcpy(vc, (const bf16 *)q + k_at + kv_size, (size_t)d * sizeof(bf16));
+                } else {
+                    memcpy((float *)cache + dst, k, (size_t)d * sizeof(float));
+                    memcpy((float *)c.v + dst, (const float *)q + k_at + kv_size, (size_t)d * sizeof(float));
+                }
             }
         }
 #pragma omp for schedule(dynamic, 1)
@@ -486,14 +451,17 @@ static int fused_decode(const void *qkv, const int64_t *positions, const float *
             const int64_t b = task / parts * per / kv_heads, kvh = task / parts * per % kv_heads;
             int64_t lo, hi;
             piece(context_len(context_lens, lens_int32, b), block_size, task % parts, parts, &lo, &hi);
-            const float *cs = cos_table + positions[b] * half, *sn = sin_table + positions[b] * half;
-            float *qg = scratch;  /* (hg, d) rotated query heads, rounded to bf16 where PyTorch rounds them */
-            const int64_t q_at = b * row + kvh * g * d;
-            for (int64_t i = 0; i < hg * d; i++) qg[i] = load_at(qkv, q_at + i, is_bf16);
-            for (int64_t j = 0; j < hg; j++) {
-                rotate_head(qg + j * d, cs, sn, rotary_dim, interleaved);
-                if (is_bf16)
-                    for (int64_t i = 0; i < rotary_dim; i++) qg[j * d + i] = bf16_to_f32(f32_to_bf16(qg[j * d + i]));
+            float *qg = scratch;  /* (hg, d) the task's query heads in fp32 */
+            const int64_t q_at = b * q_row_stride + kvh * g * d;
+            for (int64_t i = 0; i < hg * d; i++) qg[i] = load_at(q, q_at + i, is_bf16);
+            if (f) {  /* rotated here, rounded to bf16 where PyTorch's path rounds them */
+                const float *cs = f->cos + f->positions[b] * half, *sn = f->sin + f->positions[b] * half;
+                for (int64_t j = 0; j < hg; j++) {
+                    rotate_head(qg + j * d, cs, sn, f->rotary_dim, f->interleaved);
+                    if (is_bf16)
+                        for (int64_t i = 0; i < f->rotary_dim; i++)
+                            qg[j * d + i] = bf16_to_f32(f32_to_bf16(qg[j * d + i]));
+                }
             }
             attend_heads(qg, g, per, &c, kvh, block_tables + b * max_blocks, lo, hi, scale, out,
                          (b * heads + kvh * g) * d, partials ? partials + task * hg * (d + 2) : NULL,
@@ -539,12 +507,12 @@ int glm_decode_attention(const GlmLayer *l, const GlmStep *s, const void *q, int
                          int nt) {
     return decode_attention(q, q_row_stride, l->cache, l->num_blocks, l->block_size, s->block_tables, s->max_blocks,
                             s->context_lens, s->lens_int32, s->batch, l->heads, l->kv_heads, l->head_dim, l->scale,
-                            out, l->is_bf16, nt);
+                            out, l->is_bf16, NULL, nt);
 }
 
 int glm_fused_decode(const GlmLayer *l, const GlmStep *s, const void *qkv, void *out, int nt) {
-    return fused_decode(qkv, s->positions, l->cos, l->sin, l->num_positions, l->rotary_dim, l->interleaved,
-                        s->slot_mapping, l->cache, l->num_blocks, l->block_size, s->block_tables, s->max_blocks,
-                        s->context_lens, s->lens_int32, s->batch, l->heads, l->kv_heads, l->head_dim, l->scale, out,
-                        l->is_bf16, nt);
+    const Fused f = {s->positions, s->slot_mapping, l->cos, l->sin, l->num_positions, l->rotary_dim, l->interleaved};
+    return decode_attention(qkv, (l->heads + 2 * l->kv_heads) * l->head_dim, l->cache, l->num_blocks, l->block_size,
+                            s->block_tables, s->max_blocks, s->context_lens, s->lens_int32, s->batch, l->heads,
+                            l->kv_heads, l->head_dim, l->scale, out, l->is_bf16, &f, nt);
 }
