@@ -114,22 +114,21 @@ class _NotFusable(Exception):
 class FusedDecoder:
     """Built once by the runner after its CPU choices (`build` returns None when the model is not all kernels);
     `forward` returns the final hidden states of a pure decode step, or None when this step must take the
-    modules (its attention would not take the kernel path, or the layers' caches or RoPE tables changed)."""
+    modules (its attention would not take the kernel path). The runner builds it after the KV cache and the
+    RoPE tables are in place, and neither is replaced while it serves: the packed arguments point at them."""
 
-    def __init__(self, model: nn.Module, decoder: _Decoder, blocks, keep: list, attn_layers: list,
-                 dtype: torch.dtype) -> None:
+    def __init__(self, model: nn.Module, decoder: _Decoder, blocks, keep: list, dtype: torch.dtype) -> None:
         self.model, self.dtype = model, dtype
         self.decoder, self.blocks, self.keep = decoder, blocks, keep
-        self.attn_layers = attn_layers  # (Attention module, its DecodeLayer)
+        self.first_attention = model.layers[0].attn  # its decode path for a batch decides whether a step fuses
         self.lib = library()
         self.scratch_per_row = self.lib.glm_decoder_scratch(ctypes.byref(decoder))
 
     @classmethod
     def build(cls, model: nn.Module) -> "FusedDecoder | None":
         from model.layers.attention import Attention
-        from model.layers.rotary import RotaryEmbedding
 
-        if library() is None or not (attention_kernels.available() and pointwise.available()):
+        if library() is None or not (attention_kernels.available() and pointwise.available()) or not model.layers:
             return None
         cfg = model.config
         dtype = model.norm.weight.dtype
@@ -137,22 +136,20 @@ class FusedDecoder:
             return None
         keep: list = []
         blocks = (_Block * len(model.layers))()
-        attn_layers = []
         try:
             for i, layer in enumerate(model.layers):
                 attn, mlp = layer.attn, layer.mlp
+                # supports_decode_kernel: this class (not MLA), no q/k norm, the standard RoPE, a CPU cache
                 if (type(attn) is not Attention or not attn.supports_decode_kernel() or attn.kv_cache.dtype is not dtype
-                        or type(attn.rotary) is not RotaryEmbedding or type(mlp) is not pointwise.KernelGatedMLP
-                        or mlp.bf16_linears):
+                        or type(mlp) is not pointwise.KernelGatedMLP or mlp.bf16_linears
+                        or mlp.intermediate_size != cfg.intermediate_size):
                     return None
                 projections = [_linear(m, dtype, keep)
                                for m in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)]
                 if any(p is None for p in projections):
                     return None
-                r = attn.rotary
-                dl = attention_kernels.DecodeLayer(attn.kv_cache, attn.num_heads, attn.scale, r.cos_cache, r.sin_cache,
-                                                   r.rotary_dim, r.interleaved)
-                attn_layers.append((attn, dl))
+                dl = attn.kernel_layer()
+                keep.append(dl)  # the struct the block points at lives as long as this decoder
                 sandwich = (getattr(layer, "post_self_attn_norm", None), getattr(layer, "post_mlp_norm", None))
                 norms = [_norm(n, dtype, keep) for n in (layer.input_norm, layer.post_attn_norm,
                                                          *(sandwich if layer.sandwich else (None, None)))]
@@ -161,33 +158,24 @@ class FusedDecoder:
             final = _norm(model.norm, dtype, keep)
         except _NotFusable:
             return None
-        if model.layers and model.layers[0].mlp.intermediate_size != cfg.intermediate_size:
-            return None
-        a = model.layers[0].attn if model.layers else None
+        a = model.layers[0].attn
         pw, att = pointwise.library(), attention_kernels.library()
         decoder = _Decoder(_address(pw.norm_rows), _address(pw.silu_mul), _address(att.glm_fused_decode), blocks,
                            len(model.layers), cfg.hidden_size, cfg.intermediate_size,
-                           a.q_size if a else 0, (a.q_size + 2 * a.kv_size) if a else 0, final[0], final[1],
+                           a.q_size, a.q_size + 2 * a.kv_size, final[0], final[1],
                            4 if dtype is torch.float32 else 2, 0 if dtype is torch.float32 else BF16_NORM_FLAGS,
                            0 if dtype is torch.float32 else BF16_SILU_FLAGS)
-        return cls(model, decoder, blocks, keep, attn_layers, dtype)
-
-    def _current(self) -> bool:
-        """The layers still hold the caches and RoPE tables the packed arguments point at."""
-        return all(dl.holds(attn.kv_cache, attn.rotary.cos_cache, attn.rotary.sin_cache)
-                   for attn, dl in self.attn_layers)
+        return cls(model, decoder, blocks, keep, dtype)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta) -> torch.Tensor | None:
         """input_ids, positions (B,) of a pure decode step (one token per sequence) with its metadata."""
         b = input_ids.shape[0]
-        first = self.attn_layers[0][0] if self.attn_layers else None
-        if first is None or first.decode_path(b) != "kernel" or not self._current():
+        if self.first_attention.decode_path(b) != "kernel":
             return None
         h = self.model.embed_tokens(input_ids)
         if h.dtype is not self.dtype or not h.is_contiguous():
             return None
-        step = attention_kernels.DecodeStep(meta.decode_block_tables, meta.decode_context_lens, positions,
-                                            meta.slot_mapping)
+        step = meta.decode_step(positions)
         out = torch.empty_like(h)
         scratch = torch.empty(b * self.scratch_per_row, dtype=self.dtype)
         rc = self.lib.glm_decoder_forward(ctypes.byref(self.decoder), ctypes.addressof(step.args), h.data_ptr(), b,

@@ -39,6 +39,15 @@ class AttentionMetadata:
     decode_context_lens: torch.Tensor | None = None  # (B,) int64: each decode's context, new token included
     kernel_step: kernels.DecodeStep | None = None  # the decode tables packed for the C kernel by the first layer
 
+    def decode_step(self, positions: torch.Tensor | None = None) -> kernels.DecodeStep:
+        """The decode tables packed for the C kernel, built once a step (by its first layer) and reused; with
+        positions (a fused pure-decode step) the slot mapping too."""
+        step = self.kernel_step
+        if step is None or step.positions is not positions:
+            step = self.kernel_step = kernels.DecodeStep(self.decode_block_tables, self.decode_context_lens, positions,
+                                                         None if positions is None else self.slot_mapping)
+        return step
+
     @property
     def num_decodes(self) -> int:
         return 0 if self.decode_block_tables is None else self.decode_block_tables.shape[0]
@@ -84,19 +93,18 @@ class Attention(nn.Module):
         """The decode attention path this layer takes for a batch of num_decodes sequences."""
         return self.decode_paths[1 if num_decodes == 1 else 2] if self.decode_paths else "sdpa"
 
-    def _kernel_args(self, meta: AttentionMetadata, positions: torch.Tensor | None = None
-                     ) -> tuple[kernels.DecodeLayer, kernels.DecodeStep]:
-        """The C kernel's packed arguments: this layer's (rebuilt when its cache or RoPE tables are replaced)
-        and the step's (built by its first layer, reused by the others)."""
+    def kernel_layer(self) -> kernels.DecodeLayer:
+        """This layer's arguments packed for the C kernel (rebuilt when its cache or RoPE tables are replaced;
+        also what model/kernels/decode.py points at)."""
         layer, r = self._kernel_layer, self.rotary
         if layer is None or not layer.holds(self.kv_cache, r.cos_cache, r.sin_cache):
             layer = self._kernel_layer = kernels.DecodeLayer(self.kv_cache, self.num_heads, self.scale, r.cos_cache,
                                                              r.sin_cache, r.rotary_dim, r.interleaved)
-        step = meta.kernel_step
-        if step is None or step.positions is not positions:
-            step = meta.kernel_step = kernels.DecodeStep(meta.decode_block_tables, meta.decode_context_lens, positions,
-                                                         None if positions is None else meta.slot_mapping)
-        return layer, step
+        return layer
+
+    def _kernel_args(self, meta: AttentionMetadata, positions: torch.Tensor | None = None
+                     ) -> tuple[kernels.DecodeLayer, kernels.DecodeStep]:
+        return self.kernel_layer(), meta.decode_step(positions)
 
     def attend(self, qkv: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata | None) -> torch.Tensor:
         """From the qkv projection's output (..., T, q_size + 2 kv_size) to o_proj's input (..., T, q_size)."""
