@@ -18,7 +18,7 @@ import torch
 
 from model.config import RopeConfig
 from model.kernels import attention as kernels
-from model.layers.attention import Attention, AttentionMetadata
+from model.layers.attention import Attention, pure_decode_metadata
 from model.layers.rotary import RotaryEmbedding
 
 BLOCK = 16
@@ -35,14 +35,8 @@ def make_layers(batch: int, context: int, heads: int, kv_heads: int, head_dim: i
         attn.kv_cache = torch.randn(2, num_blocks, BLOCK, kv_heads, head_dim).to(dtype)
         attns.append(attn)
     tables = torch.randperm(num_blocks)[:batch * per_seq].view(batch, per_seq).contiguous()
-    lens = torch.full((batch,), context)
-    positions = lens - 1
-    slots = tables[:, (context - 1) // BLOCK] * BLOCK + (context - 1) % BLOCK
-    meta = AttentionMetadata(slot_mapping=slots, decode_block_tables=tables, decode_context_len=context,
-                             decode_context_lens=lens)
-    if batch > 1:
-        ar = torch.arange(per_seq * BLOCK)
-        meta.decode_mask = (ar.unsqueeze(0) < lens.unsqueeze(1)).view(batch, 1, 1, -1)
+    meta = pure_decode_metadata(tables, context, BLOCK)
+    positions = meta.decode_context_lens - 1
     qkv = torch.randn(batch, (heads + 2 * kv_heads) * head_dim).to(dtype)
     return attns, qkv, positions, meta
 

@@ -173,7 +173,7 @@ def choose_decode_attention(num_heads: int, num_kv_heads: int, head_dim: int, dt
     pre-gathered K/V left out the gather, most of a 32-sequence step's attention.) `like`'s RoPE module is
     used where given."""
     from model.config import RopeConfig
-    from model.layers.attention import Attention, AttentionMetadata
+    from model.layers.attention import Attention, pure_decode_metadata
     from model.layers.rotary import RotaryEmbedding
 
     rotary = like.rotary if like is not None else RotaryEmbedding(RopeConfig(), head_dim, context)
@@ -188,14 +188,8 @@ def choose_decode_attention(num_heads: int, num_kv_heads: int, head_dim: int, dt
         num_blocks = rows * per_seq + 1
         attn.kv_cache = torch.randn(2, num_blocks, block_size, num_kv_heads, head_dim).to(dtype)
         tables = torch.randperm(num_blocks)[:rows * per_seq].view(rows, per_seq)  # scattered, as in a step
-        lens = torch.full((rows,), context)
-        positions = lens - 1
-        slots = tables[:, (context - 1) // block_size] * block_size + (context - 1) % block_size
-        meta = AttentionMetadata(slot_mapping=slots, decode_block_tables=tables, decode_context_len=context,
-                                 decode_context_lens=lens)
-        if rows > 1:
-            ar = torch.arange(per_seq * block_size)
-            meta.decode_mask = (ar.unsqueeze(0) < lens.unsqueeze(1)).view(rows, 1, 1, -1)
+        meta = pure_decode_metadata(tables, context, block_size)
+        positions = meta.decode_context_lens - 1
         qkv = torch.randn(rows, (num_heads + 2 * num_kv_heads) * head_dim).to(dtype)
         return lambda: attn.attend(qkv, positions, meta)
 

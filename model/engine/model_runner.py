@@ -20,7 +20,7 @@ from model.engine.pooling import Pooler, PoolingChunk
 from model.engine.scheduler import ScheduledSeq
 from model.engine.sequence import Sequence
 from model.kernels import pointwise
-from model.layers.attention import Attention, AttentionMetadata, PrefillSegment
+from model.layers.attention import Attention, AttentionMetadata, PrefillSegment, pure_decode_metadata
 from model.models.decoder import CausalLM
 from model.quant import QuantSpec, describe_quantization, quantize_model, weight_bytes
 
@@ -135,13 +135,8 @@ class ModelRunner:
         per_seq = max(1, min(4, self.num_blocks // rows))
         context = per_seq * bs
         tables = torch.arange(rows * per_seq, device=self.device).view(rows, per_seq) % self.num_blocks
-        positions = torch.full((rows,), context - 1, dtype=torch.long, device=self.device)
-        meta = AttentionMetadata(slot_mapping=tables[:, -1] * bs + bs - 1, decode_start=0,
-                                 decode_block_tables=tables, decode_context_len=context)
-        meta.decode_context_lens = positions + 1
-        if rows > 1:
-            meta.decode_mask = torch.ones(rows, 1, 1, context, dtype=torch.bool, device=self.device)
-        return torch.zeros(rows, dtype=torch.long, device=self.device), positions, meta
+        meta = pure_decode_metadata(tables, context, bs)
+        return torch.zeros(rows, dtype=torch.long, device=self.device), meta.decode_context_lens - 1, meta
 
     def _num_blocks(self) -> int:
         per_block = kv_bytes_per_block(self.config, self.block_size, self.dtype)

@@ -53,6 +53,20 @@ class AttentionMetadata:
         return 0 if self.decode_block_tables is None else self.decode_block_tables.shape[0]
 
 
+def pure_decode_metadata(tables: torch.Tensor, context: int, block_size: int) -> AttentionMetadata:
+    """A pure decode step over `tables` (rows, blocks), every sequence at `context` tokens with the new one
+    last: what start-up timings and benchmarks run (model/engine/cpu_choices.py, the runner's synthetic step,
+    benchmarks/bench_decode_attention.py). Positions are decode_context_lens - 1."""
+    rows, last = tables.shape[0], context - 1
+    lens = torch.full((rows,), context, device=tables.device)
+    meta = AttentionMetadata(slot_mapping=tables[:, last // block_size] * block_size + last % block_size,
+                             decode_block_tables=tables, decode_context_len=context, decode_context_lens=lens)
+    if rows > 1:
+        width = torch.arange(tables.shape[1] * block_size, device=tables.device)
+        meta.decode_mask = (width.unsqueeze(0) < lens.unsqueeze(1)).view(rows, 1, 1, -1)
+    return meta
+
+
 class Attention(nn.Module):
     """q/k/v in one fused projection, RoPE, GQA. `kv_cache` is set by the model runner:
     (2, num_blocks, block_size, num_kv_heads, head_dim).
