@@ -295,8 +295,12 @@ def choose_fused_decoder(model: nn.Module, make_step: Callable[[int], tuple], ba
         ids, positions, meta = make_step(rows)
         return lambda: (setting(True), fused.forward(ids, positions, meta))
 
-    choice = pick(f"decoder layers x{len(model.layers)}", {"modules": modules, "fused": one_call_step},
-                  sorted({1, batch_rows}), timer)
+    # the label names what differs between models of one process (pick decides once per label): the dtype and
+    # the projections' kinds, so an int4 engine never reuses an fp32 engine's decision
+    kinds = "+".join(sorted({type(m).__name__ for m in quant})) or "float"
+    dtype = str(fused.dtype).removeprefix("torch.")
+    what = f"decoder layers x{len(model.layers)} {dtype} {kinds} x {model.config.hidden_size}"
+    choice = pick(what, {"modules": modules, "fused": one_call_step}, sorted({1, batch_rows}), timer)
     log.info("cpu choice: %s", choice.describe())
     setting(choice.chosen == "fused")
     return fused if choice.chosen == "fused" else None
