@@ -40,13 +40,19 @@ def available() -> bool:
     return lib is not None and bool(lib.int8_linear_has_bf16_dot())
 
 
+def _check(what: str, x: torch.Tensor, codes: torch.Tensor, codes_dtype: torch.dtype, codes_name: str,
+           scales: torch.Tensor) -> None:
+    """The dtypes and layout both kernels read: fp32 x, their codes, bf16 scales, all contiguous."""
+    if x.dtype is not torch.float32 or codes.dtype is not codes_dtype or scales.dtype is not torch.bfloat16:
+        raise ValueError(f"{what}: fp32 x, {codes_name}, bf16 scales needed; got {x.dtype}, {codes.dtype}, "
+                         f"{scales.dtype}")
+    if not (x.is_contiguous() and codes.is_contiguous() and scales.is_contiguous()):
+        raise ValueError(f"{what}: contiguous tensors needed")
+
+
 def int8_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """x (M, K) fp32 contiguous, weight (N, K) int8 contiguous, scales (N,) bf16 -> (M, N) fp32."""
-    if x.dtype is not torch.float32 or weight.dtype is not torch.int8 or scales.dtype is not torch.bfloat16:
-        raise ValueError(f"int8_linear: fp32 x, int8 weight, bf16 scales needed; got {x.dtype}, {weight.dtype}, "
-                         f"{scales.dtype}")
-    if not (x.is_contiguous() and weight.is_contiguous() and scales.is_contiguous()):
-        raise ValueError("int8_linear: contiguous tensors needed")
+    _check("int8_linear", x, weight, torch.int8, "int8 weight", scales)
     m, k = x.shape
     n = weight.shape[0]
     if weight.shape[1] != k or scales.shape[0] != n:
@@ -71,11 +77,7 @@ def int4_linear(x: torch.Tensor, packed: torch.Tensor, group_size: int, scales_a
                 out_features: int) -> torch.Tensor:
     """x (M, K) fp32 contiguous, packed (N, K / 2) uint8 in PyTorch's CPU layout, scales_and_zeros (K / g, N, 2)
     bf16 -> (M, N) fp32."""
-    if x.dtype is not torch.float32 or packed.dtype is not torch.uint8 or scales_and_zeros.dtype is not torch.bfloat16:
-        raise ValueError(f"int4_linear: fp32 x, uint8 packed codes, bf16 scales needed; got {x.dtype}, "
-                         f"{packed.dtype}, {scales_and_zeros.dtype}")
-    if not (x.is_contiguous() and packed.is_contiguous() and scales_and_zeros.is_contiguous()):
-        raise ValueError("int4_linear: contiguous tensors needed")
+    _check("int4_linear", x, packed, torch.uint8, "uint8 packed codes", scales_and_zeros)
     m, k = x.shape
     if packed.shape != (out_features, k // 2) or scales_and_zeros.shape != (k // group_size, out_features, 2):
         raise ValueError(f"int4_linear: x {tuple(x.shape)}, packed {tuple(packed.shape)}, scales "
