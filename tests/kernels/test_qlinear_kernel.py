@@ -93,15 +93,18 @@ def test_int4_kernel_equals_the_dequantized_matmul(ql, m: int, k: int, n: int, g
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_int4_rows_get_the_same_bits_alone_or_in_any_batch(ql, threads: int) -> None:
-    x, packed, sz, _ = _int4_case(23, 576, 192, 32, seed=4)
+    # 41 rows take the buffered path, 1 to 32 rows the register one (qlinear.c, Q4_DIRECT_ROWS): same bits
+    x, packed, sz, _ = _int4_case(41, 576, 192, 32, seed=4)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         batched = ql.int4_linear(x, packed, 32, sz, 192)
-        alone = torch.cat([ql.int4_linear(x[i:i + 1].contiguous(), packed, 32, sz, 192) for i in range(23)])
+        alone = torch.cat([ql.int4_linear(x[i:i + 1].contiguous(), packed, 32, sz, 192) for i in range(41)])
+        in_fives = torch.cat([ql.int4_linear(x[i:i + 5].contiguous(), packed, 32, sz, 192) for i in range(0, 41, 5)])
     finally:
         torch.set_num_threads(before)
     assert torch.equal(batched, alone)
+    assert torch.equal(batched, in_fives)
 
 
 def test_int4_shapes_outside_the_kernel_are_named(ql) -> None:
