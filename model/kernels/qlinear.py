@@ -29,15 +29,15 @@ def library() -> ctypes.CDLL | None:
     lib.int4_linear_f32.restype = _I
     lib.int4_linear_available.argtypes = []
     lib.int4_linear_available.restype = _I
-    lib.int8_linear_has_bf16_dot.argtypes = []
-    lib.int8_linear_has_bf16_dot.restype = _I
+    lib.int8_linear_available.argtypes = []
+    lib.int8_linear_available.restype = _I
     return lib
 
 
 def available() -> bool:
-    """Compiled with AVX512_BF16's dot product: without it the portable loop only loses to PyTorch's kernel."""
+    """Compiled with AVX512_VNNI's int16 dot product: without it the portable loop only loses to PyTorch's kernel."""
     lib = library()
-    return lib is not None and bool(lib.int8_linear_has_bf16_dot())
+    return lib is not None and bool(lib.int8_linear_available())
 
 
 def _check(what: str, x: torch.Tensor, codes: torch.Tensor, codes_dtype: torch.dtype, codes_name: str,

@@ -36,20 +36,38 @@ def _case(m: int, k: int, n: int, seed: int = 0):
 
 
 def _reference(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    # the kernel's arithmetic: x rounded to bf16 (as PyTorch's int8 kernel takes it), exact products, fp32 sums
-    return (x.to(torch.bfloat16).double() @ w.double().t() * scales.double()).float()
+    # the kernel's arithmetic (csrc/qlinear.c): each row of x scaled to int16 by its absmax (fp32 steps, nearest
+    # even), exact integer dot products, then dot * amax / 32767 * scale in double, rounded once to fp32
+    amax = x.abs().amax(dim=1, keepdim=True)
+    xq = torch.round(x * (torch.full_like(amax, 32767.0) / amax))  # a true division (32767 / t is 32767 * 1 / t)
+    dot = xq.double() @ w.double().t()
+    return (dot * (amax.double() / 32767.0) * scales.double()).float()
 
 
-@pytest.mark.parametrize("m", [1, 2, 5, 6, 7, 13, 32, 64, 129])
-@pytest.mark.parametrize("k,n", [(16, 4), (17, 5), (100, 1001), (576, 960), (1536, 576), (4100, 9)])
+@pytest.mark.parametrize("m", [1, 2, 5, 6, 7, 8, 9, 13, 32, 64, 129])
+@pytest.mark.parametrize("k,n", [(16, 4), (17, 5), (100, 1001), (576, 960), (1536, 576), (4100, 9), (8200, 7)])
 def test_kernel_equals_the_dequantized_matmul(ql, m: int, k: int, n: int) -> None:
     x, w, scales = _case(m, k, n)
     y = ql.int8_linear(x, w, scales)
-    ref = _reference(x, w, scales)
-    # fp32 sums of k exact products: a few ulps of the sum of magnitudes
-    bound = (x.to(torch.bfloat16).double().abs() @ w.double().abs().t() * scales.double()) * (k * 2 ** -23) + 1e-6
     assert y.shape == (m, n)
-    assert ((y.double() - ref.double()).abs() <= bound).all()
+    # the same arithmetic in torch: equal up to the last rounding to fp32 (the integer part is exact)
+    ref = _reference(x, w, scales)
+    assert torch.allclose(y, ref, rtol=2 ** -22, atol=1e-30)
+    # and the float matmul of the dequantized weight, within x's int16 rounding: half a step per element
+    exact = x.double() @ (w.double() * scales.double().unsqueeze(1)).t()
+    step = x.abs().amax(dim=1, keepdim=True).double() / 32767
+    bound = 0.5 * step * (w.double().abs() * scales.double().unsqueeze(1)).sum(dim=1) + exact.abs() * 2 ** -22
+    assert ((y.double() - exact).abs() <= bound).all()
+
+
+def test_zero_and_non_finite_rows(ql) -> None:
+    x, w, scales = _case(3, 64, 8)
+    x[1] = 0.0
+    x[2, 5] = float("nan")
+    bias_free = ql.int8_linear(x, w, scales)
+    assert torch.equal(bias_free[1], torch.zeros(8))
+    assert bias_free[2].isnan().all()
+    assert torch.equal(bias_free[0], ql.int8_linear(x[:1].contiguous(), w, scales)[0])
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -1,29 +1,25 @@
-// Weight-only int8 linear with fp32 activations: y (M, N) = x (M, K) . (w (N, K) int8 * scale (N,))^T + bias.
+// Weight-only int8 and int4 linears with fp32 activations: y (M, N) = x (M, K) . W^T (+ bias for int8).
 //
-// Why by hand: PyTorch's _weight_int8pack_mm (bf16 activations) ran no faster on 2 threads than on 1 at 32 rows
-// (136 vs 143 GFLOP/s on a cached 576x3072 weight, this host), and over the default model's shapes 32 rows took
-// as long as fp32 oneDNN. Here each task widens a tile of 4 W rows to bf16 once (int8 values are exact in
-// bf16) into a small L1 buffer and multiplies it against every row of x, 6 rows at a time with 24 register
-// accumulators, through AVX512_BF16's pairwise dot product (vdpbf16ps, fp32 accumulation), the same arithmetic
-// as PyTorch's kernel: x rounded to bf16, products exact, sums in fp32. Tasks split N across threads.
-//
-// Batch invariance (tested): every output element is the same sequence of dot-product steps over k, the same
-// horizontal sum per K chunk, the chunks added in order, whatever the number of rows, the tile shapes or the
-// threads, so a row's result does not depend on what else is in the batch. One row goes through the buffer
-// too: widening in registers straight from memory measured slower (10.9 vs 5.9 ms for the model's projections).
+// Why by hand: PyTorch's _weight_int8pack_mm and _weight_int4pack_mm_for_cpu take bf16 activations (two casts
+// a call), and the int8 one ran no faster on 2 threads than on 1 at 32 rows (136 vs 143 GFLOP/s on a cached
+// 576x3072 weight, this host); over the default model's shapes 32 rows took as long as fp32 oneDNN.
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define NR 4      // W rows per tile
-#define MR 6      // x rows per tile
-#define KC 2048   // K per chunk: a 4 x KC bf16 tile is 16 KB, half of a Zen 4 L1d
 
 static inline float bf16_to_f32(uint16_t v) {
     uint32_t bits = (uint32_t)v << 16;
     float f;
     memcpy(&f, &bits, sizeof f);
     return f;
+}
+
+int int8_linear_available(void) {
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    return 1;
+#else
+    return 0;
+#endif
 }
 
 int int4_linear_available(void) {
@@ -34,129 +30,225 @@ int int4_linear_available(void) {
 #endif
 }
 
-int int8_linear_has_bf16_dot(void) {
-#if defined(__AVX512BF16__)
-    return 1;
-#else
-    return 0;
-#endif
-}
-
-#if defined(__AVX512BF16__)
+#if defined(__AVX512BW__)
 #include <immintrin.h>
-
-// the accumulators are named scalars, not an array: gcc kept an array of them on the stack (a store per step)
-#define ROW_DOT(r)                                                                 \
-    if (mr > r) {                                                                  \
-        __m512bh xv = (__m512bh)_mm512_loadu_si512(x + r * ldx + k);              \
-        c##r##0 = _mm512_dpbf16_ps(c##r##0, xv, w0);                               \
-        c##r##1 = _mm512_dpbf16_ps(c##r##1, xv, w1);                               \
-        c##r##2 = _mm512_dpbf16_ps(c##r##2, xv, w2);                               \
-        c##r##3 = _mm512_dpbf16_ps(c##r##3, xv, w3);                               \
-    }
-#define ROW_OUT(r)                                                                 \
-    if (mr > r) {                                                                  \
-        out[r * NR + 0] = _mm512_reduce_add_ps(c##r##0);                           \
-        out[r * NR + 1] = _mm512_reduce_add_ps(c##r##1);                           \
-        out[r * NR + 2] = _mm512_reduce_add_ps(c##r##2);                           \
-        out[r * NR + 3] = _mm512_reduce_add_ps(c##r##3);                           \
-    }
-#define ROW_DECL(r) __m512 c##r##0 = z, c##r##1 = z, c##r##2 = z, c##r##3 = z;
-
-// mr (<= MR, a constant after inlining) bf16 rows of x (stride ldx) against the 4 bf16 rows of wt (stride KC);
-// kn is a multiple of 32 (both are zero-padded)
-static inline __attribute__((always_inline)) void tile(const uint16_t *x, int64_t ldx, int64_t kn,
-                                                       const uint16_t *wt, int mr, float *out) {
-    const __m512 z = _mm512_setzero_ps();
-    ROW_DECL(0) ROW_DECL(1) ROW_DECL(2) ROW_DECL(3) ROW_DECL(4) ROW_DECL(5)
-    for (int64_t k = 0; k < kn; k += 32) {
-        __m512bh w0 = (__m512bh)_mm512_loadu_si512(wt + k), w1 = (__m512bh)_mm512_loadu_si512(wt + KC + k);
-        __m512bh w2 = (__m512bh)_mm512_loadu_si512(wt + 2 * KC + k);
-        __m512bh w3 = (__m512bh)_mm512_loadu_si512(wt + 3 * KC + k);
-        ROW_DOT(0) ROW_DOT(1) ROW_DOT(2) ROW_DOT(3) ROW_DOT(4) ROW_DOT(5)
-    }
-    ROW_OUT(0) ROW_OUT(1) ROW_OUT(2) ROW_OUT(3) ROW_OUT(4) ROW_OUT(5)
-}
-
-static void tile_any(const uint16_t *x, int64_t ldx, int64_t kn, const uint16_t *wt, int mr, float *out) {
-    switch (mr) {
-    case 6: tile(x, ldx, kn, wt, 6, out); break;
-    case 5: tile(x, ldx, kn, wt, 5, out); break;
-    case 4: tile(x, ldx, kn, wt, 4, out); break;
-    case 3: tile(x, ldx, kn, wt, 3, out); break;
-    case 2: tile(x, ldx, kn, wt, 2, out); break;
-    default: tile(x, ldx, kn, wt, 1, out); break;
-    }
-}
 
 static inline __mmask32 mask32(int64_t left) {
     return left >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << left) - 1);
 }
+#endif
 
-// rows n0..n0+nr of w, columns k0..k0+kn, as bf16 into wt (4 x KC; zero past kn up to kpad and past nr)
-static void widen_tile(const int8_t *w, int64_t K, int64_t n0, int nr, int64_t k0, int64_t kn, int64_t kpad,
-                       uint16_t *wt) {
-    for (int j = 0; j < NR; j++) {
-        const int8_t *src = w + (n0 + j) * K + k0;
-        for (int64_t k = 0; k < kpad; k += 32) {
-            __m256i b = j < nr && k < kn ? _mm256_maskz_loadu_epi8(mask32(kn - k), src + k) : _mm256_setzero_si256();
-            __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b)));
-            __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1)));
-            _mm512_storeu_si512(wt + j * KC + k, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-        }
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+// ---- int8 through int16 activations and vpdpwssd ----
+// Each row of x is scaled to int16 by its own absmax (x_q = round(x * 32767 / amax), nearest even), W's bytes
+// are sign-extended to int16 in registers (one op per 32), and vpdpwssd sums pairs of int16 products into int32
+// lanes: the dot products are exact integers, reduced and added across K chunks in int64, and y = dot * amax /
+// 32767 * scale in double, rounded once to fp32. Three ops per 32 weights against seven and an L1 round trip for
+// widening to bf16, so one row streams W at memory speed. x keeps 16 bits against its row's largest element
+// (bf16 keeps 8 against each element's own magnitude). A row's result depends on that row alone: batch- and
+// thread-invariant by construction.
+#define V8_MR 8       // x rows per pass over one W row: 8 int32 accumulators
+#define V8_KC 4096    // K per int32 chunk: a lane adds 2 x 128 products of |127 x 32767|, under 2^31
+
+// acc += pairwise int16 products of a and b, in place: gcc's _mm512_dpwssd_epi32 copied each accumulator to a
+// fresh register and back (and spilled them), which made one row 2x slower than the bf16 path
+#define DPWSSD(acc, a, b) __asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b))
+
+static inline int64_t sum_lanes(__m512i v) {  // 16 int32 lanes, exactly
+    __m512i lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v));
+    __m512i hi = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1));
+    return _mm512_reduce_add_epi64(_mm512_add_epi64(lo, hi));
+}
+
+// W's 32 bytes at k (masked past kn) as int16
+static inline __m512i w16_at(const int8_t *w, int64_t k, int64_t kn) {
+    if (kn - k >= 32) return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w + k)));
+    return _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask32(kn - k), w + k));
+}
+
+// one x row against one W row, 4 accumulators over alternating k steps (integer sums: any order is exact)
+static int64_t v8_row1(const int16_t *xq, const int8_t *w, int64_t kn) {
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t k = 0;
+    for (; k + 128 <= kn; k += 128) {
+        __m512i w0 = w16_at(w, k, kn), w1 = w16_at(w, k + 32, kn), w2 = w16_at(w, k + 64, kn);
+        __m512i w3 = w16_at(w, k + 96, kn);
+        DPWSSD(a0, _mm512_loadu_si512(xq + k), w0);
+        DPWSSD(a1, _mm512_loadu_si512(xq + k + 32), w1);
+        DPWSSD(a2, _mm512_loadu_si512(xq + k + 64), w2);
+        DPWSSD(a3, _mm512_loadu_si512(xq + k + 96), w3);
+    }
+    for (; k < kn; k += 32) DPWSSD(a0, _mm512_loadu_si512(xq + k), w16_at(w, k, kn));  // x is zero-padded to 32
+    return sum_lanes(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)));
+}
+
+#define V8_DECL(r) __m512i d##r = z;
+#define V8_DOT(r) if (mr > r) DPWSSD(d##r, _mm512_loadu_si512(xq + r * ldx + k), wv);
+#define V8_OUT(r) if (mr > r) acc[r] += sum_lanes(d##r);
+
+// mr (<= V8_MR) int16 rows of x (stride ldx) against one W row, K columns 0..kn: the exact dot products added
+// to acc[0..mr). W is read once, in order: tiles of several W rows read as interleaved short streams, which
+// the hardware prefetcher does not follow (one row measured 25% slower than the bf16 path that way)
+static inline __attribute__((always_inline)) void v8_rows(const int16_t *xq, int64_t ldx, const int8_t *w,
+                                                          int64_t kn, int mr, int64_t *acc) {
+    const __m512i z = _mm512_setzero_si512();
+    V8_DECL(0) V8_DECL(1) V8_DECL(2) V8_DECL(3) V8_DECL(4) V8_DECL(5) V8_DECL(6) V8_DECL(7)
+    for (int64_t k = 0; k < kn; k += 32) {
+        __m512i wv = w16_at(w, k, kn);
+        V8_DOT(0) V8_DOT(1) V8_DOT(2) V8_DOT(3) V8_DOT(4) V8_DOT(5) V8_DOT(6) V8_DOT(7)
+    }
+    V8_OUT(0) V8_OUT(1) V8_OUT(2) V8_OUT(3) V8_OUT(4) V8_OUT(5) V8_OUT(6) V8_OUT(7)
+}
+
+static void v8_rows_any(const int16_t *xq, int64_t ldx, const int8_t *w, int64_t kn, int mr, int64_t *acc) {
+    switch (mr) {
+    case 8: v8_rows(xq, ldx, w, kn, 8, acc); break;
+    case 7: v8_rows(xq, ldx, w, kn, 7, acc); break;
+    case 6: v8_rows(xq, ldx, w, kn, 6, acc); break;
+    case 5: v8_rows(xq, ldx, w, kn, 5, acc); break;
+    case 4: v8_rows(xq, ldx, w, kn, 4, acc); break;
+    case 3: v8_rows(xq, ldx, w, kn, 3, acc); break;
+    case 2: v8_rows(xq, ldx, w, kn, 2, acc); break;
+    default: acc[0] += v8_row1(xq, w, kn); break;
     }
 }
 
-// x (M, K) fp32 -> (M, kp) bf16, rounded to nearest even as torch's .to(bfloat16), zero-padded to kp
-static void x_to_bf16(const float *x, int64_t M, int64_t K, int64_t kp, uint16_t *xb) {
-    for (int64_t r = 0; r < M; r++)
-        for (int64_t k = 0; k < kp; k += 32) {
-            __mmask16 m0 = k >= K ? 0 : (K - k >= 16 ? 0xFFFF : (__mmask16)((1u << (K - k)) - 1));
-            __mmask16 m1 = k + 16 >= K ? 0 : (K - k - 16 >= 16 ? 0xFFFF : (__mmask16)((1u << (K - k - 16)) - 1));
-            __m512 lo = _mm512_maskz_loadu_ps(m0, x + r * K + k), hi = _mm512_maskz_loadu_ps(m1, x + r * K + k + 16);
-            _mm512_storeu_si512(xb + r * kp + k, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+// Above V8_MR rows, W rows are reused across many x rows, so register tiles pay: 4 W rows x 6 x rows,
+// 24 accumulators, the next tiles' W prefetched by hand (its four short row streams defeat the hardware's)
+#define V8_NR 4
+#define V8_TMR 6
+#define V8_PREFETCH 2  // tiles ahead
+#define V8_TDECL(r) __m512i t##r##0 = z, t##r##1 = z, t##r##2 = z, t##r##3 = z;
+#define V8_TDOT(r)                                                                 \
+    if (mr > r) {                                                                  \
+        __m512i xv = _mm512_loadu_si512(xq + r * ldx + k);                         \
+        DPWSSD(t##r##0, xv, w0); DPWSSD(t##r##1, xv, w1);                          \
+        DPWSSD(t##r##2, xv, w2); DPWSSD(t##r##3, xv, w3);                          \
+    }
+#define V8_TOUT(r)                                                                 \
+    if (mr > r) {                                                                  \
+        acc[r * V8_NR + 0] += sum_lanes(t##r##0); acc[r * V8_NR + 1] += sum_lanes(t##r##1); \
+        acc[r * V8_NR + 2] += sum_lanes(t##r##2); acc[r * V8_NR + 3] += sum_lanes(t##r##3); \
+    }
+
+// mr (<= V8_TMR) x rows against the W rows at w0p..w3p (a row past N points at a valid one; its sums are
+// dropped), K columns 0..kn; pf: bytes ahead to prefetch (0 for the last tiles)
+static inline __attribute__((always_inline)) void v8_tile(const int16_t *xq, int64_t ldx, const int8_t *w0p,
+        const int8_t *w1p, const int8_t *w2p, const int8_t *w3p, int64_t pf, int64_t kn, int mr, int64_t *acc) {
+    const __m512i z = _mm512_setzero_si512();
+    V8_TDECL(0) V8_TDECL(1) V8_TDECL(2) V8_TDECL(3) V8_TDECL(4) V8_TDECL(5)
+    for (int64_t k = 0; k < kn; k += 32) {
+        _mm_prefetch((const char *)(w0p + pf + k), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w1p + pf + k), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w2p + pf + k), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w3p + pf + k), _MM_HINT_T0);
+        __m512i w0 = w16_at(w0p, k, kn), w1 = w16_at(w1p, k, kn), w2 = w16_at(w2p, k, kn), w3 = w16_at(w3p, k, kn);
+        V8_TDOT(0) V8_TDOT(1) V8_TDOT(2) V8_TDOT(3) V8_TDOT(4) V8_TDOT(5)
+    }
+    V8_TOUT(0) V8_TOUT(1) V8_TOUT(2) V8_TOUT(3) V8_TOUT(4) V8_TOUT(5)
+}
+
+static void v8_tile_any(const int16_t *xq, int64_t ldx, const int8_t *w, int64_t K, int nr, int64_t pf,
+                        int64_t kn, int mr, int64_t *acc) {
+    const int8_t *w0 = w, *w1 = nr > 1 ? w + K : w, *w2 = nr > 2 ? w + 2 * K : w, *w3 = nr > 3 ? w + 3 * K : w;
+    switch (mr) {
+    case 6: v8_tile(xq, ldx, w0, w1, w2, w3, pf, kn, 6, acc); break;
+    case 5: v8_tile(xq, ldx, w0, w1, w2, w3, pf, kn, 5, acc); break;
+    case 4: v8_tile(xq, ldx, w0, w1, w2, w3, pf, kn, 4, acc); break;
+    case 3: v8_tile(xq, ldx, w0, w1, w2, w3, pf, kn, 3, acc); break;
+    case 2: v8_tile(xq, ldx, w0, w1, w2, w3, pf, kn, 2, acc); break;
+    default: v8_tile(xq, ldx, w0, w1, w2, w3, pf, kn, 1, acc); break;
+    }
+}
+
+// x (M, K) fp32 -> (M, kp) int16 (zero-padded) and each row's step amax / 32767 (0 for an all-zero row, NaN
+// for a row with a NaN or an infinity: its outputs are NaN, as the float product's would be)
+static void x_to_int16(const float *x, int64_t M, int64_t K, int64_t kp, int16_t *xq, double *step) {
+    for (int64_t r = 0; r < M; r++) {
+        const float *xr = x + r * K;
+        float amax = 0.f;
+        int finite = 1;
+        for (int64_t k = 0; k < K; k++) {
+            float a = xr[k] < 0 ? -xr[k] : xr[k];
+            if (!(a <= 3.4e38f)) finite = 0;  // NaN or infinity
+            else if (a > amax) amax = a;
         }
+        int16_t *q = xq + r * kp;
+        memset(q, 0, (size_t)kp * 2);
+        if (!finite) { step[r] = __builtin_nan(""); continue; }
+        step[r] = (double)amax / 32767.0;
+        if (amax == 0.f) continue;
+        const __m512 inv = _mm512_set1_ps(32767.f / amax);
+        for (int64_t k = 0; k < K; k += 16) {
+            __mmask16 m = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1);
+            __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, xr + k), inv));  // nearest even
+            _mm256_mask_storeu_epi16(q + k, m, _mm512_cvtsepi32_epi16(v));
+        }
+    }
 }
 
 void int8_linear_f32(const float *x, int64_t M, int64_t K, const int8_t *w, int64_t N, const uint16_t *scales,
                      const float *bias, float *y, int nt) {
     int64_t kp = (K + 31) / 32 * 32;
-    uint16_t *xb = aligned_alloc(64, (size_t)(M * kp * 2 + 64) / 64 * 64);
-    if (!xb) return;
-    x_to_bf16(x, M, K, kp, xb);
-    int64_t nblocks = (N + NR - 1) / NR;
-    // a task is one tile of W rows against every row of x: W is read from memory once, x stays in cache
+    int16_t *xq = aligned_alloc(64, (size_t)(M * kp * 2 + 64) / 64 * 64);
+    double *step = malloc((size_t)M * sizeof(double) + 8);
+    if (!xq || !step) { free(xq); free(step); return; }
+    x_to_int16(x, M, K, kp, xq, step);
+    if (M <= V8_MR) {
+        // a task is one W row against every row of x (the row read once, in order)
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int64_t b = 0; b < nblocks; b++) {
-        uint16_t wt[NR * KC] __attribute__((aligned(64)));
-        float out[MR * NR];
-        int64_t n0 = b * NR;
-        int nr = (int)(N - n0 < NR ? N - n0 : NR);
-        for (int64_t k0 = 0; k0 < K; k0 += KC) {
-            int64_t kn = K - k0 < KC ? K - k0 : KC;
-            int64_t kpad = (kn + 31) / 32 * 32;
-            widen_tile(w, K, n0, nr, k0, kn, kpad, wt);
-            for (int64_t m0 = 0; m0 < M; m0 += MR) {
-                int mr = (int)(M - m0 < MR ? M - m0 : MR);
-                tile_any(xb + m0 * kp + k0, kp, kpad, wt, mr, out);
+        for (int64_t n = 0; n < N; n++) {
+            int64_t acc[V8_MR] = {0};
+            for (int64_t k0 = 0; k0 < K; k0 += V8_KC)
+                v8_rows_any(xq + k0, kp, w + n * K + k0, K - k0 < V8_KC ? K - k0 : V8_KC, (int)M, acc);
+            double sw = (double)bf16_to_f32(scales[n]);
+            for (int64_t r = 0; r < M; r++) {
+                float v = (float)((double)acc[r] * step[r] * sw);
+                y[r * N + n] = bias ? v + bias[n] : v;
+            }
+        }
+    } else {
+        // a task is one tile of V8_NR W rows against every row of x, V8_TMR rows at a time
+        int64_t nblocks = (N + V8_NR - 1) / V8_NR;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+        for (int64_t b = 0; b < nblocks; b++) {
+            int64_t n0 = b * V8_NR;
+            int nr = (int)(N - n0 < V8_NR ? N - n0 : V8_NR);
+            int64_t pf = b + V8_PREFETCH < nblocks ? V8_PREFETCH * V8_NR * K : 0;
+            for (int64_t m0 = 0; m0 < M; m0 += V8_TMR) {
+                int mr = (int)(M - m0 < V8_TMR ? M - m0 : V8_TMR);
+                int64_t acc[V8_TMR * V8_NR] = {0};
+                for (int64_t k0 = 0; k0 < K; k0 += V8_KC)
+                    v8_tile_any(xq + m0 * kp + k0, kp, w + n0 * K + k0, K, nr, m0 == 0 ? pf : 0,
+                                K - k0 < V8_KC ? K - k0 : V8_KC, mr, acc);
                 for (int r = 0; r < mr; r++)
                     for (int j = 0; j < nr; j++) {
-                        float *dst = y + (m0 + r) * N + n0 + j;
-                        *dst = k0 == 0 ? out[r * NR + j] : *dst + out[r * NR + j];
+                        float v = (float)((double)acc[r * V8_NR + j] * step[m0 + r] * (double)bf16_to_f32(scales[n0 + j]));
+                        y[(m0 + r) * N + n0 + j] = bias ? v + bias[n0 + j] : v;
                     }
             }
         }
-        for (int64_t r = 0; r < M; r++)
-            for (int j = 0; j < nr; j++) {
-                float *dst = y + r * N + n0 + j;
-                float v = *dst * bf16_to_f32(scales[n0 + j]);
-                *dst = bias ? v + bias[n0 + j] : v;
-            }
     }
-    free(xb);
+    free(xq);
+    free(step);
 }
+#else
+// portable: fp32 products, a plain k loop per element (batch-invariant too); slower than PyTorch's kernel, so
+// the start-up measurement keeps PyTorch's where this is what compiled
+void int8_linear_f32(const float *x, int64_t M, int64_t K, const int8_t *w, int64_t N, const uint16_t *scales,
+                     const float *bias, float *y, int nt) {
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t r = 0; r < M; r++) {
+            float s = 0.f;
+            for (int64_t k = 0; k < K; k++) s += x[r * K + k] * (float)w[n * K + k];
+            float v = s * bf16_to_f32(scales[n]);
+            y[r * N + n] = bias ? v + bias[n] : v;
+        }
+}
+#endif
 
-#if defined(__AVX512VBMI__)  // the int4 widening's byte permute (vpermb)
+#if defined(__AVX512BF16__) && defined(__AVX512VBMI__)  // vdpbf16ps, and the widening's byte permute (vpermb)
 // ---- int4, in PyTorch's CPU-packed layout (model/quant/kernels.py pack_int4, gather_int4_rows) ----
 // packed (N / 64, K, 32) bytes: byte [b, k, j] holds q[b*64 + j, k] in its low nibble and q[b*64 + 32 + j, k]
 // in its high one; sz (K / g, N, 2) bf16: W[n, k] = (q - 8) * sz[k / g, n, 0] + sz[k / g, n, 1].
@@ -167,7 +259,7 @@ void int8_linear_f32(const float *x, int64_t M, int64_t K, const int8_t *w, int6
 // time. Up to 32 rows of x (Q4_DIRECT_ROWS) the codes are instead widened in registers and used at once,
 // again for each pair of rows: the buffers' stores and reloads cost more than re-widening there (one pass over
 // the default model's weights: 5.4 -> 3.1 ms at 1 row, 32.2 -> 31.1 at 32; at 256 rows the buffers win by 5%).
-// Batch-invariant like the int8 kernel: the same steps per element whatever the batch, on either path.
+// Batch-invariant: every output element is the same sequence of steps whatever the batch, on either path.
 
 #define Q4_MR 2      // x rows per tile (x 64 outputs: 16 accumulators)
 #define Q4_DIRECT_ROWS 32  // up to this many x rows the codes are widened in registers (q4_block_direct), again per pair of rows
@@ -379,32 +471,11 @@ int int4_linear_f32(const float *x, int64_t M, int64_t K, const uint8_t *packed,
     free(xsum);
     return 0;
 }
+
 #else
 int int4_linear_f32(const float *x, int64_t M, int64_t K, const uint8_t *packed, int64_t N, int64_t g,
                     const uint16_t *sz, float *y, int nt) {
     (void)x; (void)M; (void)K; (void)packed; (void)N; (void)g; (void)sz; (void)y; (void)nt;
-    return -1;  // no portable int4 path: PyTorch's kernel serves int4 where AVX512_VBMI is missing
-}
-#endif
-
-#else
-// portable: fp32 products, a plain k loop per element (batch-invariant too); slower than PyTorch's kernel, so
-// the start-up measurement keeps PyTorch's where this is what compiled
-void int8_linear_f32(const float *x, int64_t M, int64_t K, const int8_t *w, int64_t N, const uint16_t *scales,
-                     const float *bias, float *y, int nt) {
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int64_t n = 0; n < N; n++)
-        for (int64_t r = 0; r < M; r++) {
-            float s = 0.f;
-            for (int64_t k = 0; k < K; k++) s += x[r * K + k] * (float)w[n * K + k];
-            float v = s * bf16_to_f32(scales[n]);
-            y[r * N + n] = bias ? v + bias[n] : v;
-        }
-}
-
-int int4_linear_f32(const float *x, int64_t M, int64_t K, const uint8_t *packed, int64_t N, int64_t g,
-                    const uint16_t *sz, float *y, int nt) {
-    (void)x; (void)M; (void)K; (void)packed; (void)N; (void)g; (void)sz; (void)y; (void)nt;
-    return -1;  // no portable int4 path: PyTorch's kernel serves int4 where AVX512_BF16 is missing
+    return -1;  // no portable int4 path: PyTorch's kernel serves int4 where AVX512_BF16 or AVX512_VBMI is missing
 }
 #endif
