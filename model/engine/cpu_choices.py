@@ -24,6 +24,8 @@ log = logging.getLogger("glmserve.engine")
 
 MARGIN = 0.05  # a trick must be >= 5% faster than the plain path, so noise never turns one on
 ROUNDS = 4  # timed calls per candidate, interleaved, after one untimed warm-up round
+RETRIES = 2  # measurements again (each call's best kept) while the timings contradict themselves
+INCONSISTENT = 3.0  # a loss this many times the plain path's time beside a win elsewhere: not the kernel's speed
 Timer = Callable[[str, Callable[[], object]], float]  # (label, work) -> seconds of one call
 
 
@@ -55,7 +57,10 @@ def pick(what: str, candidates: dict[str, Callable[[int], Callable[[], object]]]
     best of ROUNDS calls, the candidates interleaved call by call after a warm-up round (oneDNN builds its
     primitives), so a neighbour process that takes a core for a while slows all of them alike. Each kind's
     score is its mean time ratio to the plain path over row_counts (each row count weighs the same,
-    however long it takes); the best kind wins if it beats the plain path by MARGIN, else plain stays.
+    however long it takes); the best kind wins if it beats the plain path by MARGIN, else plain stays. A
+    measurement that contradicts itself (a candidate winning at one row count and losing by INCONSISTENT x at
+    another: a neighbour's burst, seen when two servers started at once) is repeated, up to RETRIES times, each
+    call's best time kept across the repeats.
 
     Measured once per process and label: a second engine in the process (tests, a reload) reuses the first's
     choice, so two engines never differ in their kernels, and their roundings, by a noisy timing."""
@@ -63,21 +68,39 @@ def pick(what: str, candidates: dict[str, Callable[[int], Callable[[], object]]]
     if timer is one_call and key in _DECIDED:
         return _DECIDED[key]
     seconds: dict[str, dict[int, float]] = {kind: {} for kind in candidates}
-    for rows in row_counts:
-        works = {kind: make(rows) for kind, make in candidates.items()}
-        for work in works.values():
-            work()
-        for _ in range(ROUNDS):
-            for kind, work in works.items():
-                elapsed = timer(f"{what}/{kind}/{rows}", work)
-                seconds[kind][rows] = min(seconds[kind].get(rows, float("inf")), elapsed)
     plain = next(iter(seconds))
+    for attempt in range(1 + RETRIES):
+        for rows in row_counts:
+            works = {kind: make(rows) for kind, make in candidates.items()}
+            for work in works.values():
+                work()
+            for _ in range(ROUNDS):
+                for kind, work in works.items():
+                    elapsed = timer(f"{what}/{kind}/{rows}", work)
+                    seconds[kind][rows] = min(seconds[kind].get(rows, float("inf")), elapsed)
+        if not _contradicts_itself(seconds, plain, row_counts):
+            break
+        if attempt < RETRIES:
+            log.info("cpu choice: %s timed inconsistently (a busy host?): measuring again", what)
     score = {kind: sum(s[r] / seconds[plain][r] for r in row_counts) / len(row_counts) for kind, s in seconds.items()}
     best = min(score, key=score.get)
     choice = Choice(what, best if score[best] < 1.0 - MARGIN else plain, seconds)
     if timer is one_call:
         _DECIDED[key] = choice
     return choice
+
+
+def _contradicts_itself(seconds: dict[str, dict[int, float]], plain: str, row_counts: list[int]) -> bool:
+    """A candidate that wins at one row count and loses by INCONSISTENT x at another: a kernel's speed does not
+    swing so far between row counts, a neighbour's burst does (a busy core stalls a 2-thread kernel's barrier for a
+    whole time slice while the plain path's small single-threaded ops barely notice)."""
+    for kind, by_rows in seconds.items():
+        ratios = [by_rows[r] / seconds[plain][r] for r in row_counts if seconds[plain][r] > 0]
+        if not ratios:
+            continue
+        if kind != plain and min(ratios) < 1.0 - MARGIN and max(ratios) > INCONSISTENT:
+            return True
+    return False
 
 
 _DECIDED: dict[tuple[str, tuple[str, ...]], Choice] = {}  # pick's choices in this process, by label and kinds
