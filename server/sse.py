@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator, Callable
 
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import AppStatus
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from server.errors import APIError
 
@@ -58,6 +58,15 @@ class ClosingEventStream(EventSourceResponse):
                  headers: dict[str, str] | None = None, on_close: Callable[[], None] | None = None) -> None:
         super().__init__(events, headers={**STREAM_HEADERS, **(headers or {})}, ping=ping_interval, sep="\n")
         self._on_close = on_close
+
+    async def _send_with_timeout(self, send: Send, message: Message) -> None:
+        # sse-starlette opens an anyio cancel scope around every event even with no send timeout, a good part
+        # of a streamed token's event-loop time; the server's middleware already bounds a stalled write
+        # (--write-stall-timeout), so an event goes straight out
+        if self.send_timeout is None:
+            await send(message)
+        else:
+            await super()._send_with_timeout(send, message)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
