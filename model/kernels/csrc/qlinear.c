@@ -66,8 +66,9 @@ static inline __m512i w16_at(const int8_t *w, int64_t k, int64_t kn) {
     return _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask32(kn - k), w + k));
 }
 
-// one x row against one W row, 4 accumulators over alternating k steps (integer sums: any order is exact)
-static int64_t v8_row1(const int16_t *xq, const int8_t *w, int64_t kn) {
+// one x row against one W row, 4 accumulators over alternating k steps (integer sums: any order is exact);
+// the 16 int32 lane sums (each under 2^31 for kn <= V8_KC)
+static inline __m512i v8_row1_lanes(const int16_t *xq, const int8_t *w, int64_t kn) {
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
     int64_t k = 0;
     for (; k + 128 <= kn; k += 128) {
@@ -79,7 +80,39 @@ static int64_t v8_row1(const int16_t *xq, const int8_t *w, int64_t kn) {
         DPWSSD(a3, _mm512_loadu_si512(xq + k + 96), w3);
     }
     for (; k < kn; k += 32) DPWSSD(a0, _mm512_loadu_si512(xq + k), w16_at(w, k, kn));  // x is zero-padded to 32
-    return sum_lanes(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)));
+    return _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
+}
+
+static int64_t v8_row1(const int16_t *xq, const int8_t *w, int64_t kn) {
+    return sum_lanes(v8_row1_lanes(xq, w, kn));
+}
+
+static inline __m512d lanes_pd(__m512i v) {  // 16 int32 lanes -> 8 doubles holding their pairwise sums, exactly
+    return _mm512_add_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(v)),
+                         _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(v, 1)));
+}
+
+// One x row against 4 consecutive W rows, read one after another, and their 4 outputs: the lane sums reduced
+// together as doubles (integers under 2^53: exact, so the same values as sum_lanes), scaled and stored at once.
+// One row's own reduction and scalar tail cost as much as a third of its 576-wide dot product.
+static inline void v8_row1_x4(const int16_t *xq, const int8_t *w, int64_t K, double step, const uint16_t *scales,
+                              const float *bias, float *y) {
+    __m512d s0 = lanes_pd(v8_row1_lanes(xq, w, K)), s1 = lanes_pd(v8_row1_lanes(xq, w + K, K));
+    __m512d s2 = lanes_pd(v8_row1_lanes(xq, w + 2 * K, K)), s3 = lanes_pd(v8_row1_lanes(xq, w + 3 * K, K));
+    // within each 128-bit lane: element 0 of s0's / s2's partial, element 1 of s1's / s3's
+    __m512d t01 = _mm512_add_pd(_mm512_unpacklo_pd(s0, s1), _mm512_unpackhi_pd(s0, s1));
+    __m512d t23 = _mm512_add_pd(_mm512_unpacklo_pd(s2, s3), _mm512_unpackhi_pd(s2, s3));
+    // 128-bit lanes [01 of lanes 0+2, 01 of 1+3, 23 of 0+2, 23 of 1+3], then [01, 23, ...]
+    __m512d u = _mm512_add_pd(_mm512_shuffle_f64x2(t01, t23, _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_f64x2(t01, t23, _MM_SHUFFLE(3, 1, 3, 1)));
+    __m512d v = _mm512_add_pd(_mm512_shuffle_f64x2(u, u, _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_f64x2(u, u, _MM_SHUFFLE(3, 1, 3, 1)));
+    __m256d dots = _mm512_castpd512_pd256(v);  // the 4 rows' exact dot products
+    __m128i sw16 = _mm_loadl_epi64((const __m128i *)scales);
+    __m256d sw = _mm256_cvtps_pd(_mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(sw16), 16)));
+    __m128 out = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_mul_pd(dots, _mm256_set1_pd(step)), sw));
+    if (bias) out = _mm_add_ps(out, _mm_loadu_ps(bias));
+    _mm_storeu_ps(y, out);
 }
 
 #define V8_DECL(r) __m512i d##r = z;
@@ -194,7 +227,17 @@ void int8_linear_f32(const float *x, int64_t M, int64_t K, const int8_t *w, int6
     double *step = malloc((size_t)M * sizeof(double) + 8);
     if (!xq || !step) { free(xq); free(step); return; }
     x_to_int16(x, M, K, kp, xq, step);
-    if (M <= V8_MR) {
+    if (M == 1 && K <= V8_KC) {
+        // a task is 4 consecutive W rows, read in order; the last N % 4 rows one at a time
+        int64_t groups = N / 4;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+        for (int64_t gi = 0; gi < groups; gi++)
+            v8_row1_x4(xq, w + gi * 4 * K, K, step[0], scales + gi * 4, bias ? bias + gi * 4 : NULL, y + gi * 4);
+        for (int64_t n = groups * 4; n < N; n++) {
+            float v = (float)((double)v8_row1(xq, w + n * K, K) * step[0] * (double)bf16_to_f32(scales[n]));
+            y[n] = bias ? v + bias[n] : v;
+        }
+    } else if (M <= V8_MR) {
         // a task is one W row against every row of x (the row read once, in order)
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
         for (int64_t n = 0; n < N; n++) {
