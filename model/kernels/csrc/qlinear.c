@@ -383,6 +383,17 @@ static inline void q4_scale_zero(const uint16_t *sz, __m512 *scale, __m512 *zero
         c##r##2 = _mm512_fmadd_ps(z2, xs, _mm512_fmadd_ps(a##r##2, s2, c##r##2));  \
         c##r##3 = _mm512_fmadd_ps(z3, xs, _mm512_fmadd_ps(a##r##3, s3, c##r##3));  \
     }
+// group gi done: its dot products scaled into c with the block's 64 scales and zeros (sz, N, n0, gi in scope)
+#define Q4_END_GROUP()                                                             \
+    {                                                                              \
+        __m512 s0, z0, s1, z1, s2, z2, s3, z3;                                     \
+        const uint16_t *szg = sz + (gi * N + n0) * 2;                              \
+        q4_scale_zero(szg, &s0, &z0);                                              \
+        q4_scale_zero(szg + 32, &s1, &z1);                                         \
+        q4_scale_zero(szg + 64, &s2, &z2);                                         \
+        q4_scale_zero(szg + 96, &s3, &z3);                                         \
+        Q4_ROW_GROUP(0) Q4_ROW_GROUP(1)                                            \
+    }
 #define Q4_ROW_STORE(r)                                                            \
     if (mr > r) {                                                                  \
         _mm512_storeu_ps(y + r * N, c##r##0);                                      \
@@ -408,13 +419,7 @@ static inline __attribute__((always_inline)) void q4_tile(const uint16_t *x, int
             __m512bh w3 = (__m512bh)_mm512_loadu_si512(hi + p * 32 + 16);
             Q4_ROW_DOT(0) Q4_ROW_DOT(1)
         }
-        __m512 s0, z0, s1, z1, s2, z2, s3, z3;
-        const uint16_t *szg = sz + (gi * N + n0) * 2;
-        q4_scale_zero(szg, &s0, &z0);
-        q4_scale_zero(szg + 32, &s1, &z1);
-        q4_scale_zero(szg + 64, &s2, &z2);
-        q4_scale_zero(szg + 96, &s3, &z3);
-        Q4_ROW_GROUP(0) Q4_ROW_GROUP(1)
+        Q4_END_GROUP()
     }
     Q4_ROW_STORE(0) Q4_ROW_STORE(1)
 }
@@ -443,13 +448,7 @@ static inline __attribute__((always_inline)) void q4_block_direct(const uint8_t 
             __m512bh w3 = (__m512bh)_mm512_ternarylogic_epi32(_mm512_srli_epi32(pair1, 4), nib, bias, 0xEA);
             Q4_ROW_DOT(0) Q4_ROW_DOT(1)
         }
-        __m512 s0, z0, s1, z1, s2, z2, s3, z3;
-        const uint16_t *szg = sz + (gi * N + n0) * 2;
-        q4_scale_zero(szg, &s0, &z0);
-        q4_scale_zero(szg + 32, &s1, &z1);
-        q4_scale_zero(szg + 64, &s2, &z2);
-        q4_scale_zero(szg + 96, &s3, &z3);
-        Q4_ROW_GROUP(0) Q4_ROW_GROUP(1)
+        Q4_END_GROUP()
     }
     y += n0;
     Q4_ROW_STORE(0) Q4_ROW_STORE(1)
