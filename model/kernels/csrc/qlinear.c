@@ -87,6 +87,12 @@ static int64_t v8_row1(const int16_t *xq, const int8_t *w, int64_t kn) {
     return sum_lanes(v8_row1_lanes(xq, w, kn));
 }
 
+// an output from its exact dot product: dot * (amax / 32767) * scale in double, rounded once (v8_row1_x4 does the
+// same four at a time)
+static inline float v8_out(int64_t dot, double step, uint16_t scale) {
+    return (float)((double)dot * step * (double)bf16_to_f32(scale));
+}
+
 static inline __m512d lanes_pd(__m512i v) {  // 16 int32 lanes -> 8 doubles holding their pairwise sums, exactly
     return _mm512_add_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(v)),
                          _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(v, 1)));
@@ -234,7 +240,7 @@ void int8_linear_f32(const float *x, int64_t M, int64_t K, const int8_t *w, int6
         for (int64_t gi = 0; gi < groups; gi++)
             v8_row1_x4(xq, w + gi * 4 * K, K, step[0], scales + gi * 4, bias ? bias + gi * 4 : NULL, y + gi * 4);
         for (int64_t n = groups * 4; n < N; n++) {
-            float v = (float)((double)v8_row1(xq, w + n * K, K) * step[0] * (double)bf16_to_f32(scales[n]));
+            float v = v8_out(v8_row1(xq, w + n * K, K), step[0], scales[n]);
             y[n] = bias ? v + bias[n] : v;
         }
     } else if (M <= V8_MR) {
@@ -244,9 +250,8 @@ void int8_linear_f32(const float *x, int64_t M, int64_t K, const int8_t *w, int6
             int64_t acc[V8_MR] = {0};
             for (int64_t k0 = 0; k0 < K; k0 += V8_KC)
                 v8_rows_any(xq + k0, kp, w + n * K + k0, K - k0 < V8_KC ? K - k0 : V8_KC, (int)M, acc);
-            double sw = (double)bf16_to_f32(scales[n]);
             for (int64_t r = 0; r < M; r++) {
-                float v = (float)((double)acc[r] * step[r] * sw);
+                float v = v8_out(acc[r], step[r], scales[n]);
                 y[r * N + n] = bias ? v + bias[n] : v;
             }
         }
@@ -266,7 +271,7 @@ void int8_linear_f32(const float *x, int64_t M, int64_t K, const int8_t *w, int6
                                 K - k0 < V8_KC ? K - k0 : V8_KC, mr, acc);
                 for (int r = 0; r < mr; r++)
                     for (int j = 0; j < nr; j++) {
-                        float v = (float)((double)acc[r * V8_NR + j] * step[m0 + r] * (double)bf16_to_f32(scales[n0 + j]));
+                        float v = v8_out(acc[r * V8_NR + j], step[m0 + r], scales[n0 + j]);
                         y[(m0 + r) * N + n0 + j] = bias ? v + bias[n0 + j] : v;
                     }
             }
@@ -298,7 +303,7 @@ void int8_linear_f32(const float *x, int64_t M, int64_t K, const int8_t *w, int6
 // y = sum over groups of scale * (x_bf16 . (128 + q)) + (zero - 136 scale) * sum(x_bf16): 128 + q is exact in
 // bf16 and made with one OR, so the dot products are vdpbf16ps on exact values (fp32 sums), and scale and zero are
 // applied in fp32 once a group (PyTorch's kernel takes the same bf16 x). A task is one 64-row block: its codes for a K chunk are widened
-// once into buffers of (k, k+1) pairs per row, then each 32-row half is used against every row of x, 4 at a
+// once into buffers of (k, k+1) pairs per row, then the block's 64 rows are used against every row of x, 2 at a
 // time. Up to 32 rows of x (Q4_DIRECT_ROWS) the codes are instead widened in registers and used at once,
 // again for each pair of rows: the buffers' stores and reloads cost more than re-widening there (one pass over
 // the default model's weights: 5.4 -> 3.1 ms at 1 row, 32.2 -> 31.1 at 32; at 256 rows the buffers win by 5%).
@@ -487,25 +492,23 @@ int int4_linear_f32(const float *x, int64_t M, int64_t K, const uint8_t *packed,
                 else q4_block_direct(packed, xb + m0 * K, K, xsum + m0 * ngroups, K, b, g, sz, N, 1, y + m0 * N);
             }
         }
-        free(xb);
-        free(xsum);
-        return 0;
-    }
+    } else {  // the codes of a K chunk widened once into buffers, used by every pair of rows
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int64_t b = 0; b < nblocks; b++) {
-        uint32_t bufs[2][Q4_KC / 2 * 32] __attribute__((aligned(64)));
-        for (int64_t k0 = 0; k0 < K; k0 += Q4_KC) {
-            int64_t kn = K - k0 < Q4_KC ? K - k0 : Q4_KC;
-            q4_widen(packed, K, b, k0, kn, bufs[0], bufs[1]);
-            int64_t n0 = b * 64;
-            for (int64_t m0 = 0; m0 < M; m0 += Q4_MR) {
-                const uint16_t *xr = xb + m0 * K + k0;
-                const float *xs = xsum + m0 * ngroups;
-                float *yr = y + m0 * N + n0;
-                if (M - m0 >= 2)
-                    q4_tile(xr, K, xs, ngroups, bufs[0], bufs[1], sz, N, n0, kn, g, k0 / g, k0 == 0, 2, yr);
-                else
-                    q4_tile(xr, K, xs, ngroups, bufs[0], bufs[1], sz, N, n0, kn, g, k0 / g, k0 == 0, 1, yr);
+        for (int64_t b = 0; b < nblocks; b++) {
+            uint32_t bufs[2][Q4_KC / 2 * 32] __attribute__((aligned(64)));
+            for (int64_t k0 = 0; k0 < K; k0 += Q4_KC) {
+                int64_t kn = K - k0 < Q4_KC ? K - k0 : Q4_KC;
+                q4_widen(packed, K, b, k0, kn, bufs[0], bufs[1]);
+                int64_t n0 = b * 64;
+                for (int64_t m0 = 0; m0 < M; m0 += Q4_MR) {
+                    const uint16_t *xr = xb + m0 * K + k0;
+                    const float *xs = xsum + m0 * ngroups;
+                    float *yr = y + m0 * N + n0;
+                    if (M - m0 >= 2)
+                        q4_tile(xr, K, xs, ngroups, bufs[0], bufs[1], sz, N, n0, kn, g, k0 / g, k0 == 0, 2, yr);
+                    else
+                        q4_tile(xr, K, xs, ngroups, bufs[0], bufs[1], sz, N, n0, kn, g, k0 / g, k0 == 0, 1, yr);
+                }
             }
         }
     }
