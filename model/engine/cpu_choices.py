@@ -96,9 +96,7 @@ def _contradicts_itself(seconds: dict[str, dict[int, float]], plain: str, row_co
     whole time slice while the plain path's small single-threaded ops barely notice)."""
     for kind, by_rows in seconds.items():
         ratios = [by_rows[r] / seconds[plain][r] for r in row_counts if seconds[plain][r] > 0]
-        if not ratios:
-            continue
-        if kind != plain and min(ratios) < 1.0 - MARGIN and max(ratios) > INCONSISTENT:
+        if kind != plain and ratios and min(ratios) < 1.0 - MARGIN and max(ratios) > INCONSISTENT:
             return True
     return False
 

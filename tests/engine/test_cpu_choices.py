@@ -55,18 +55,18 @@ def test_a_measurement_that_contradicts_itself_is_repeated() -> None:
     calm = {("plain", 1): 1.0, ("plain", 32): 5.0, ("kernel", 1): 0.5, ("kernel", 32): 1.5}
     calls = []
 
-    def timer(label: str, w) -> float:
-        _, kind, rows = label.rsplit("/", 2)
-        calls.append(label)
-        table = first if len(calls) <= 4 * cpu_choices.ROUNDS else calm
-        return table[(kind, int(rows))]
-    choice = pick("x", work, [1, 32], timer)
+    def timer_then(later: dict):  # `first` for one measurement's calls, then `later`
+        def timer(label: str, w) -> float:
+            _, kind, rows = label.rsplit("/", 2)
+            calls.append(label)
+            return (first if len(calls) <= 4 * cpu_choices.ROUNDS else later)[(kind, int(rows))]
+        return timer
+    choice = pick("x", work, [1, 32], timer_then(calm))
     assert choice.chosen == "kernel" and choice.seconds["kernel"][32] == 1.5
     assert len(calls) == 2 * 4 * cpu_choices.ROUNDS  # measured twice: the second agreed with itself
     # a steady loss is the kernel's own speed: measured 1 + RETRIES times, then plain stays
     calls.clear()
-    choice = pick("y", work, [1, 32], lambda label, w: (calls.append(label), first[tuple(
-        (label.rsplit("/", 2)[1], int(label.rsplit("/", 2)[2])))])[1])
+    choice = pick("y", work, [1, 32], timer_then(first))
     assert choice.chosen == "plain" and len(calls) == (1 + cpu_choices.RETRIES) * 4 * cpu_choices.ROUNDS
 
 
