@@ -391,6 +391,9 @@ class EngineConfig:
     device: str = knob("auto", "auto | cpu | cuda | cuda:N")
     dtype: str = knob("auto", "auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16")
     enforce_eager: bool = knob(False, "no CUDA graphs / compiled decode")
+    # exact: the same tokens as the full product (model/engine/greedy_screen.py)
+    greedy_screen: bool = knob(True, "greedy rows find their token from an int8 copy of an fp32/bf16 lm_head and the "
+                                     "exact rows of the few tokens that can win (CPU; same tokens, fewer bytes)")
     enable_prefix_caching: bool = knob(True, "reuse the KV blocks of prompts seen before")
     num_threads: int | None = knob(None, "torch threads for the engine; 1 is faster when other processes share "
                                          "the cores")

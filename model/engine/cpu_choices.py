@@ -120,13 +120,23 @@ def _linear_groups(model: nn.Module) -> dict[tuple[int, int], list[tuple[nn.Modu
 
 
 @torch.inference_mode()
-def choose_linear_packing(model: nn.Module, batch_rows: int, timer: Timer = one_call) -> list[Choice]:
+def choose_linear_packing(model: nn.Module, batch_rows: int, timer: Timer = one_call,
+                          kernel_for: tuple[nn.Module, ...] = ()) -> list[Choice]:
     """Per weight shape, keeps nn.Linear, swaps in oneDNN-packed copies, or the C kernel on the plain weight
-    (model/kernels/linear.py: fp32 weights, where it built), whichever measured faster."""
+    (model/kernels/linear.py: fp32 weights, where it built), whichever measured faster. A shape with a module
+    of `kernel_for` takes the C kernel untimed where the kernel takes its weight: the runner's greedy screen
+    (model/engine/greedy_screen.py) computes a few of the lm_head's rows alone and needs every full product to
+    be the same arithmetic, row for row."""
     from model.kernels import linear as kernel
 
     choices = []
     for (fan_in, fan_out), members in _linear_groups(model).items():
+        if (any(lin in kernel_for for _, _, lin in members) and members[0][2].weight.dtype in kernel.DTYPES
+                and kernel.available()):
+            for parent, name, lin in members:
+                setattr(parent, name, kernel.KernelLinear(lin))
+            log.info("cpu choice: linear %d->%d: kernel, untimed (the greedy screen's exact rows)", fan_in, fan_out)
+            continue
         # timed on as many members as fit TIMING_BYTES (still far beyond any cache, so the products stream
         # their weights as in a step): packing every member just to time it held a second copy of all the
         # model's projections at once (+2.4 GB at start-up on a 1 B model)

@@ -16,6 +16,7 @@ from model.config import EngineConfig, ModelConfig
 from model.engine.cpu_choices import (choose_decode_attention, choose_fused_decoder, choose_linear_packing,
                                       choose_quant_kernels, pick)
 from model.engine.cpu_packing import mkldnn_available
+from model.engine.greedy_screen import GreedyScreen
 from model.engine.pooling import Pooler, PoolingChunk
 from model.engine.scheduler import ScheduledSeq
 from model.engine.sequence import Sequence
@@ -67,9 +68,19 @@ def _available_memory(device: torch.device) -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
+def _plain_argmax(seq: Sequence) -> bool:
+    """The sampler's token for this row is the argmax of the raw logits, and nothing reads the rest of them
+    (model/engine/sampler.py): greedy, no logprobs, no logit bias, penalties or processors (grammars, thinking
+    budgets), no min_tokens ban in force."""
+    p = seq.params
+    return (p.greedy and p.logprobs is None and not p.logit_bias and not p.needs_penalties
+            and not p.logits_processors and seq.num_output_tokens >= p.min_tokens)
+
+
 class ModelRunner:
     lora = None  # a model.lora.LoRAManager once LLMEngine loads an adapter; it wraps the projections
     fused_decoder = None  # a model.kernels.decode.FusedDecoder when the CPU choices found it faster
+    greedy_screen = None  # a model.engine.greedy_screen.GreedyScreen: plain greedy rows skip most of the lm_head
 
     def __init__(self, model: CausalLM, engine_config: EngineConfig, max_model_len: int) -> None:
         self.model = model
@@ -97,6 +108,8 @@ class ModelRunner:
             log.info("quantization auto: no stored quantized tensor was loaded (not a GGUF with Q4_0/Q4_1/Q8_0, "
                      "or load_model was not given the engine config); serving float weights")
         self.weight_bytes = weight_bytes(model)
+        if self.device.type == "cpu" and engine_config.greedy_screen:
+            self.greedy_screen = GreedyScreen.build(model.lm_head)
         log.info("KV cache: %d blocks x %d tokens (%.1f MiB)", self.num_blocks, self.block_size,
                  self.kv_cache.numel() * self.kv_cache.element_size() / 2**20)
 
@@ -104,7 +117,8 @@ class ModelRunner:
         """Host-dependent tricks, each timed on this model's shapes (model/engine/cpu_choices.py)."""
         start = time.perf_counter()
         batch_rows = min(self.engine_config.max_num_seqs, 32)
-        choices = choose_linear_packing(self.model, batch_rows)
+        screened = (self.model.lm_head,) if self.engine_config.greedy_screen else ()
+        choices = choose_linear_packing(self.model, batch_rows, kernel_for=screened)
         if self.dtype is torch.float32:  # int8/int4 weights: PyTorch's bf16 kernels or the C ones (fp32 activations)
             choose_quant_kernels(self.model, batch_rows)
         layers = [layer.attn for layer in self.model.layers if type(layer.attn) is Attention]
@@ -211,7 +225,12 @@ class ModelRunner:
         # (S, hidden) -> (S, vocab): only the rows that sample pay for the vocabulary projection
         if len(logits_rows) != hidden.shape[0]:  # a pure decode step samples every row: no gather
             hidden = hidden[self._tensor(logits_rows)]
-        logits = self.model.compute_logits(hidden).float()
+        logits = None
+        if (self.greedy_screen is not None and self.lora is None and len(logits_rows) == len(sampling)
+                and all(_plain_argmax(s.seq) for s in sampling)):
+            logits = self.greedy_screen.logits(hidden)  # None: this step takes the full product
+        if logits is None:
+            logits = self.model.compute_logits(hidden).float()
         return StepOutput(logits, sampling, scores)
 
     def _score_prompt(self, hidden: torch.Tensor, seq: Sequence, first_row: int, first_position: int,
