@@ -81,7 +81,8 @@ async def run_engine(args) -> dict:
 
     engine = AsyncEngine.from_model(args.model, EngineConfig(
         max_num_seqs=args.concurrency, max_num_batched_tokens=args.max_num_batched_tokens,
-        kv_cache_memory=args.kv_cache_mb << 20, device=args.device, dtype=args.dtype))
+        kv_cache_memory=args.kv_cache_mb << 20, device=args.device, dtype=args.dtype,
+        greedy_screen=not args.no_greedy_screen))
     prompts = chat_prompts(engine.model_path, args.requests)
     await _one(engine, "warmup", prompts[0], 8)
     result: dict = {"prompt_tokens_mean": statistics.mean(len(p) for p in prompts),
@@ -112,6 +113,10 @@ async def run_engine(args) -> dict:
     cold = (await _one(engine, "prefix-cold", prefix + engine.tokenizer.encode(" Question one?"), 1))[0]
     warm = (await _one(engine, "prefix-warm", prefix + engine.tokenizer.encode(" Another question?"), 1))[0]
     result["prefix_1000"] = {"cold_ttft_ms": cold * 1000, "warm_ttft_ms": warm * 1000, "speedup": cold / warm}
+    screen = engine.engine.runner.greedy_screen
+    result["greedy_screen"] = None if screen is None else {
+        "steps": screen.steps, "full_product_steps": screen.fallbacks,
+        "candidates_per_step": screen.candidates / max(1, screen.steps - screen.fallbacks)}
     engine.shutdown()
     return result
 
@@ -157,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--batch1-requests", type=int, default=3, help="answers one at a time, engine and HF alike")
     p.add_argument("--skip-hf", action="store_true")
+    p.add_argument("--no-greedy-screen", action="store_true", help="read the whole lm_head every step")
     p.add_argument("--hf-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.hf_only:

@@ -8,6 +8,8 @@ Configurations (--configs, comma-separated; default all):
   glm-fp32, glm-bf16, glm-int8, glm-int4     glmserve serve --model default with --dtype float32 / bfloat16,
                                              --quantization none / int8 / auto (the shipped Q4_1 served as stored)
   glm-int8-bf16, glm-int4-bf16               the quantized weights with bf16 activations (not in the default set)
+  glm-fp32-full-head, glm-bf16-full-head     glm-fp32 / glm-bf16 with --no-greedy-screen: the whole lm_head read
+                                             every step (not in the default set)
   llama-f32, llama-q8_0, llama-q4_1          llama-server -m FILE, FILE made from the default model's Q4_1 GGUF
                                              (llama-quantize --allow-requantize to F32 and Q8_0; Q4_1 as shipped),
                                              so every server runs the same weights that glmserve dequantizes
@@ -67,6 +69,7 @@ class PeerConfig:
     dtype: str = "float32"  # glmserve --dtype
     quantization: str = "none"  # glmserve --quantization
     gguf_type: str = ""  # llama: F32 | Q8_0 | Q4_1 (Q4_1 is the shipped file)
+    extra_args: tuple[str, ...] = ()  # more glmserve serve flags
 
 
 CONFIGS = {c.name: c for c in [
@@ -76,6 +79,9 @@ CONFIGS = {c.name: c for c in [
     PeerConfig("glm-int4", "glmserve", "float32", "auto"),
     PeerConfig("glm-int8-bf16", "glmserve", "bfloat16", "int8"),
     PeerConfig("glm-int4-bf16", "glmserve", "bfloat16", "auto"),
+    # the float servers without the greedy screen (model/engine/greedy_screen.py): every step reads the whole lm_head
+    PeerConfig("glm-fp32-full-head", "glmserve", "float32", "none", extra_args=("--no-greedy-screen",)),
+    PeerConfig("glm-bf16-full-head", "glmserve", "bfloat16", "none", extra_args=("--no-greedy-screen",)),
     PeerConfig("llama-f32", "llama", gguf_type="F32"),
     PeerConfig("llama-q8_0", "llama", gguf_type="Q8_0"),
     PeerConfig("llama-q4_1", "llama", gguf_type="Q4_1"),
@@ -220,7 +226,7 @@ def server_command(cfg: PeerConfig, port: int, args: argparse.Namespace, ggufs: 
         return [sys.executable, "-m", "server.cli", "serve", "--model", "default", "--host", "127.0.0.1",
                 "--port", str(port), "--dtype", cfg.dtype, "--quantization", cfg.quantization,
                 "--num-threads", str(args.threads), "--max-num-seqs", str(max(32, max_streams)),
-                "--kv-cache-memory", args.glm_kv_cache_memory]
+                "--kv-cache-memory", args.glm_kv_cache_memory, *cfg.extra_args]
     ctx = llama_context_size(max_streams, PROMPT_TOKEN_BUDGET, args.max_tokens)
     return [str(args.llama_dir / "bin" / "llama-server"), "-m", str(ggufs[cfg.gguf_type]), "--host", "127.0.0.1",
             "--port", str(port), "--threads", str(args.threads), "--threads-batch", str(args.threads),
