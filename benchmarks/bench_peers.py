@@ -341,10 +341,11 @@ def label(server: Server) -> str:
     if cfg.kind == "llama":
         return f"llama.cpp server, {cfg.gguf_type}{' (shipped file)' if cfg.gguf_type == 'Q4_1' else ''}"
     act = "fp32" if cfg.dtype == "float32" else "bf16"
+    flags = "".join(f" {a}" for a in cfg.extra_args)
     if cfg.quantization == "none":
-        return f"glmserve {act}"
+        return f"glmserve {act}{flags}"
     weights = {"int8": "int8", "auto": "int4 (Q4_1 as stored)"}.get(cfg.quantization, cfg.quantization)
-    return f"glmserve {weights}, {act} activations"
+    return f"glmserve {weights}, {act} activations{flags}"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -335,3 +335,40 @@ def choose_fused_decoder(model: nn.Module, make_step: Callable[[int], tuple], ba
     log.info("cpu choice: %s", choice.describe())
     setting(choice.chosen == "fused")
     return fused if choice.chosen == "fused" else None
+
+
+SCREEN_ROW_COUNTS = (1, 2, 4, 8, 16, 32)
+
+
+@torch.inference_mode()
+def choose_greedy_screen_rows(screen, batch_rows: int, timer: Timer = one_call) -> int:
+    """The most rows a step may have for the greedy screen (model/engine/greedy_screen.py) to take it: at one
+    row the int8 copy halves or quarters the lm_head's bytes, but its product is compute-bound well before 32
+    rows (bf16 here: 8.7 ms at 32 rows against the bf16 kernel's 5.5), so each row count up to batch_rows is
+    timed, the screen's int8 product and candidate pass against the full product, and the screen serves the
+    row counts below the first one where it did not win. 0: never."""
+    from model.kernels import qlinear
+    from model.kernels import screen as screen_kernel
+
+    head = screen.lm_head
+    table = head.weight
+    limit = 0
+    for rows in [r for r in SCREEN_ROW_COUNTS if r <= max(1, batch_rows)]:
+        # embedding rows as hidden states: real directions, so the candidate pass sees a usual spread
+        x = table[torch.arange(rows) * 7 % table.shape[0]].contiguous()
+        xf = x.float()
+
+        def screened(_: int) -> Callable[[], object]:
+            def run() -> object:
+                approx = qlinear.int8_linear(xf, screen.codes, screen.scales)
+                return screen_kernel.candidates(xf, approx, screen.weight_norm, screen.code_error, screen.code_mass,
+                                                screen.norm_coefficient, 1)
+            return run
+
+        choice = pick(f"greedy screen {str(table.dtype)[6:]} x{rows}",
+                      {"full": lambda _: lambda: head(x).float(), "screen": screened}, [rows], timer)
+        log.info("cpu choice: %s", choice.describe())
+        if choice.chosen != "screen":
+            break
+        limit = rows
+    return limit

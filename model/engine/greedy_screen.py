@@ -57,6 +57,7 @@ class GreedyScreen:
         # ||x||_2 ||w||_2 bounds the exact kernel's error (and |t|, for the 2^-23 |a| and the roundings below)
         self.norm_coefficient = gamma + (2.0 ** -8 if lm_head.weight.dtype is torch.bfloat16 else 0.0) + 2.0 ** -20
         self.steps = self.fallbacks = self.candidates = 0  # screened steps, steps past MAX_CANDIDATES, tokens
+        self.max_rows = 1 << 30  # the runner sets what its start-up timing found (cpu_choices)
 
     @classmethod
     @torch.inference_mode()

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import torch
 
 from model.config import EngineConfig, ModelConfig
-from model.engine.cpu_choices import (choose_decode_attention, choose_fused_decoder, choose_linear_packing,
-                                      choose_quant_kernels, pick)
+from model.engine.cpu_choices import (choose_decode_attention, choose_fused_decoder, choose_greedy_screen_rows,
+                                      choose_linear_packing, choose_quant_kernels, pick)
 from model.engine.cpu_packing import mkldnn_available
 from model.engine.greedy_screen import GreedyScreen
 from model.engine.pooling import Pooler, PoolingChunk
@@ -110,6 +110,12 @@ class ModelRunner:
         self.weight_bytes = weight_bytes(model)
         if self.device.type == "cpu" and engine_config.greedy_screen:
             self.greedy_screen = GreedyScreen.build(model.lm_head)
+            if self.greedy_screen is not None:
+                # the int8 product is compute-bound at many rows: the screen serves the row counts it won
+                self.greedy_screen.max_rows = choose_greedy_screen_rows(
+                    self.greedy_screen, min(engine_config.max_num_seqs, 32))
+                if self.greedy_screen.max_rows == 0:
+                    self.greedy_screen = None
         log.info("KV cache: %d blocks x %d tokens (%.1f MiB)", self.num_blocks, self.block_size,
                  self.kv_cache.numel() * self.kv_cache.element_size() / 2**20)
 
@@ -227,7 +233,7 @@ class ModelRunner:
             hidden = hidden[self._tensor(logits_rows)]
         logits = None
         if (self.greedy_screen is not None and self.lora is None and len(logits_rows) == len(sampling)
-                and all(_plain_argmax(s.seq) for s in sampling)):
+                and len(sampling) <= self.greedy_screen.max_rows and all(_plain_argmax(s.seq) for s in sampling)):
             logits = self.greedy_screen.logits(hidden)  # None: this step takes the full product
         if logits is None:
             logits = self.model.compute_logits(hidden).float()

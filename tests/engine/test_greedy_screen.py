@@ -100,6 +100,10 @@ def engines():
     made = {on: LLMEngine.from_model("default", EngineConfig(greedy_screen=on, kv_cache_memory=64 << 20,
                                                              max_num_seqs=8))
             for on in (True, False)}
+    # the screen on every step whatever the start-up timing chose here (these tests are about its tokens, not
+    # about where it pays): a fresh one, no row limit
+    runner = made[True].runner
+    runner.greedy_screen = GreedyScreen.build(runner.model.lm_head)
     yield made
     for engine in made.values():
         del engine
@@ -142,4 +146,32 @@ def test_rows_that_need_the_whole_distribution_skip_it(engines):
     biased = [SamplingParams(temperature=0, max_tokens=8, logit_bias={11: 5.0})]
     for params in (with_logprobs, mixed, banned, biased):
         assert _run(on, params) == _run(off, params)
+    assert gs.steps == before
+
+
+def test_row_limit_is_the_last_row_count_the_screen_won():
+    from model.engine import cpu_choices
+    from tests.engine.test_cpu_choices import table_timer
+
+    built = GreedyScreen.build(_head(4096, 64, torch.float32, seed=4))
+    # wins at 1, 2 and 4 rows, loses at 8: 16 is never timed (the int8 product only gets more compute-bound)
+    seconds = {("full", r): 1.0 for r in cpu_choices.SCREEN_ROW_COUNTS}
+    seconds |= {("screen", 1): 0.3, ("screen", 2): 0.5, ("screen", 4): 0.8, ("screen", 8): 1.2}
+    timer = table_timer(seconds)
+    assert cpu_choices.choose_greedy_screen_rows(built, 32, timer) == 4
+    assert {rows for _, rows in timer.calls} == {1, 2, 4, 8}
+    assert cpu_choices.choose_greedy_screen_rows(built, 1, table_timer({("full", 1): 1.0, ("screen", 1): 2.0})) == 0
+
+
+def test_steps_with_more_rows_than_the_limit_take_the_full_product(engines):
+    on, off = engines[True], engines[False]
+    gs = on.runner.greedy_screen
+    saved, before = gs.max_rows, gs.steps
+    gs.max_rows = 1
+    try:
+        two = [SamplingParams(temperature=0, max_tokens=12, ignore_eos=True) for _ in PROMPTS[:2]]
+        assert _run(on, two) == _run(off, two)
+    finally:
+        gs.max_rows = saved
+    # both prompts prefill in one step and decode together to the same length: no step has a single row
     assert gs.steps == before
