@@ -102,4 +102,4 @@ class GreedyScreen:
             return None
         self.candidates += chosen.numel()
         exact = linear.linear(hidden, self.lm_head.weight.index_select(0, chosen)).float()
-        return torch.full_like(approx, float("-inf")).index_copy_(1, chosen, exact)
+        return approx.fill_(float("-inf")).index_copy_(1, chosen, exact)  # the screen's buffer, read already
