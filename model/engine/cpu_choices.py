@@ -347,26 +347,16 @@ def choose_greedy_screen_rows(screen, batch_rows: int, timer: Timer = one_call) 
     rows (bf16 here: 8.7 ms at 32 rows against the bf16 kernel's 5.5), so each row count up to batch_rows is
     timed, the screen's int8 product and candidate pass against the full product, and the screen serves the
     row counts below the first one where it did not win. 0: never."""
-    from model.kernels import qlinear
-    from model.kernels import screen as screen_kernel
-
     head = screen.lm_head
     table = head.weight
     limit = 0
-    for rows in [r for r in SCREEN_ROW_COUNTS if r <= max(1, batch_rows)]:
+    for rows in [r for r in SCREEN_ROW_COUNTS if r <= batch_rows]:
         # embedding rows as hidden states: real directions, so the candidate pass sees a usual spread
         x = table[torch.arange(rows) * 7 % table.shape[0]].contiguous()
         xf = x.float()
-
-        def screened(_: int) -> Callable[[], object]:
-            def run() -> object:
-                approx = qlinear.int8_linear(xf, screen.codes, screen.scales)
-                return screen_kernel.candidates(xf, approx, screen.weight_norm, screen.code_error, screen.code_mass,
-                                                screen.norm_coefficient, 1)
-            return run
-
         choice = pick(f"greedy screen {str(table.dtype)[6:]} x{rows}",
-                      {"full": lambda _: lambda: head(x).float(), "screen": screened}, [rows], timer)
+                      {"full": lambda _: lambda: head(x).float(), "screen": lambda _: lambda: screen.screen_pass(xf)},
+                      [rows], timer)
         log.info("cpu choice: %s", choice.describe())
         if choice.chosen != "screen":
             break

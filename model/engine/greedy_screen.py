@@ -58,16 +58,19 @@ class GreedyScreen:
         self.norm_coefficient = gamma + (2.0 ** -8 if lm_head.weight.dtype is torch.bfloat16 else 0.0) + 2.0 ** -20
         self.steps = self.fallbacks = self.candidates = 0  # screened steps, steps past MAX_CANDIDATES, tokens
         self.max_rows = 1 << 30  # the runner sets what its start-up timing found (cpu_choices)
+        # the candidate pass's output (cut to MAX_CANDIDATES at each call: the module's constant is the cap) and
+        # its union marks, reused every step
+        self._chosen = torch.empty(MAX_CANDIDATES, dtype=torch.long)
+        self._marks = torch.empty(codes.shape[0], dtype=torch.uint8)
 
     @classmethod
     @torch.inference_mode()
     def build(cls, lm_head: nn.Module) -> "GreedyScreen | None":
+        # a KernelLinear has a kernel only for a contiguous fp32/bf16 CPU weight (model/kernels/linear.py)
         if (type(lm_head) is not linear.KernelLinear or lm_head.kernel is None or lm_head.bias is not None
                 or not qlinear.available() or not screen.available()):
             return None
         w = lm_head.weight
-        if w.dtype not in (torch.float32, torch.bfloat16) or w.device.type != "cpu" or not w.is_contiguous():
-            return None
         if not bool(torch.isfinite(w).all()):
             return None  # an infinite or NaN weight has no int8 bound
         codes, scales = quantize_int8(w)
@@ -88,16 +91,20 @@ class GreedyScreen:
                  w.shape[1], codes.numel() / 1e6, w.numel() * w.element_size() / 1e6)
         return built
 
+    def screen_pass(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (rows, K) fp32 contiguous -> the int8 copy's logits (rows, V) and the candidate token ids, or None
+        (too many, or a NaN / infinity somewhere). What the start-up timing measures, too."""
+        approx = qlinear.int8_linear(x, self.codes, self.scales)
+        return approx, screen.candidates(x, approx, self.weight_norm, self.code_error, self.code_mass,
+                                         self.norm_coefficient, self._chosen[:MAX_CANDIDATES], self._marks)
+
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """hidden (rows, K) in the lm_head's dtype."""
         hidden = hidden.contiguous()
-        x = hidden.float()
-        approx = qlinear.int8_linear(x, self.codes, self.scales)  # (rows, V)
-        chosen = screen.candidates(x, approx, self.weight_norm, self.code_error, self.code_mass,
-                                   self.norm_coefficient, MAX_CANDIDATES)
+        approx, chosen = self.screen_pass(hidden.float())
         self.steps += 1
-        if chosen is None:  # too many, or a NaN / infinity somewhere: the full product decides
+        if chosen is None:  # the full product decides
             self.fallbacks += 1
             return None
         self.candidates += chosen.numel()

@@ -108,14 +108,6 @@ class ModelRunner:
             log.info("quantization auto: no stored quantized tensor was loaded (not a GGUF with Q4_0/Q4_1/Q8_0, "
                      "or load_model was not given the engine config); serving float weights")
         self.weight_bytes = weight_bytes(model)
-        if self.device.type == "cpu" and engine_config.greedy_screen:
-            self.greedy_screen = GreedyScreen.build(model.lm_head)
-            if self.greedy_screen is not None:
-                # the int8 product is compute-bound at many rows: the screen serves the row counts it won
-                self.greedy_screen.max_rows = choose_greedy_screen_rows(
-                    self.greedy_screen, min(engine_config.max_num_seqs, 32))
-                if self.greedy_screen.max_rows == 0:
-                    self.greedy_screen = None
         log.info("KV cache: %d blocks x %d tokens (%.1f MiB)", self.num_blocks, self.block_size,
                  self.kv_cache.numel() * self.kv_cache.element_size() / 2**20)
 
@@ -143,10 +135,15 @@ class ModelRunner:
         if self.dtype in (torch.float32, torch.bfloat16) and self.model.layers:
             # every layer on C kernels: a pure decode step's layers in one C call (model/kernels/decode.py)
             self.fused_decoder = choose_fused_decoder(self.model, self._synthetic_decode, batch_rows)
-        log.info("linear shapes: %d of %d oneDNN-packed, %d on the C kernel; fused decoder %s; CPU choices "
-                 "measured in %.2f s", sum(c.chosen == "packed" for c in choices), len(choices),
-                 sum(c.chosen == "kernel" for c in choices), "on" if self.fused_decoder is not None else "off",
-                 time.perf_counter() - start)
+        if self.engine_config.greedy_screen and (screen := GreedyScreen.build(self.model.lm_head)) is not None:
+            # the int8 product is compute-bound at many rows: the screen serves the row counts it won
+            screen.max_rows = choose_greedy_screen_rows(screen, batch_rows)
+            self.greedy_screen = screen if screen.max_rows else None
+        log.info("linear shapes: %d of %d oneDNN-packed, %d on the C kernel; fused decoder %s; greedy screen up "
+                 "to %d rows; CPU choices measured in %.2f s", sum(c.chosen == "packed" for c in choices),
+                 len(choices), sum(c.chosen == "kernel" for c in choices),
+                 "on" if self.fused_decoder is not None else "off",
+                 0 if self.greedy_screen is None else self.greedy_screen.max_rows, time.perf_counter() - start)
 
     def _synthetic_decode(self, rows: int) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         """A pure decode step of `rows` sequences for start-up timing: each at position `context - 1` over its

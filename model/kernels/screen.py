@@ -27,15 +27,15 @@ def available() -> bool:
 
 
 def candidates(x: torch.Tensor, approx: torch.Tensor, norms: torch.Tensor, errors: torch.Tensor,
-               masses: torch.Tensor, norm_coefficient: float, cap: int) -> torch.Tensor | None:
-    """x (M, K) fp32 and approx (M, N) fp32, contiguous; norms, errors, masses (N,) fp32. The sorted token ids
-    (int64) that can be some row's argmax, or None: more than `cap` of them, or a non-finite logit or bound."""
+               masses: torch.Tensor, norm_coefficient: float, out: torch.Tensor,
+               marks: torch.Tensor) -> torch.Tensor | None:
+    """x (M, K) fp32 and approx (M, N) fp32, contiguous; norms, errors, masses (N,) fp32; out (cap,) int64 and
+    marks (N,) uint8 scratch (the caller's, reused). The sorted token ids that can be some row's argmax (a view
+    of out), or None: more than cap of them, or a non-finite logit or bound."""
     m, k = x.shape
-    n = approx.shape[1]
-    out = torch.empty(cap, dtype=torch.long)
-    mark = torch.empty(n if m > 1 else 1, dtype=torch.uint8)
+    n, cap = approx.shape[1], out.shape[0]
     count = library().greedy_screen(x.data_ptr(), m, k, approx.data_ptr(), n, norms.data_ptr(), errors.data_ptr(),
-                                    masses.data_ptr(), norm_coefficient, cap, out.data_ptr(), mark.data_ptr())
+                                    masses.data_ptr(), norm_coefficient, cap, out.data_ptr(), marks.data_ptr())
     if count <= 0 or count > cap:
         return None
     return out[:count]
