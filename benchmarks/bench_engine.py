@@ -58,10 +58,11 @@ async def _one(engine, rid: str, prompt: list[int], max_tokens: int) -> tuple[fl
 def streamed_weight_bytes(model) -> int:
     """Bytes one decode step reads from the weights: every projection (each storage once: a tied lm_head
     is the embedding, a packed one its own copy), not the embedding table (one row per token) nor the
-    RoPE tables."""
+    RoPE tables, nor the packed copy a KernelLinear keeps for batches past its kernel's rows (`.above`: a
+    one-sequence step reads the plain weight)."""
     seen, total = set(), 0
     for name, module in model.named_modules():
-        if name.endswith("embed_tokens"):
+        if name.endswith("embed_tokens") or name.endswith(".above") or ".above." in name:
             continue
         tensors = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
         for tensor_name, t in tensors:

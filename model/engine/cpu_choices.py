@@ -43,12 +43,16 @@ class Choice:
     what: str
     chosen: str
     seconds: dict[str, dict[int, float]] = field(default_factory=dict)
+    kernel_rows: int = 0  # a linear's "kernel+<kind>": the C kernel serves up to this many rows, <kind> past it
 
     def describe(self) -> str:
         parts = [f"{kind} " + "/".join(f"{s * 1e3:.2f}" for s in by_rows.values()) + " ms"
                  for kind, by_rows in self.seconds.items()]
         rows = "/".join(str(r) for r in next(iter(self.seconds.values())))
-        return f"{self.what}: {self.chosen} ({', '.join(parts)} at {rows} rows)"
+        chosen = self.chosen
+        if self.kernel_rows:
+            chosen = f"kernel to {self.kernel_rows} rows, {chosen.removeprefix('kernel+')} past"
+        return f"{self.what}: {chosen} ({', '.join(parts)} at {rows} rows)"
 
 
 def pick(what: str, candidates: dict[str, Callable[[int], Callable[[], object]]], row_counts: list[int],
@@ -119,24 +123,51 @@ def _linear_groups(model: nn.Module) -> dict[tuple[int, int], list[tuple[nn.Modu
     return groups
 
 
+KERNEL_ROW_COUNTS = (4, 8, 16)  # row counts timed between 1 and a full batch: where the C kernel stops winning
+# A packed copy beside the plain weight the kernel reads (for the rows past the kernel's limit) holds the shape's
+# weights twice: kept while all such copies stay under this (the default model's bf16 projections are 211 MB; a
+# 6 B model's 12 GB twice would not fit a 24 GB host), F.linear on the plain weight beyond it.
+DUAL_COPY_BYTES = 1 << 30
+
+
+def linear_row_counts(batch_rows: int) -> list[int]:
+    """The row counts a projection's candidates are timed at: 1, a full decode batch and KERNEL_ROW_COUNTS
+    between, so the row count where the C kernel stops winning is found."""
+    return sorted({1, batch_rows} | {r for r in KERNEL_ROW_COUNTS if r < batch_rows})
+
+
+def kernel_row_limit(choice: Choice) -> int:
+    """The largest timed row count up to which the kernel was the fastest candidate at every timed count, and
+    faster than the plain path by MARGIN, or 0."""
+    limit = 0
+    for rows, kernel in choice.seconds["kernel"].items():
+        if (kernel >= (1.0 - MARGIN) * choice.seconds["plain"][rows]
+                or any(by_rows[rows] < kernel for kind, by_rows in choice.seconds.items() if kind != "kernel")):
+            break
+        limit = rows
+    return limit
+
+
 @torch.inference_mode()
 def choose_linear_packing(model: nn.Module, batch_rows: int, timer: Timer = one_call,
                           kernel_for: tuple[nn.Module, ...] = ()) -> list[Choice]:
     """Per weight shape, keeps nn.Linear, swaps in oneDNN-packed copies, or the C kernel on the plain weight
-    (model/kernels/linear.py: fp32 weights, where it built), whichever measured faster. A shape with a module
-    of `kernel_for` takes the C kernel untimed where the kernel takes its weight: the runner's greedy screen
-    (model/engine/greedy_screen.py) computes a few of the lm_head's rows alone and needs every full product to
-    be the same arithmetic, row for row."""
+    (model/kernels/linear.py), whichever measured faster; or the kernel up to the row count where it stopped
+    winning and the better of the others past it (on a host whose oneDNN multiplies bf16 on AMX, the kernel won
+    the default model's shapes at 1-4 rows by 1.5-2.3x and lost at 32 by 2.5x: `Choice.kernel_rows`). The packed
+    copy beside the kernel's weight is kept within DUAL_COPY_BYTES, else F.linear serves those rows.
+
+    A shape with a module of `kernel_for` keeps the kernel for at least one row: the runner's greedy screen
+    (model/engine/greedy_screen.py) computes a few of the lm_head's rows alone and needs the full product at
+    those row counts to be the same arithmetic, row for row; the runner caps the screen's rows at the head's
+    kernel limit."""
     from model.kernels import linear as kernel
 
     choices = []
+    row_counts = linear_row_counts(batch_rows)
+    dual_bytes = 0
     for (fan_in, fan_out), members in _linear_groups(model).items():
-        if (any(lin in kernel_for for _, _, lin in members) and members[0][2].weight.dtype in kernel.DTYPES
-                and kernel.available()):
-            for parent, name, lin in members:
-                setattr(parent, name, kernel.KernelLinear(lin))
-            log.info("cpu choice: linear %d->%d: kernel, untimed (the greedy screen's exact rows)", fan_in, fan_out)
-            continue
+        screened = any(lin in kernel_for for _, _, lin in members)
         # timed on as many members as fit TIMING_BYTES (still far beyond any cache, so the products stream
         # their weights as in a step): packing every member just to time it held a second copy of all the
         # model's projections at once (+2.4 GB at start-up on a 1 B model)
@@ -144,11 +175,14 @@ def choose_linear_packing(model: nn.Module, batch_rows: int, timer: Timer = one_
         timed = members[: max(1, min(len(members), TIMING_BYTES // max(1, per_weight)))]
         plain = [lin for _, _, lin in timed]
         dtype = plain[0].weight.dtype
+        kernels = ([kernel.KernelLinear(lin) for lin in plain]
+                   if dtype in kernel.DTYPES and kernel.available() else [])
+        if screened and not kernels:
+            log.info("cpu choice: linear %d->%d stays plain (the kernel does not take its weight)", fan_in, fan_out)
+            continue
         # a vocabulary-sized lm_head: a packed copy would double it at start-up; the kernel needs no copy
         packs = per_weight <= TIMING_BYTES
         packed = [PackedLinear(lin) for lin in plain] if packs else []
-        kernels = ([kernel.KernelLinear(lin) for lin in plain]
-                   if dtype in kernel.DTYPES and kernel.available() else [])
         if not packs and not kernels:
             log.info("cpu choice: linear %d->%d stays plain (%.0f MB: too large to copy for a trial)", fan_in,
                      fan_out, per_weight / 1e6)
@@ -168,18 +202,35 @@ def choose_linear_packing(model: nn.Module, batch_rows: int, timer: Timer = one_
         # the dtype in the label: pick decides once per label in a process, and a bf16 model's choice is its own
         label = f"linear {fan_in}->{fan_out} x{len(members)}" + ("" if dtype == torch.float32 else
                                                                   f" {str(dtype).removeprefix('torch.')}")
-        choice = pick(label, candidates, sorted({1, batch_rows}), timer)
+        choice = pick(label, candidates, row_counts, timer)
         del plain, timed, kernels
-        if choice.chosen == "packed":
+        limit = kernel_row_limit(choice) if "kernel" in candidates else 0
+        if screened:
+            limit = max(limit, 1)
+        if limit and limit < row_counts[-1]:
+            # the kernel to `limit` rows, past it whichever of the others did best on the larger counts
+            larger = [r for r in row_counts if r > limit]
+            ratio = {kind: sum(choice.seconds[kind][r] / choice.seconds["plain"][r] for r in larger) / len(larger)
+                     for kind in candidates if kind != "kernel"}
+            fits = dual_bytes + per_weight * len(members) <= DUAL_COPY_BYTES
+            above = "packed" if "packed" in ratio and ratio["packed"] < 1.0 - MARGIN and fits else "plain"
+            choice.chosen, choice.kernel_rows = f"kernel+{above}", limit
+            if above == "packed":
+                dual_bytes += per_weight * len(members)
+            for parent, name, lin in members:
+                copy = (packed.pop(0) if packed else PackedLinear(lin)) if above == "packed" else None
+                setattr(parent, name, kernel.KernelLinear(lin, max_rows=limit, above=copy))
+        elif choice.chosen == "kernel" or screened:  # the same Parameters: nothing copied, a tied head stays tied
+            choice.chosen = "kernel"
+            for parent, name, lin in members:
+                setattr(parent, name, kernel.KernelLinear(lin))
+        elif choice.chosen == "packed":
             # one at a time, each taken off these lists as it goes, so a plain weight is freed as its packed
             # copy comes (holding them all to the end kept a whole group twice: +1 GB on a 1 B model)
             while members:
                 parent, name, lin = members.pop(0)
                 setattr(parent, name, packed.pop(0) if packed else PackedLinear(lin))
                 del lin
-        elif choice.chosen == "kernel":  # the same Parameters: nothing copied, a tied head stays tied
-            for parent, name, lin in members:
-                setattr(parent, name, kernel.KernelLinear(lin))
         del packed
         log.info("cpu choice: %s", choice.describe())
         choices.append(choice)
@@ -331,7 +382,9 @@ def choose_fused_decoder(model: nn.Module, make_step: Callable[[int], tuple], ba
     kinds = "+".join(sorted({type(m).__name__ for m in quant})) or "float"
     dtype = str(fused.dtype).removeprefix("torch.")
     what = f"decoder layers x{len(model.layers)} {dtype} {kinds} x {model.config.hidden_size}"
-    choice = pick(what, {"modules": modules, "fused": one_call_step}, sorted({1, batch_rows}), timer)
+    # timed where it runs: up to the fewest rows a projection keeps on its kernel (past them it takes the modules)
+    choice = pick(what, {"modules": modules, "fused": one_call_step}, sorted({1, min(batch_rows, fused.max_rows)}),
+                  timer)
     log.info("cpu choice: %s", choice.describe())
     setting(choice.chosen == "fused")
     return fused if choice.chosen == "fused" else None

@@ -137,12 +137,14 @@ class ModelRunner:
             self.fused_decoder = choose_fused_decoder(self.model, self._synthetic_decode, batch_rows)
         if self.engine_config.greedy_screen and (screen := GreedyScreen.build(self.model.lm_head)) is not None:
             # the int8 product is compute-bound at many rows: the screen serves the row counts it won
-            screen.max_rows = choose_greedy_screen_rows(screen, batch_rows)
+            # capped at the head's kernel limit: past it the full product is not the kernel's arithmetic
+            screen.max_rows = choose_greedy_screen_rows(screen, min(batch_rows, self.model.lm_head.max_rows))
             self.greedy_screen = screen if screen.max_rows else None
-        log.info("linear shapes: %d of %d oneDNN-packed, %d on the C kernel; fused decoder %s; greedy screen up "
-                 "to %d rows; CPU choices measured in %.2f s", sum(c.chosen == "packed" for c in choices),
-                 len(choices), sum(c.chosen == "kernel" for c in choices),
-                 "on" if self.fused_decoder is not None else "off",
+        fused = "off" if self.fused_decoder is None else f"up to {min(self.fused_decoder.max_rows, batch_rows)} rows"
+        log.info("linear shapes: %d of %d oneDNN-packed, %d on the C kernel, %d on it for small batches; fused "
+                 "decoder %s; greedy screen up to %d rows; CPU choices measured in %.2f s",
+                 sum(c.chosen == "packed" for c in choices), len(choices), sum(c.chosen == "kernel" for c in choices),
+                 sum(c.kernel_rows > 0 for c in choices), fused,
                  0 if self.greedy_screen is None else self.greedy_screen.max_rows, time.perf_counter() - start)
 
     def _synthetic_decode(self, rows: int) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:

@@ -18,6 +18,13 @@ from model.sampling_params import SamplingParams
 CANDIDATES = 128  # top tokens a truncated row is drawn from when its kept set lies within them
 
 
+def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
+    """Each row's argmax, ties to the lowest index (torch.max documents the first maximal index, as argmax
+    takes): max(dim) over a (32, 49152) fp32 batch took 0.46 ms here where argmax took 1.2-2.0 ms, 5% of a
+    32-sequence bf16 step of the default model."""
+    return logits.max(dim=-1).indices
+
+
 class Sampler:
     def __init__(self, eos_token_ids: tuple[int, ...], device: torch.device) -> None:
         self.eos_token_ids = eos_token_ids
@@ -42,7 +49,7 @@ class Sampler:
                 failed[i] = f"{type(e).__name__}: {e}"
                 logits[i] = 0.0  # keep the row finite; its token is discarded
         if all(s.params.greedy for s in seqs):
-            return logits.argmax(dim=-1).tolist(), raw_logprobs, failed
+            return greedy_tokens(logits).tolist(), raw_logprobs, failed
         return self._sample(logits, seqs), raw_logprobs, failed
 
     def _process_row(self, logits: torch.Tensor, i: int, seq: Sequence) -> None:
@@ -75,7 +82,7 @@ class Sampler:
             logits[:short, banned] = float("-inf")
         emitted: list[int] = []
         if p.greedy:
-            for i, token_id in enumerate(logits.argmax(dim=-1).tolist()):
+            for i, token_id in enumerate(greedy_tokens(logits).tolist()):
                 emitted.append(token_id)
                 if i == len(draft) or token_id != draft[i]:
                     break
@@ -121,7 +128,7 @@ class Sampler:
             sampled = self._race(self._truncate(probs, seqs), seqs)
         greedy = [i for i, s in enumerate(seqs) if s.params.greedy]
         if greedy:
-            sampled[greedy] = logits[greedy].argmax(dim=-1)
+            sampled[greedy] = greedy_tokens(logits[greedy])
         return sampled.tolist()
 
     def _race(self, probs: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:

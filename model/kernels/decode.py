@@ -114,11 +114,16 @@ class _NotFusable(Exception):
 class FusedDecoder:
     """Built once by the runner after its CPU choices (`build` returns None when the model is not all kernels);
     `forward` returns the final hidden states of a pure decode step, or None when this step must take the
-    modules (its attention would not take the kernel path). The runner builds it after the KV cache and the
-    RoPE tables are in place, and neither is replaced while it serves: the packed arguments point at them."""
+    modules (its attention would not take the kernel path, or it has more rows than a projection's kernel
+    takes). The runner builds it after the KV cache and the RoPE tables are in place, and neither is replaced
+    while it serves: the packed arguments point at them."""
 
-    def __init__(self, model: nn.Module, decoder: _Decoder, blocks, keep: list, dtype: torch.dtype) -> None:
+    def __init__(self, model: nn.Module, decoder: _Decoder, blocks, keep: list, dtype: torch.dtype,
+                 max_rows: int) -> None:
         self.model, self.dtype = model, dtype
+        # the fewest rows any projection's KernelLinear takes to its kernel: a larger batch takes the modules,
+        # whose projections pass those rows to a packed copy or F.linear (the start-up choice's kernel_rows)
+        self.max_rows = max_rows
         self.decoder, self.blocks, self.keep = decoder, blocks, keep
         self.first_attention = model.layers[0].attn  # its decode path for a batch decides whether a step fuses
         self.lib = library()
@@ -135,6 +140,7 @@ class FusedDecoder:
         if dtype not in (torch.float32, torch.bfloat16):
             return None
         keep: list = []
+        max_rows = 1 << 30
         blocks = (_Block * len(model.layers))()
         try:
             for i, layer in enumerate(model.layers):
@@ -144,10 +150,11 @@ class FusedDecoder:
                         or type(mlp) is not pointwise.KernelGatedMLP or mlp.bf16_linears
                         or mlp.intermediate_size != cfg.intermediate_size):
                     return None
-                projections = [_linear(m, dtype, keep)
-                               for m in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)]
+                modules = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+                projections = [_linear(m, dtype, keep) for m in modules]
                 if any(p is None for p in projections):
                     return None
+                max_rows = min([max_rows] + [m.max_rows for m in modules if type(m) is linear.KernelLinear])
                 dl = attn.kernel_layer()
                 keep.append(dl)  # the struct the block points at lives as long as this decoder
                 sandwich = (getattr(layer, "post_self_attn_norm", None), getattr(layer, "post_mlp_norm", None))
@@ -165,12 +172,12 @@ class FusedDecoder:
                            a.q_size, a.q_size + 2 * a.kv_size, final[0], final[1],
                            4 if dtype is torch.float32 else 2, 0 if dtype is torch.float32 else BF16_NORM_FLAGS,
                            0 if dtype is torch.float32 else BF16_SILU_FLAGS)
-        return cls(model, decoder, blocks, keep, dtype)
+        return cls(model, decoder, blocks, keep, dtype, max_rows)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta) -> torch.Tensor | None:
         """input_ids, positions (B,) of a pure decode step (one token per sequence) with its metadata."""
         b = input_ids.shape[0]
-        if self.first_attention.decode_path(b) != "kernel":
+        if b > self.max_rows or self.first_attention.decode_path(b) != "kernel":
             return None
         h = self.model.embed_tokens(input_ids)
         if h.dtype is not self.dtype or not h.is_contiguous():

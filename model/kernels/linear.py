@@ -4,7 +4,8 @@ At 1-4 rows a projection is bound by reading its weight, and PyTorch's fastest f
 weights at 20 GB/s on a host whose plain read runs at 35; at ~32 rows oneDNN's packed product ran at ~165
 GFLOP/s where 2 cores' fp32 FMAs peak at ~225 (a register-only FMA loop on this host). The kernel reads the model's own weight tensor in place (no copy, no repack), so a
 tied lm_head stays one tensor with the embedding and swapping it in costs no memory. Row counts past
-MAX_ROWS go to F.linear on the same weight (MKL's sgemm).
+MAX_ROWS go to F.linear on the same weight (MKL's sgemm), or past a lower limit the start-up timing found
+(a host whose oneDNN multiplies bf16 on AMX beat the kernel from ~8 rows) to a packed copy or F.linear.
 Whether a shape is served by it is measured at start-up (model/engine/cpu_choices.py).
 """
 from __future__ import annotations
@@ -73,10 +74,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 class KernelLinear(nn.Module):
-    """y = x W^T + b by the C kernel for up to max_rows (MAX_ROWS) rows, F.linear beyond (and for anything the kernel
-    does not take: other dtypes, non-contiguous inputs, autograd). Holds the nn.Linear's own Parameters."""
+    """y = x W^T + b by the C kernel for up to max_rows rows; beyond, `above` (a oneDNN-packed copy, where the
+    start-up timing chose one: model/engine/cpu_choices.py) or F.linear; F.linear also for anything the kernel
+    does not take (other dtypes, non-contiguous inputs, autograd). Holds the nn.Linear's own Parameters."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, max_rows: int = MAX_ROWS, above: nn.Module | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         # the same Parameters (None for no bias): tied weights stay tied, nothing is copied
@@ -89,7 +91,8 @@ class KernelLinear(nn.Module):
                                                                                   and b.is_contiguous()))
         self.kernel = entry(w.dtype) if readable else None
         self._dtype = w.dtype
-        self.max_rows = MAX_ROWS
+        self.max_rows = max_rows
+        self.add_module("above", above)  # rows past max_rows: a module computing the same product, or None: F.linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # per-call cost is the point (a 576x576 product is ~30 us): the Parameters straight from their dict
@@ -101,6 +104,9 @@ class KernelLinear(nn.Module):
         if (fn is None or rows > self.max_rows or x.dtype is not self._dtype or w.dtype is not self._dtype
                 or not x.is_contiguous() or not x.is_cpu or (torch.is_grad_enabled() and (
                     w.requires_grad or x.requires_grad))):
+            above = self._modules["above"]
+            if above is not None and rows > self.max_rows and x.dtype is self._dtype and not torch.is_grad_enabled():
+                return above(x)
             return F.linear(x, w, b)
         n = self.out_features
         y = torch.empty(*x.shape[:-1], n, dtype=x.dtype)
@@ -109,4 +115,5 @@ class KernelLinear(nn.Module):
         return y
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"max_rows={self.max_rows}")

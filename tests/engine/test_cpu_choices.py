@@ -95,8 +95,9 @@ def test_linear_packing_is_swapped_in_only_for_the_shapes_that_measured_faster()
     model = TwoShapes().eval()
     x = torch.randn(5, 16)
     expected = model(x)
-    timer = table_timer({("plain", 1): 1.0, ("plain", 8): 2.0, ("packed", 1): 0.5, ("packed", 8): 1.0,
-                         ("kernel", 1): 2.0, ("kernel", 8): 4.0})  # the C kernel, where it built, loses
+    timer = table_timer({("plain", 1): 1.0, ("plain", 4): 1.5, ("plain", 8): 2.0, ("packed", 1): 0.5,
+                         ("packed", 4): 0.8, ("packed", 8): 1.0, ("kernel", 1): 2.0, ("kernel", 4): 3.0,
+                         ("kernel", 8): 4.0})  # the C kernel, where it built, loses
 
     def by_shape(label: str, work) -> float:
         if label.startswith("linear 48->16"):  # the 48 -> 16 shape: packing (and the kernel) lose there
@@ -156,3 +157,64 @@ def test_each_decode_path_attends_like_sdpa_over_the_paged_cache(paths: dict[int
             ref = F.scaled_dot_product_attention(q[i][None, :, None], kv[0].transpose(0, 1)[None],
                                                  kv[1].transpose(0, 1)[None], scale=attn.scale, enable_gqa=True)
             torch.testing.assert_close(got[i], ref[0, :, 0], rtol=1e-5, atol=1e-5)
+
+
+def by_rows(kernel: dict[int, float], plain: dict[int, float], packed: dict[int, float]):
+    table = {**{("kernel", r): t for r, t in kernel.items()}, **{("plain", r): t for r, t in plain.items()},
+             **{("packed", r): t for r, t in packed.items()}}
+    return table_timer(table)
+
+
+@pytest.mark.skipif(not mkldnn_available(), reason="oneDNN is not built into this torch")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_the_kernel_serves_the_small_batches_it_won_and_a_packed_copy_the_rest(dtype: torch.dtype) -> None:
+    """Timings shaped like a host whose oneDNN multiplies bf16 on AMX: the kernel wins at 1 and 4 rows, loses
+    from 8. The kernel keeps the rows it won on the model's own weight; past them a packed copy (or F.linear,
+    where the copies would pass DUAL_COPY_BYTES) computes the same product."""
+    from model.kernels import linear as kl
+    if not kl.available():
+        pytest.skip("the linear kernel did not build here")
+    torch.manual_seed(0)
+    model = TwoShapes().eval().to(dtype)
+    weight = model.a1.weight
+    timer = by_rows(kernel={1: 0.3, 4: 0.5, 8: 2.0, 16: 4.0, 32: 6.0}, plain={1: 1.0, 4: 1.0, 8: 1.5, 16: 2.5, 32: 4.0},
+                    packed={1: 0.8, 4: 0.8, 8: 1.0, 16: 1.5, 32: 2.0})
+    choices = choose_linear_packing(model, batch_rows=32, timer=timer)
+    assert sorted(set(r for _, r in timer.calls)) == [1, 4, 8, 16, 32]
+    by_what = {c.what.split()[1]: c for c in choices}
+    assert by_what["16->48"].chosen == "kernel+packed" and by_what["16->48"].kernel_rows == 4
+    assert "kernel to 4 rows, packed past" in by_what["16->48"].describe()
+    a1 = model.a1
+    assert type(a1) is kl.KernelLinear and a1.max_rows == 4 and isinstance(a1.above, PackedLinear)
+    assert a1.weight is weight  # the kernel's rows read the model's own weight
+    x = torch.randn(12, 16).to(dtype)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    with torch.inference_mode():
+        for rows in (1, 4, 12):  # the kernel's rows, its limit, the copy's rows: one product
+            torch.testing.assert_close(a1(x[:rows]), F.linear(x[:rows], weight), rtol=tol, atol=tol)
+
+
+@pytest.mark.skipif(not mkldnn_available(), reason="oneDNN is not built into this torch")
+def test_past_the_copy_budget_the_kernels_large_batches_take_f_linear(monkeypatch) -> None:
+    from model.kernels import linear as kl
+    if not kl.available():
+        pytest.skip("the linear kernel did not build here")
+    monkeypatch.setattr(cpu_choices, "DUAL_COPY_BYTES", 0)
+    model = TwoShapes().eval()
+    timer = by_rows(kernel={1: 0.3, 4: 0.5, 8: 2.0}, plain={1: 1.0, 4: 1.0, 8: 1.5}, packed={1: 0.8, 4: 0.8, 8: 1.0})
+    choices = choose_linear_packing(model, batch_rows=8, timer=timer)
+    assert {c.chosen for c in choices} == {"kernel+plain"}
+    assert model.a1.max_rows == 4 and model.a1.above is None and model.b.above is None
+
+
+def test_the_kernels_row_limit_is_the_prefix_of_row_counts_it_won_by_the_margin() -> None:
+    def choice(kernel: list[float], plain: list[float], packed: list[float]) -> cpu_choices.Choice:
+        rows = [1, 4, 8, 32]
+        return cpu_choices.Choice("x", "plain", {"plain": dict(zip(rows, plain)), "packed": dict(zip(rows, packed)),
+                                                 "kernel": dict(zip(rows, kernel))})
+    assert cpu_choices.kernel_row_limit(choice([1, 1, 1, 1], [2, 2, 2, 2], [3, 3, 3, 3])) == 32
+    assert cpu_choices.kernel_row_limit(choice([1, 1, 3, 1], [2, 2, 2, 2], [3, 3, 3, 3])) == 4  # a prefix only
+    assert cpu_choices.kernel_row_limit(choice([1, 2.5, 1, 1], [2, 2, 2, 2], [3, 2, 3, 3])) == 1
+    assert cpu_choices.kernel_row_limit(choice([0.99, 1, 1, 1], [1, 2, 2, 2], [3, 3, 3, 3])) == 0  # inside the margin
+    assert cpu_choices.linear_row_counts(32) == [1, 4, 8, 16, 32] and cpu_choices.linear_row_counts(8) == [1, 4, 8]
+    assert cpu_choices.linear_row_counts(1) == [1]

@@ -94,6 +94,29 @@ def test_fused_step_gives_the_module_path_bits(kernels_ready, tiny_llama_dir: st
             assert fused is not None and torch.equal(fused, modules), rows
 
 
+def test_a_batch_past_a_projections_kernel_rows_takes_the_modules(kernels_ready, tiny_llama_dir: str) -> None:
+    """Where the start-up choice kept a projection's kernel for small batches only (KernelLinear.max_rows, a
+    packed copy or F.linear past it), the fused step serves up to the fewest rows any projection keeps and
+    hands larger batches to the modules."""
+    from model.kernels import linear
+    from model.kernels.decode import FusedDecoder
+
+    engine = _engine(tiny_llama_dir)
+    runner = engine.runner
+    down = runner.model.layers[1].mlp.down_proj
+    assert type(down) is linear.KernelLinear
+    down.max_rows = 2
+    fused = FusedDecoder.build(runner.model)
+    assert fused is not None and fused.max_rows == 2
+    with torch.inference_mode():
+        for rows, takes in ((1, True), (2, True), (3, False)):
+            ids, positions, meta = runner._synthetic_decode(rows)
+            out = fused.forward(ids, positions, meta)
+            assert (out is not None) is takes, rows
+            if out is not None:
+                assert torch.equal(out, runner.model(ids, positions, meta))
+
+
 def _greedy(engine, prompts, n: int) -> list[list[int]]:
     from model import SamplingParams
 
