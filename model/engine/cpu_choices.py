@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -202,14 +202,17 @@ def choose_linear_packing(model: nn.Module, batch_rows: int, timer: Timer = one_
         # the dtype in the label: pick decides once per label in a process, and a bf16 model's choice is its own
         label = f"linear {fan_in}->{fan_out} x{len(members)}" + ("" if dtype == torch.float32 else
                                                                   f" {str(dtype).removeprefix('torch.')}")
-        choice = pick(label, candidates, row_counts, timer)
+        # a copy: pick keeps its choices for the process, and this one may become a "kernel+" split
+        choice = replace(pick(label, candidates, row_counts, timer))
         del plain, timed, kernels
+        # the counts it was measured at (an earlier engine in the process may have had another batch size)
+        measured = list(choice.seconds["plain"])
         limit = kernel_row_limit(choice) if "kernel" in candidates else 0
         if screened:
             limit = max(limit, 1)
-        if limit and limit < row_counts[-1]:
+        if limit and limit < measured[-1]:
             # the kernel to `limit` rows, past it whichever of the others did best on the larger counts
-            larger = [r for r in row_counts if r > limit]
+            larger = [r for r in measured if r > limit]
             ratio = {kind: sum(choice.seconds[kind][r] / choice.seconds["plain"][r] for r in larger) / len(larger)
                      for kind in candidates if kind != "kernel"}
             fits = dual_bytes + per_weight * len(members) <= DUAL_COPY_BYTES

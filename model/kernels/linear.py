@@ -106,7 +106,7 @@ class KernelLinear(nn.Module):
                     w.requires_grad or x.requires_grad))):
             above = self._modules["above"]
             if above is not None and rows > self.max_rows and x.dtype is self._dtype and not torch.is_grad_enabled():
-                return above(x)
+                return above.forward(x)  # not a second module call (~2 us, up to 120 a step): this one is the layer
             return F.linear(x, w, b)
         n = self.out_features
         y = torch.empty(*x.shape[:-1], n, dtype=x.dtype)

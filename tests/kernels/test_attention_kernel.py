@@ -89,7 +89,9 @@ def dense_reference(q: torch.Tensor, cache: torch.Tensor, meta: AttentionMetadat
 # (heads, kv_heads, head_dim, partial rotary, interleaved): GQA groups 1/3/4/8, head_dim 64/128, SmolLM2's
 # 9/3/64, GLM's partial interleaved RoPE, and head_dims that are not 16-lane multiples (masked tails)
 SHAPES = [(9, 3, 64, 1.0, False), (8, 2, 128, 1.0, False), (8, 1, 64, 0.5, True), (4, 4, 128, 0.5, True),
-          (6, 2, 48, 1.0, False), (4, 2, 20, 0.5, True), (3, 1, 7 * 2, 1.0, False)]
+          (6, 2, 48, 1.0, False), (4, 2, 20, 0.5, True), (3, 1, 7 * 2, 1.0, False),
+          # GQA groups of 7 and 6 heads: the V sums go four heads at a time, then the 3 or 2 left
+          (7, 1, 80, 1.0, False), (12, 2, 64, 0.5, True)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"h{s[0]}kv{s[1]}d{s[2]}r{s[3]}{'i' if s[4] else ''}")

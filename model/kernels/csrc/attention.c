@@ -88,40 +88,65 @@ static inline __m512 reduce16(__m512 *a) {
         _mm512_mask_storeu_ps(out, tail_mask(m), _mm512_mul_ps(reduce16(a), _mm512_set1_ps(scale)));       \
     }
 
-/* acc[0..d) += sum over t < n of p[t] * v[t * row + i]: the V rows of one block weighted by their
-   probabilities. The sums stay in registers across the block's rows, 64 columns at a time (four
-   independent chains; an acc kept in memory made each row wait on the previous row's store). */
-#define DEFINE_ACC_BLOCK(NAME, T, LOAD, LOADM)                                                          \
-    static inline void NAME(float *acc, const float *p, const T *v, int64_t n, int64_t row, int64_t d) { \
-        int64_t i = 0;                                                                                  \
-        for (; i + 64 <= d; i += 64) {                                                                  \
-            __m512 a0 = _mm512_loadu_ps(acc + i), a1 = _mm512_loadu_ps(acc + i + 16);                   \
-            __m512 a2 = _mm512_loadu_ps(acc + i + 32), a3 = _mm512_loadu_ps(acc + i + 48);              \
-            for (int64_t t = 0; t < n; t++) {                                                           \
-                const T *vr = v + t * row + i;                                                          \
-                const __m512 pv = _mm512_set1_ps(p[t]);                                                 \
-                a0 = _mm512_fmadd_ps(pv, LOAD(vr), a0);                                                 \
-                a1 = _mm512_fmadd_ps(pv, LOAD(vr + 16), a1);                                            \
-                a2 = _mm512_fmadd_ps(pv, LOAD(vr + 32), a2);                                            \
-                a3 = _mm512_fmadd_ps(pv, LOAD(vr + 48), a3);                                            \
-            }                                                                                           \
-            _mm512_storeu_ps(acc + i, a0), _mm512_storeu_ps(acc + i + 16, a1);                          \
-            _mm512_storeu_ps(acc + i + 32, a2), _mm512_storeu_ps(acc + i + 48, a3);                     \
-        }                                                                                               \
-        for (; i < d; i += 16) {                                                                        \
-            const __mmask16 m = d - i >= 16 ? (__mmask16)0xffff : tail_mask(d - i);                     \
-            __m512 a = _mm512_maskz_loadu_ps(m, acc + i);                                               \
-            for (int64_t t = 0; t < n; t++) a = _mm512_fmadd_ps(_mm512_set1_ps(p[t]), LOADM(m, v + t * row + i), a); \
-            _mm512_mask_storeu_ps(acc + i, m, a);                                                       \
-        }                                                                                               \
+/* acc[h][0..d) += sum over t < n of p[h][t] * v[t * row + i] for the g query heads of one GQA group (acc (g, d),
+   p (g, p_stride)): the V rows of one block weighted by each head's probabilities. Each V row is loaded (for bf16
+   widened) once for the group, where one pass per head loaded it g times. The sums stay in registers across the
+   block's rows, 64 columns and up to four heads at a time (independent chains; an acc kept in memory made each
+   row wait on the previous row's store), each head's in the order one head alone would take. */
+#define DEFINE_ACC_GROUP(NAME, T, LOAD, LOADM)                                                                 \
+    static inline __attribute__((always_inline)) void NAME##_tile(float *acc, int64_t d, const float *p,       \
+                                                                  int64_t p_stride, const int gt, const T *v,  \
+                                                                  int64_t n, int64_t row) {                    \
+        int64_t i = 0;                                                                                         \
+        for (; i + 64 <= d; i += 64) {                                                                         \
+            __m512 a[4][4];                                                                                    \
+            for (int h = 0; h < gt; h++)                                                                       \
+                for (int u = 0; u < 4; u++) a[h][u] = _mm512_loadu_ps(acc + h * d + i + 16 * u);               \
+            for (int64_t t = 0; t < n; t++) {                                                                  \
+                const T *vr = v + t * row + i;                                                                 \
+                const __m512 v0 = LOAD(vr), v1 = LOAD(vr + 16), v2 = LOAD(vr + 32), v3 = LOAD(vr + 48);        \
+                for (int h = 0; h < gt; h++) {                                                                 \
+                    const __m512 pv = _mm512_set1_ps(p[h * p_stride + t]);                                     \
+                    a[h][0] = _mm512_fmadd_ps(pv, v0, a[h][0]);                                                \
+                    a[h][1] = _mm512_fmadd_ps(pv, v1, a[h][1]);                                                \
+                    a[h][2] = _mm512_fmadd_ps(pv, v2, a[h][2]);                                                \
+                    a[h][3] = _mm512_fmadd_ps(pv, v3, a[h][3]);                                                \
+                }                                                                                              \
+            }                                                                                                  \
+            for (int h = 0; h < gt; h++)                                                                       \
+                for (int u = 0; u < 4; u++) _mm512_storeu_ps(acc + h * d + i + 16 * u, a[h][u]);               \
+        }                                                                                                      \
+        for (; i < d; i += 16) {                                                                               \
+            const __mmask16 m = d - i >= 16 ? (__mmask16)0xffff : tail_mask(d - i);                            \
+            __m512 a[4];                                                                                       \
+            for (int h = 0; h < gt; h++) a[h] = _mm512_maskz_loadu_ps(m, acc + h * d + i);                     \
+            for (int64_t t = 0; t < n; t++) {                                                                  \
+                const __m512 vv = LOADM(m, v + t * row + i);                                                   \
+                for (int h = 0; h < gt; h++) a[h] = _mm512_fmadd_ps(_mm512_set1_ps(p[h * p_stride + t]), vv, a[h]); \
+            }                                                                                                  \
+            for (int h = 0; h < gt; h++) _mm512_mask_storeu_ps(acc + h * d + i, m, a[h]);                      \
+        }                                                                                                      \
+    }                                                                                                          \
+    static inline void NAME(float *acc, const float *p, int64_t p_stride, int64_t g, const T *v, int64_t n,    \
+                            int64_t row, int64_t d) {                                                          \
+        for (int64_t h0 = 0; h0 < g; h0 += 4) {                                                                \
+            float *ah = acc + h0 * d;                                                                          \
+            const float *ph = p + h0 * p_stride;                                                               \
+            switch (g - h0 < 4 ? g - h0 : 4) {                                                                 \
+                case 1: NAME##_tile(ah, d, ph, p_stride, 1, v, n, row); break;                                 \
+                case 2: NAME##_tile(ah, d, ph, p_stride, 2, v, n, row); break;                                 \
+                case 3: NAME##_tile(ah, d, ph, p_stride, 3, v, n, row); break;                                 \
+                default: NAME##_tile(ah, d, ph, p_stride, 4, v, n, row); break;                                \
+            }                                                                                                  \
+        }                                                                                                      \
     }
 
 #define LOAD_F32(ptr) _mm512_loadu_ps(ptr)
 #define LOADM_F32(m, ptr) _mm512_maskz_loadu_ps(m, ptr)
 #define LOAD_BF16(ptr) widen(_mm256_loadu_si256((const __m256i *)(ptr)))
 #define LOADM_BF16(m, ptr) widen(_mm256_maskz_loadu_epi16(m, ptr))
-DEFINE_ACC_BLOCK(acc_block_f32, float, LOAD_F32, LOADM_F32)
-DEFINE_ACC_BLOCK(acc_block_bf16, bf16, LOAD_BF16, LOADM_BF16)
+DEFINE_ACC_GROUP(acc_group_f32, float, LOAD_F32, LOADM_F32)
+DEFINE_ACC_GROUP(acc_group_bf16, bf16, LOAD_BF16, LOADM_BF16)
 DEFINE_SCORES16(scores16_f32, float, LOADM_F32)
 DEFINE_SCORES16(scores16_bf16, bf16, LOADM_BF16)
 
@@ -201,6 +226,16 @@ static inline void acc_block_bf16(float *acc, const float *p, const bf16 *v, int
         for (int64_t i = 0; i < d; i++) acc[i] += p[t] * bf16_to_f32(v[t * row + i]);
 }
 
+static inline void acc_group_f32(float *acc, const float *p, int64_t p_stride, int64_t g, const float *v, int64_t n,
+                                 int64_t row, int64_t d) {
+    for (int64_t h = 0; h < g; h++) acc_block_f32(acc + h * d, p + h * p_stride, v, n, row, d);
+}
+
+static inline void acc_group_bf16(float *acc, const float *p, int64_t p_stride, int64_t g, const bf16 *v, int64_t n,
+                                  int64_t row, int64_t d) {
+    for (int64_t h = 0; h < g; h++) acc_block_bf16(acc + h * d, p + h * p_stride, v, n, row, d);
+}
+
 static inline void scale_vec(float *x, float c, int64_t d) {
     for (int64_t i = 0; i < d; i++) x[i] *= c;
 }
@@ -245,9 +280,11 @@ static inline void prefetch_block(const Cache *c, int64_t at, int64_t nkv) {
         }
 }
 
-static inline void acc_block(float *acc, const float *p, const Cache *c, int64_t at, int64_t n) {
-    if (c->is_bf16) acc_block_bf16(acc, p, (const bf16 *)c->v + at, n, c->kv_heads * c->d, c->d);
-    else acc_block_f32(acc, p, (const float *)c->v + at, n, c->kv_heads * c->d, c->d);
+/* the g heads of one GQA group: acc (g, d), p (g, p_stride) */
+static inline void acc_group(float *acc, const float *p, int64_t p_stride, int64_t g, const Cache *c, int64_t at,
+                             int64_t n) {
+    if (c->is_bf16) acc_group_bf16(acc, p, p_stride, g, (const bf16 *)c->v + at, n, c->kv_heads * c->d, c->d);
+    else acc_group_f32(acc, p, p_stride, g, (const float *)c->v + at, n, c->kv_heads * c->d, c->d);
 }
 
 /* out[at .. at + d) = x * inv in the output's type */
@@ -291,7 +328,7 @@ static void attend_heads(const float *q, int64_t g, int64_t nkv, const Cache *c,
             }
             sum[j] += exp_shift_sum(sj, n, m);
         }
-        for (int64_t j = 0; j < hg; j++) acc_block(acc + j * d, s + j * bs, c, base + (j / g) * d, n);
+        for (int64_t kv = 0; kv < nkv; kv++) acc_group(acc + kv * g * d, s + kv * g * bs, bs, g, c, base + kv * d, n);
     }
     if (partial) return;
     for (int64_t j = 0; j < hg; j++) store_row(out, out_at + j * d, acc + j * d, 1.0f / sum[j], d, c->is_bf16);
