@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from model.engine.cpu_packing import PackedLinear
+from model.preflight import available_memory
 
 log = logging.getLogger("glmserve.engine")
 
@@ -125,8 +126,9 @@ def _linear_groups(model: nn.Module) -> dict[tuple[int, int], list[tuple[nn.Modu
 
 KERNEL_ROW_COUNTS = (4, 8, 16)  # row counts timed between 1 and a full batch: where the C kernel stops winning
 # A packed copy beside the plain weight the kernel reads (for the rows past the kernel's limit) holds the shape's
-# weights twice: kept while all such copies stay under this (the default model's bf16 projections are 211 MB; a
-# 6 B model's 12 GB twice would not fit a 24 GB host), F.linear on the plain weight beyond it.
+# weights twice: kept while all such copies stay under this and under a quarter of the memory still available
+# (the default model's bf16 projections are 211 MB; a 6 B model's 12 GB twice would not fit a 24 GB host, and the
+# memory preflight counted each weight once), F.linear on the plain weight beyond it.
 DUAL_COPY_BYTES = 1 << 30
 
 
@@ -155,7 +157,8 @@ def choose_linear_packing(model: nn.Module, batch_rows: int, timer: Timer = one_
     (model/kernels/linear.py), whichever measured faster; or the kernel up to the row count where it stopped
     winning and the better of the others past it (on a host whose oneDNN multiplies bf16 on AMX, the kernel won
     the default model's shapes at 1-4 rows by 1.5-2.3x and lost at 32 by 2.5x: `Choice.kernel_rows`). The packed
-    copy beside the kernel's weight is kept within DUAL_COPY_BYTES, else F.linear serves those rows.
+    copy beside the kernel's weight is kept within DUAL_COPY_BYTES and a quarter of the available memory, else
+    F.linear serves those rows.
 
     A shape with a module of `kernel_for` keeps the kernel for at least one row: the runner's greedy screen
     (model/engine/greedy_screen.py) computes a few of the lm_head's rows alone and needs the full product at
@@ -165,7 +168,7 @@ def choose_linear_packing(model: nn.Module, batch_rows: int, timer: Timer = one_
 
     choices = []
     row_counts = linear_row_counts(batch_rows)
-    dual_bytes = 0
+    dual_bytes, spare = 0, None  # the copies' bytes so far; a quarter of the memory available (read when needed)
     for (fan_in, fan_out), members in _linear_groups(model).items():
         screened = any(lin in kernel_for for _, _, lin in members)
         # timed on as many members as fit TIMING_BYTES (still far beyond any cache, so the products stream
@@ -215,7 +218,9 @@ def choose_linear_packing(model: nn.Module, batch_rows: int, timer: Timer = one_
             larger = [r for r in measured if r > limit]
             ratio = {kind: sum(choice.seconds[kind][r] / choice.seconds["plain"][r] for r in larger) / len(larger)
                      for kind in candidates if kind != "kernel"}
-            fits = dual_bytes + per_weight * len(members) <= DUAL_COPY_BYTES
+            if spare is None:
+                spare = available_memory("cpu")[0] // 4
+            fits = dual_bytes + per_weight * len(members) <= min(DUAL_COPY_BYTES, spare)
             above = "packed" if "packed" in ratio and ratio["packed"] < 1.0 - MARGIN and fits else "plain"
             choice.chosen, choice.kernel_rows = f"kernel+{above}", limit
             if above == "packed":
