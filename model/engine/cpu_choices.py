@@ -390,9 +390,7 @@ def choose_fused_decoder(model: nn.Module, make_step: Callable[[int], tuple], ba
     kinds = "+".join(sorted({type(m).__name__ for m in quant})) or "float"
     dtype = str(fused.dtype).removeprefix("torch.")
     what = f"decoder layers x{len(model.layers)} {dtype} {kinds} x {model.config.hidden_size}"
-    # timed where it runs: up to the fewest rows a projection keeps on its kernel (past them it takes the modules)
-    choice = pick(what, {"modules": modules, "fused": one_call_step}, sorted({1, min(batch_rows, fused.max_rows)}),
-                  timer)
+    choice = pick(what, {"modules": modules, "fused": one_call_step}, sorted({1, batch_rows}), timer)
     log.info("cpu choice: %s", choice.describe())
     setting(choice.chosen == "fused")
     return fused if choice.chosen == "fused" else None

@@ -140,11 +140,10 @@ class ModelRunner:
             # capped at the head's kernel limit: past it the full product is not the kernel's arithmetic
             screen.max_rows = choose_greedy_screen_rows(screen, min(batch_rows, self.model.lm_head.max_rows))
             self.greedy_screen = screen if screen.max_rows else None
-        fused = "off" if self.fused_decoder is None else f"up to {min(self.fused_decoder.max_rows, batch_rows)} rows"
         log.info("linear shapes: %d of %d oneDNN-packed, %d on the C kernel, %d on it for small batches; fused "
                  "decoder %s; greedy screen up to %d rows; CPU choices measured in %.2f s",
                  sum(c.chosen == "packed" for c in choices), len(choices), sum(c.chosen == "kernel" for c in choices),
-                 sum(c.kernel_rows > 0 for c in choices), fused,
+                 sum(c.kernel_rows > 0 for c in choices), "on" if self.fused_decoder is not None else "off",
                  0 if self.greedy_screen is None else self.greedy_screen.max_rows, time.perf_counter() - start)
 
     def _synthetic_decode(self, rows: int) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:

@@ -36,7 +36,13 @@ BF16_SILU_FLAGS = pointwise.X_BF16 | pointwise.OUT_BF16 | pointwise.ROUND_MID
 
 class _Linear(ctypes.Structure):  # GlmLinear
     _fields_ = [("kind", _L), ("fn", _P), ("w", _P), ("aux", _P), ("bias", _P), ("n", _L), ("k", _L),
-                ("group", _L)]
+                ("group", _L), ("max_rows", _L), ("id", _L)]
+
+
+NO_ROW_LIMIT = 1 << 62  # a projection whose kernel takes any row count
+# GlmDecoder.above: (projection id, x address, rows) -> the output's address, or None on error
+_ABOVE = ctypes.CFUNCTYPE(_P, _L, _P, _L)
+ABOVE_FAILED = -101  # glm_decoder_forward's code when the callback returned NULL
 
 
 class _Block(ctypes.Structure):  # GlmBlock
@@ -49,7 +55,7 @@ class _Decoder(ctypes.Structure):  # GlmDecoder
     _fields_ = [("norm_rows", _P), ("silu_mul", _P), ("fused_attention", _P), ("blocks", ctypes.POINTER(_Block)),
                 ("num_blocks", _L), ("hidden", _L), ("inter", _L), ("q_size", _L), ("qkv_size", _L),
                 ("final_norm", _P), ("final_eps", _F), ("elem", ctypes.c_int32), ("norm_flags", ctypes.c_int32),
-                ("silu_flags", ctypes.c_int32)]
+                ("silu_flags", ctypes.c_int32), ("above", _ABOVE)]
 
 
 @functools.cache
@@ -80,7 +86,8 @@ def _linear(module: nn.Module, dtype: torch.dtype, keep: list) -> _Linear | None
         keep += [w, b]
         fn = linear.library().linear_f32 if dtype is torch.float32 else linear.library().linear_bf16
         return _Linear(LINEAR_F32 if dtype is torch.float32 else LINEAR_BF16, _address(fn), w.data_ptr(), None,
-                       None if b is None else b.data_ptr(), module.out_features, module.in_features, 0)
+                       None if b is None else b.data_ptr(), module.out_features, module.in_features, 0,
+                       module.max_rows, 0)
     bias = getattr(module, "bias", None)
     if dtype is not torch.float32 or (bias is not None and (bias.dtype is not torch.float32
                                                             or not bias.is_contiguous())):
@@ -89,12 +96,12 @@ def _linear(module: nn.Module, dtype: torch.dtype, keep: list) -> _Linear | None
         keep += [module.weight, module.scales, bias]
         return _Linear(LINEAR_INT8, _address(qlinear.library().int8_linear_f32), module.weight.data_ptr(),
                        module.scales.data_ptr(), None if bias is None else bias.data_ptr(), module.out_features,
-                       module.in_features, 0)
+                       module.in_features, 0, NO_ROW_LIMIT, 0)
     if type(module) is Int4Linear and module.cpu_kernel and module.packed.is_contiguous():
         keep += [module.packed, module.scales_and_zeros, bias]
         return _Linear(LINEAR_INT4, _address(qlinear.library().int4_linear_f32), module.packed.data_ptr(),
                        module.scales_and_zeros.data_ptr(), None if bias is None else bias.data_ptr(),
-                       module.out_features, module.in_features, module.group_size)
+                       module.out_features, module.in_features, module.group_size, NO_ROW_LIMIT, 0)
     return None
 
 
@@ -114,20 +121,29 @@ class _NotFusable(Exception):
 class FusedDecoder:
     """Built once by the runner after its CPU choices (`build` returns None when the model is not all kernels);
     `forward` returns the final hidden states of a pure decode step, or None when this step must take the
-    modules (its attention would not take the kernel path, or it has more rows than a projection's kernel
-    takes). The runner builds it after the KV cache and the RoPE tables are in place, and neither is replaced
-    while it serves: the packed arguments point at them."""
+    modules (its attention would not take the kernel path). The runner builds it after the KV cache and the
+    RoPE tables are in place, and neither is replaced while it serves: the packed arguments point at them.
+
+    A projection whose KernelLinear keeps fewer rows on its kernel than a step has (the start-up choice's
+    kernel_rows: a oneDNN-packed copy or F.linear past them) is computed by calling back into that module from
+    the C loop: the same path, so the same bits, as the modules, with the rest of the layer still in C (the
+    module path's Python cost ~5 ms of a 32-row bf16 step of the default model)."""
 
     def __init__(self, model: nn.Module, decoder: _Decoder, blocks, keep: list, dtype: torch.dtype,
-                 max_rows: int) -> None:
+                 projections: list[nn.Module]) -> None:
         self.model, self.dtype = model, dtype
-        # the fewest rows any projection's KernelLinear takes to its kernel: a larger batch takes the modules,
-        # whose projections pass those rows to a packed copy or F.linear (the start-up choice's kernel_rows)
-        self.max_rows = max_rows
         self.decoder, self.blocks, self.keep = decoder, blocks, keep
+        self.projections = projections  # by GlmLinear.id: the modules the callback runs
         self.first_attention = model.layers[0].attn  # its decode path for a batch decides whether a step fuses
         self.lib = library()
         self.scratch_per_row = self.lib.glm_decoder_scratch(ctypes.byref(decoder))
+        # the step in flight: its scratch (the callback's inputs live there), the outputs the C loop still
+        # reads, and an exception raised inside the callback (re-raised after the C call returns)
+        self._scratch: torch.Tensor | None = None
+        self._alive: list[torch.Tensor] = []
+        self._error: BaseException | None = None
+        self._callback = _ABOVE(self._above)  # held here: C keeps only the pointer
+        decoder.above = self._callback
 
     @classmethod
     def build(cls, model: nn.Module) -> "FusedDecoder | None":
@@ -140,7 +156,7 @@ class FusedDecoder:
         if dtype not in (torch.float32, torch.bfloat16):
             return None
         keep: list = []
-        max_rows = 1 << 30
+        callbacks: list[nn.Module] = []
         blocks = (_Block * len(model.layers))()
         try:
             for i, layer in enumerate(model.layers):
@@ -150,11 +166,14 @@ class FusedDecoder:
                         or type(mlp) is not pointwise.KernelGatedMLP or mlp.bf16_linears
                         or mlp.intermediate_size != cfg.intermediate_size):
                     return None
-                modules = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
-                projections = [_linear(m, dtype, keep) for m in modules]
-                if any(p is None for p in projections):
-                    return None
-                max_rows = min([max_rows] + [m.max_rows for m in modules if type(m) is linear.KernelLinear])
+                projections = []
+                for module in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj):
+                    packed = _linear(module, dtype, keep)
+                    if packed is None:
+                        return None
+                    packed.id = len(callbacks)
+                    callbacks.append(module)
+                    projections.append(packed)
                 dl = attn.kernel_layer()
                 keep.append(dl)  # the struct the block points at lives as long as this decoder
                 sandwich = (getattr(layer, "post_self_attn_norm", None), getattr(layer, "post_mlp_norm", None))
@@ -172,21 +191,43 @@ class FusedDecoder:
                            a.q_size, a.q_size + 2 * a.kv_size, final[0], final[1],
                            4 if dtype is torch.float32 else 2, 0 if dtype is torch.float32 else BF16_NORM_FLAGS,
                            0 if dtype is torch.float32 else BF16_SILU_FLAGS)
-        return cls(model, decoder, blocks, keep, dtype, max_rows)
+        return cls(model, decoder, blocks, keep, dtype, callbacks)
+
+    def _above(self, projection: int, x: int, rows: int) -> int | None:
+        """The C loop's callback: the projection's module on its input, x an address in this step's scratch."""
+        try:
+            module = self.projections[projection]
+            scratch = self._scratch
+            at = (x - scratch.data_ptr()) // scratch.element_size()
+            y = module(scratch[at:at + rows * module.in_features].view(rows, module.in_features))
+            if y.dtype is not self.dtype or not y.is_contiguous():
+                raise TypeError(f"fused decoder: projection {projection} gave {y.dtype}, contiguous "
+                                f"{y.is_contiguous()}")
+            self._alive.append(y)
+            return y.data_ptr()
+        except BaseException as e:  # noqa: BLE001 - C cannot unwind a Python exception: re-raised by forward
+            self._error = e
+            return None
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta) -> torch.Tensor | None:
         """input_ids, positions (B,) of a pure decode step (one token per sequence) with its metadata."""
         b = input_ids.shape[0]
-        if b > self.max_rows or self.first_attention.decode_path(b) != "kernel":
+        if self.first_attention.decode_path(b) != "kernel":
             return None
         h = self.model.embed_tokens(input_ids)
         if h.dtype is not self.dtype or not h.is_contiguous():
             return None
         step = meta.decode_step(positions)
         out = torch.empty_like(h)
-        scratch = torch.empty(b * self.scratch_per_row, dtype=self.dtype)
-        rc = self.lib.glm_decoder_forward(ctypes.byref(self.decoder), ctypes.addressof(step.args), h.data_ptr(), b,
-                                          out.data_ptr(), scratch.data_ptr(), torch.get_num_threads())
+        self._scratch = scratch = torch.empty(b * self.scratch_per_row, dtype=self.dtype)
+        try:
+            rc = self.lib.glm_decoder_forward(ctypes.byref(self.decoder), ctypes.addressof(step.args), h.data_ptr(),
+                                              b, out.data_ptr(), scratch.data_ptr(), torch.get_num_threads())
+        finally:
+            self._scratch, error, self._error = None, self._error, None
+            self._alive.clear()
+        if error is not None:
+            raise error
         if rc:
             raise IndexError(f"fused decoder: kernel error {rc}")
         return out

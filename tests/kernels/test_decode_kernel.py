@@ -94,27 +94,64 @@ def test_fused_step_gives_the_module_path_bits(kernels_ready, tiny_llama_dir: st
             assert fused is not None and torch.equal(fused, modules), rows
 
 
-def test_a_batch_past_a_projections_kernel_rows_takes_the_modules(kernels_ready, tiny_llama_dir: str) -> None:
-    """Where the start-up choice kept a projection's kernel for small batches only (KernelLinear.max_rows, a
-    packed copy or F.linear past it), the fused step serves up to the fewest rows any projection keeps and
-    hands larger batches to the modules."""
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_projection_past_its_kernel_rows_is_called_back_with_the_module_path_bits(kernels_ready, tiny_llama_dir: str,
+                                                                                  dtype: str) -> None:
+    """Where the start-up choice kept a projection's kernel for small batches only (KernelLinear.max_rows, with a
+    oneDNN-packed copy or F.linear past it), the fused step computes that product by calling the module back
+    from the C loop: the module path's bits at every row count, its kernel below the limit."""
+    from model.engine.cpu_packing import PackedLinear
     from model.kernels import linear
     from model.kernels.decode import FusedDecoder
 
-    engine = _engine(tiny_llama_dir)
+    engine = _engine(tiny_llama_dir, dtype=dtype)
     runner = engine.runner
-    down = runner.model.layers[1].mlp.down_proj
-    assert type(down) is linear.KernelLinear
-    down.max_rows = 2
-    fused = FusedDecoder.build(runner.model)
-    assert fused is not None and fused.max_rows == 2
+    model = runner.model
+    mlp, attn = model.layers[1].mlp, model.layers[0].attn
+    assert type(mlp.down_proj) is linear.KernelLinear and type(attn.qkv_proj) is linear.KernelLinear
+    mlp.down_proj.max_rows = 2  # F.linear past 2 rows
+    attn.qkv_proj.max_rows, attn.qkv_proj.above = 1, PackedLinear(attn.qkv_proj)  # a packed copy past 1 row
+    fused = FusedDecoder.build(model)
+    calls = []
+    inner = fused._above
+
+    def counted(projection: int, x: int, rows: int):
+        calls.append((projection, rows))
+        return inner(projection, x, rows)
+
+    fused._above = counted
+    fused.decoder.above = fused._callback = type(fused._callback)(counted)
     with torch.inference_mode():
-        for rows, takes in ((1, True), (2, True), (3, False)):
+        for rows in (1, 2, 3, 8):
+            calls.clear()
             ids, positions, meta = runner._synthetic_decode(rows)
+            ids = torch.randint(3, 1000, (rows,))
             out = fused.forward(ids, positions, meta)
-            assert (out is not None) is takes, rows
-            if out is not None:
-                assert torch.equal(out, runner.model(ids, positions, meta))
+            assert torch.equal(out, model(ids, positions, meta)), rows
+            # projection ids: layer * 4 + (qkv, o, gate_up, down)
+            assert sorted(calls) == sorted(([(0, rows)] if rows > 1 else []) + ([(7, rows)] if rows > 2 else []))
+
+
+def test_an_error_inside_the_callback_is_raised_by_the_step(kernels_ready, tiny_llama_dir: str) -> None:
+    from model.kernels.decode import FusedDecoder
+
+    engine = _engine(tiny_llama_dir)
+    model = engine.runner.model
+    down = model.layers[0].mlp.down_proj
+    down.max_rows = 0
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("the copy is gone")
+
+    down.above = Broken()
+    fused = FusedDecoder.build(model)
+    ids, positions, meta = engine.runner._synthetic_decode(2)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="the copy is gone"):
+        fused.forward(ids, positions, meta)
+    down.above = None  # F.linear past 0 rows: the step runs again
+    with torch.inference_mode():
+        assert torch.equal(fused.forward(ids, positions, meta), model(ids, positions, meta))
 
 
 def _greedy(engine, prompts, n: int) -> list[list[int]]:

@@ -28,7 +28,14 @@ typedef struct {
     const void *aux;     // int8 scales (N,) bf16 / int4 scales and zeros (K / g, N, 2) bf16
     const void *bias;    // (N,), the activations' dtype, or NULL
     int64_t n, k, group;
+    int64_t max_rows;    // more rows than this: the decoder's `above` callback computes the product (below)
+    int64_t id;          // this projection's number for that callback
 } GlmLinear;
+
+// The product of a projection whose C kernel serves fewer rows than the step has (the start-up choice kept a
+// oneDNN-packed copy or F.linear for larger batches): the Python side runs the module's own path on x (m rows
+// in the decoder's scratch) and returns its output's address (kept alive until the step ends), NULL on error.
+typedef const void *(*above_fn)(int64_t id, const void *x, int64_t m);
 
 typedef struct {
     const void *input_norm, *post_attn_norm;
@@ -47,13 +54,21 @@ typedef struct {
     // activations' element size (4 fp32, 2 bf16) and the pointwise kernels' flags for them (pointwise.py
     // computes the same flags for the modules: bf16 in and out, PyTorch's intermediate roundings)
     int32_t elem, norm_flags, silu_flags;
+    above_fn above;  // or NULL: then no projection has a row limit below a step's rows
 } GlmDecoder;
 
 typedef void (*linear_bf16_fn)(const void *x, const void *w, const void *bias, void *y, long m, long n, long k,
                                int nt);
 
-// x and y in the activations' dtype: fp32 for every kind but LINEAR_BF16
-static int run_linear(const GlmLinear *l, const void *x, int64_t m, void *y, int nt) {
+// x and y in the activations' dtype: fp32 for every kind but LINEAR_BF16. *out: where the product is, y or
+// the callback's output.
+static int run_linear(const GlmDecoder *d, const GlmLinear *l, const void *x, int64_t m, void *y, const void **out,
+                      int nt) {
+    *out = y;
+    if (m > l->max_rows) {
+        if (!d->above || !(*out = d->above(l->id, x, m))) return -101;
+        return 0;
+    }
     switch (l->kind) {
     case LINEAR_F32:
         ((linear_f32_fn)l->fn)(x, (const float *)l->w, l->bias, y, (long)m, (long)l->n, (long)l->k, nt);
@@ -96,29 +111,31 @@ int glm_decoder_forward(const GlmDecoder *d, const void *step, void *h, int64_t 
     char *x = scratch, *qkv = x + m * hid * e, *att = qkv + m * d->qkv_size * e, *a = att + m * d->q_size * e;
     char *gu = a + m * hid * e, *act = gu + m * 2 * d->inter * e, *mo = act + m * d->inter * e, *tmp = mo + m * hid * e;
     void *residual = h;
+    const void *qkv_out, *o_out, *gu_out, *mlp_out = mo;  // each product's output: scratch, or a callback's
     int rc;
     for (int64_t i = 0; i < d->num_blocks; i++) {
         const GlmBlock *b = &d->blocks[i];
-        if (i == 0) norm(h, NULL, b->input_norm, x, m, hid, b->input_eps, nf, nt);   // residual = h
-        else norm(mo, residual, b->input_norm, x, m, hid, b->input_eps, nf, nt);      // residual += mlp out
-        if ((rc = run_linear(&b->qkv, x, m, qkv, nt))) return rc;
-        if ((rc = attend(b->attention, step, qkv, att, nt))) return rc;
-        if ((rc = run_linear(&b->o, att, m, a, nt))) return rc;
-        char *add = a;
+        if (i == 0) norm(h, NULL, b->input_norm, x, m, hid, b->input_eps, nf, nt);        // residual = h
+        else norm(mlp_out, residual, b->input_norm, x, m, hid, b->input_eps, nf, nt);      // residual += mlp out
+        if ((rc = run_linear(d, &b->qkv, x, m, qkv, &qkv_out, nt))) return rc;
+        if ((rc = attend(b->attention, step, qkv_out, att, nt))) return rc;
+        if ((rc = run_linear(d, &b->o, att, m, a, &o_out, nt))) return rc;
+        const void *add = o_out;
         if (b->post_self_attn_norm) {
-            norm(a, NULL, b->post_self_attn_norm, tmp, m, hid, b->post_self_attn_eps, nf, nt);
+            norm(o_out, NULL, b->post_self_attn_norm, tmp, m, hid, b->post_self_attn_eps, nf, nt);
             add = tmp;
         }
         norm(add, residual, b->post_attn_norm, x, m, hid, b->post_attn_eps, nf, nt);  // residual += attention
-        if ((rc = run_linear(&b->gate_up, x, m, gu, nt))) return rc;
-        silu(gu, act, m, d->inter, sf, nt);
-        if ((rc = run_linear(&b->down, act, m, mo, nt))) return rc;
+        if ((rc = run_linear(d, &b->gate_up, x, m, gu, &gu_out, nt))) return rc;
+        silu(gu_out, act, m, d->inter, sf, nt);
+        if ((rc = run_linear(d, &b->down, act, m, mo, &mlp_out, nt))) return rc;
         if (b->post_mlp_norm) {
-            norm(mo, NULL, b->post_mlp_norm, tmp, m, hid, b->post_mlp_eps, nf, nt);
+            norm(mlp_out, NULL, b->post_mlp_norm, tmp, m, hid, b->post_mlp_eps, nf, nt);
             memcpy(mo, tmp, (size_t)(m * hid * e));
+            mlp_out = mo;
         }
     }
     if (d->num_blocks == 0) norm(h, NULL, d->final_norm, out, m, hid, d->final_eps, nf, nt);
-    else norm(mo, residual, d->final_norm, out, m, hid, d->final_eps, nf, nt);
+    else norm(mlp_out, residual, d->final_norm, out, m, hid, d->final_eps, nf, nt);
     return 0;
 }
