@@ -62,7 +62,7 @@ def streamed_weight_bytes(model) -> int:
     one-sequence step reads the plain weight)."""
     seen, total = set(), 0
     for name, module in model.named_modules():
-        if name.endswith("embed_tokens") or name.endswith(".above") or ".above." in name:
+        if name.endswith("embed_tokens") or "above" in name.split("."):
             continue
         tensors = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
         for tensor_name, t in tensors:

@@ -4,8 +4,8 @@ Whether a trick pays depends on the host, not on the code: oneDNN-packed weights
 products of a 1-row decode in 5.1 ms against 13.3 ms plain on a host with a 300 MB L3, and in 16.1 ms
 against 14.3 ms on one with 32 MB. So nothing is assumed: each candidate runs over the model's real
 layers (all of a shape's layers in a row, so weights stream from memory as in a decode step, not from
-cache) at 1 row and at a full decode batch, and a trick is kept only where it beats the plain path
-by MARGIN on the two together. Each choice is logged with its timings. The timer is injectable so the
+cache) at 1 row and at a full decode batch (a linear's candidates also at 4, 8 and 16 rows, where the C
+kernel may stop winning), and a trick is kept only where it beats the plain path by MARGIN on those together. Each choice is logged with its timings. The timer is injectable so the
 choosing logic is tested on given timings, not on the test machine's.
 """
 from __future__ import annotations

@@ -8,9 +8,10 @@ llama.cpp's ~8 ms a token over HTTP). Here a step is one call for all layers.
 It only runs what the module path would run, so its results are that path's bit for bit (tested): it is built
 when every layer is on kernels (each projection a KernelLinear, or an Int8Linear / Int4Linear whose start-up
 choice was the C kernel; the pointwise kernels swapped in; the attention kernel supported), and a step uses
-it only when the layers' attention would take the kernel path for that batch class. Anything else (MoE,
-multi-latent attention, q/k norms, a oneDNN-packed or PyTorch-kernel projection, LoRA, quantized projections in a
-bf16 model) keeps the modules. fp32 and bf16 models: the same kernels with the modules' dtype flags.
+it only when the layers' attention would take the kernel path for that batch class (a KernelLinear's rows past
+its kernel's limit are called back into the module). Anything else (MoE, multi-latent attention, q/k norms, a
+projection that is only oneDNN-packed or PyTorch's, LoRA, quantized projections in a bf16 model) keeps the
+modules. fp32 and bf16 models: the same kernels with the modules' dtype flags.
 """
 from __future__ import annotations
 
@@ -168,12 +169,12 @@ class FusedDecoder:
                     return None
                 projections = []
                 for module in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj):
-                    packed = _linear(module, dtype, keep)
-                    if packed is None:
+                    arg = _linear(module, dtype, keep)
+                    if arg is None:
                         return None
-                    packed.id = len(callbacks)
+                    arg.id = len(callbacks)
                     callbacks.append(module)
-                    projections.append(packed)
+                    projections.append(arg)
                 dl = attn.kernel_layer()
                 keep.append(dl)  # the struct the block points at lives as long as this decoder
                 sandwich = (getattr(layer, "post_self_attn_norm", None), getattr(layer, "post_mlp_norm", None))
